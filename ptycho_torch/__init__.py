@@ -1,0 +1,1 @@
+"""PyTorch + Lightning implementation of the PtychoPINN grid-lines study."""

@@ -1,0 +1,263 @@
+"""Grid-lines PINN runner: one config, routed to the configs that the code reads.
+
+    python -m scripts.studies.grid_lines_torch_runner --output-dir runs/x --grad-clip 1.0
+
+parse argv -> TorchRunnerConfig -> setup_torch_configs / setup_simulation_config -> run.
+Every field of ``TorchRunnerConfig`` declares its route (which config(s) receive it under
+the same name), its flag and help beside it; parser and routing are derived from that.
+No torch at import time: ``--help`` and ``--dry-run`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch.config import (
+    ACCELERATORS, ARCHITECTURES, CLIP_ALGORITHMS, GENERATOR_OUTPUT_MODES, LOGGER_BACKENDS,
+    LOSS_MODES, NONFINITE_POLICIES, OPTIMIZERS, PRECISIONS, SCHEDULERS, STRATEGIES,
+    TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
+    TrainingConfig, Validated, to_jsonable,
+)
+from scripts.studies.runner_fields import SHARED, flag_of, route_of, setting
+
+M, T, E, S = ("model",), ("training",), ("execution",), ("simulation",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchRunnerConfig(Validated):
+    # --- paths and run safety (runner-only) ---
+    train_npz: Path | None = setting(None, to=(), why="the runner loads or simulates the data",
+                                     help="training NPZ (data contract in README); none = simulate")
+    test_npz: Path | None = setting(None, to=(), why="the runner loads or simulates the data",
+                                    help="test NPZ with ground truth; none = simulate")
+    output_dir: Path = setting(Path("runs/grid_lines_torch"), to=(), why="the runner writes the artifacts",
+                               help="folder for config.json, metrics, history, pictures, checkpoints")
+    overwrite: bool = setting(False, to=(), why="guards the runner's own output folder",
+                              help="allow writing into a non-empty output folder")
+    # --- model ---
+    architecture: str = setting("cnn", to=M, choices=ARCHITECTURES, help="generator network")
+    training_procedure: str = setting("pinn", to=M, choices=TRAINING_PROCEDURES,
+                                      help="pinn: physics loss on diffraction; supervised: loss on ground truth")
+    N: int = setting(64, to=M + S, help="patch side in pixels (power of two, 16..256)")
+    generator_output_mode: str = setting("amp_phase", to=M, choices=GENERATOR_OUTPUT_MODES,
+                                         help="generator heads: real/imag or amplitude/phase")
+    cnn_channels: int = setting(16, to=M, help="base channel count of the cnn generator and hybrid decoder")
+    fno_modes: int = setting(12, to=M, help="Fourier modes per axis in spectral convolutions (<= N/2)")
+    fno_width: int = setting(32, to=M, help="channels in fno / hybrid spectral blocks")
+    fno_blocks: int = setting(4, to=M, help="spectral blocks (fno) or spectral encoder stages (hybrid)")
+    fno_cnn_blocks: int = setting(2, to=M, help="refiner 3x3 convolutions after the fno blocks")
+    probe_mask: bool = setting(False, to=M, help="multiply the probe by a centred disk in the forward model")
+    probe_mask_diameter: float | None = setting(None, to=M, help="probe mask diameter in pixels; none = N")
+    # --- training ---
+    seed: int = setting(0, to=T, help="seed for weights, data order and the validation split")
+    epochs: int = setting(10, to=T, help="training epochs (>= 1)")
+    batch_size: int = setting(16, to=T, help="patterns per optimizer step")
+    learning_rate: float = setting(1e-3, to=SHARED, help="peak learning rate (> 0)")
+    gradient_clip_val: float | None = setting(None, to=SHARED, flag="--grad-clip",
+                                              help="gradient clip level; none or 0 = off; > 0 = max global "
+                                                   "L2 norm (norm), max |element| (value) or lambda (agc)")
+    gradient_clip_algorithm: str = setting("norm", to=T, choices=CLIP_ALGORITHMS,
+                                           help="norm: global L2; value: element-wise; agc: unit-wise adaptive")
+    torch_loss_mode: str = setting("poisson", to=T, choices=LOSS_MODES,
+                                   help="poisson NLL on photon counts or mae on amplitudes")
+    optimizer: str = setting("adam", to=T, choices=OPTIMIZERS, help="optimizer")
+    weight_decay: float = setting(0.0, to=T, help="weight decay (>= 0; decoupled under adamw)")
+    momentum: float = setting(0.9, to=T, help="sgd momentum in [0, 1)")
+    adam_beta1: float = setting(0.9, to=T, help="adam/adamw beta1 in [0, 1)")
+    adam_beta2: float = setting(0.999, to=T, help="adam/adamw beta2 in [0, 1)")
+    scheduler: str = setting("Default", to=T, choices=SCHEDULERS, help="learning-rate schedule (Default = constant)")
+    lr_gamma: float = setting(0.95, to=T, help="Exponential: lr factor per epoch, in (0, 1]")
+    lr_warmup_epochs: int = setting(0, to=T, help="WarmupCosine: epochs of linear warmup (< epochs)")
+    lr_min_ratio: float = setting(0.0, to=T, help="WarmupCosine: final lr as a fraction of learning_rate")
+    plateau_factor: float = setting(0.5, to=T, help="ReduceLROnPlateau: lr factor on a plateau, in (0, 1)")
+    plateau_patience: int = setting(2, to=T, help="ReduceLROnPlateau: epochs without improvement")
+    plateau_min_lr: float = setting(0.0, to=T, help="ReduceLROnPlateau: lowest lr")
+    plateau_threshold: float = setting(1e-4, to=T, help="ReduceLROnPlateau: relative improvement that counts")
+    val_fraction: float = setting(0.1, to=T, help="share of train patterns held out for validation (0..0.5)")
+    log_grad_norm: bool = setting(True, to=T, help="record global gradient norms before and after clipping")
+    grad_norm_log_freq: int = setting(1, to=T, help="record gradient norms every k optimizer steps")
+    nonfinite_grad_policy: str = setting("skip", to=T, choices=NONFINITE_POLICIES,
+                                         help="non-finite gradients: skip the step (counted) or raise")
+    # --- simulated data (used when no NPZ is given) ---
+    object_size: int = setting(128, to=S, help="simulated object side in pixels (>= N)")
+    n_lines: int = setting(130, to=S, help="random lines drawn on the simulation canvas")
+    nphotons: float = setting(1e9, to=S, help="mean photon count per diffraction pattern")
+    n_train_images: int = setting(2, to=S, help="simulated objects in the train split")
+    n_test_images: int = setting(1, to=S, help="simulated objects in the test split")
+    train_stride: int = setting(4, to=S, help="train scan step in pixels (<= N)")
+    test_stride: int = setting(8, to=S, help="test scan step in pixels (<= N); also the stitching crop")
+    set_phi: bool = setting(False, to=S, help="give the object a phase derived from its amplitude")
+    probe_npz: Path | None = setting(None, to=S, help="NPZ holding probeGuess (N, N) complex; none = ideal disk")
+    data_seed: int = setting(0, to=S, help="seed for simulated objects and Poisson noise")
+    # --- execution ---
+    accelerator: str = setting("cpu", to=E, choices=ACCELERATORS, help="Lightning accelerator")
+    devices: int = setting(1, to=E, help="devices per node")
+    strategy: str = setting("auto", to=E, choices=STRATEGIES, help="Lightning strategy (ddp for several devices)")
+    num_nodes: int = setting(1, to=E, help="nodes for multi-node DDP")
+    precision: str = setting("32-true", to=E, choices=PRECISIONS, help="numeric precision")
+    deterministic: bool = setting(True, to=E, help="use deterministic torch algorithms")
+    num_workers: int = setting(0, to=E, help="DataLoader worker processes")
+    infer_batch_size: int = setting(64, to=E, help="batch size when predicting the test split")
+    enable_progress_bar: bool = setting(True, to=E, help="show Lightning's progress bar")
+    enable_checkpointing: bool = setting(True, to=E, help="write checkpoints under output_dir")
+    logger_backend: str = setting("csv", to=E, choices=LOGGER_BACKENDS, help="Lightning logger")
+
+
+OUTPUT_CLASSES: dict[str, type] = {
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "execution": PyTorchExecutionConfig,
+    "simulation": SimulationConfig,
+}
+# Output fields filled by another resolved config rather than by a runner field.
+NESTED_SOURCES: dict[tuple[str, str], str] = {("training", "model"): "model"}
+
+
+def routed_values(cfg: TorchRunnerConfig, destination: str) -> dict[str, Any]:
+    """The runner values declared to reach ``destination``, under their own names."""
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if destination in route_of(f).to
+    }
+
+
+def setup_torch_configs(cfg: TorchRunnerConfig) -> tuple[TrainingConfig, PyTorchExecutionConfig]:
+    """Resolve the training config (with its model config) and the execution config."""
+    model = ModelConfig(**routed_values(cfg, "model"))
+    training = TrainingConfig(model=model, **routed_values(cfg, "training"))
+    execution = PyTorchExecutionConfig(**routed_values(cfg, "execution"))
+    return training, execution
+
+
+def setup_simulation_config(cfg: TorchRunnerConfig) -> SimulationConfig:
+    """Resolve the settings used to simulate data when no NPZ files are given."""
+    return SimulationConfig(**routed_values(cfg, "simulation"))
+
+
+def resolve_configs(cfg: TorchRunnerConfig, setup: Callable = setup_torch_configs) -> dict[str, Any]:
+    """Every destination's resolved config, keyed as in DESTINATIONS (model is training.model)."""
+    training, execution = setup(cfg)
+    return {"model": training.model, "training": training, "execution": execution,
+            "simulation": setup_simulation_config(cfg)}
+
+
+def resolved_json(cfg: TorchRunnerConfig) -> dict[str, Any]:
+    """The runner config and the configs resolved from it, JSON-ready (paths as strings)."""
+    resolved = resolve_configs(cfg)
+    return {"runner": to_jsonable(cfg)} | {
+        name: to_jsonable(resolved[name]) for name in ("training", "execution", "simulation")}
+
+
+# --- command line, derived from the field declarations ------------------------------------
+
+NONE_WORD = "none"
+
+
+def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
+    label = {int: "an integer", float: "a number", Path: "a path", str: "a string"}[kind]
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() == NONE_WORD:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {label}{' or none' if optional else ''}, got {text!r}") from None
+
+    return convert
+
+
+def _field_kind(hint: Any) -> tuple[type, bool]:
+    """(base type, optional) of a field annotation such as ``float | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, fields: Sequence[dataclasses.Field],
+                          flag_prefix: str = "--") -> None:
+    """Add one flag per runner setting; omitted flags stay absent so the dataclass default applies."""
+    hints = typing.get_type_hints(TorchRunnerConfig)
+    for f in fields:
+        route = route_of(f)
+        flag = flag_prefix + flag_of(f)[2:]
+        kind, optional = _field_kind(hints[f.name])
+        default_text = NONE_WORD if f.default is None else f.default
+        help_text = f"{route.help} (default: {default_text})"
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            parser.add_argument(flag, type=_converter(kind, optional), choices=route.choices,
+                                metavar=None if route.choices else kind.__name__.upper(), **common)
+
+
+def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
+    """A ConfigError restated with CLI flags instead of field names."""
+    return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
+
+
+def runner_flags(flag_prefix: str = "--") -> dict[str, str]:
+    return {f.name: flag_prefix + flag_of(f)[2:] for f in dataclasses.fields(TorchRunnerConfig)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.studies.grid_lines_torch_runner",
+        usage="%(prog)s [--dry-run] [--output-dir PATH] [--grad-clip FLOAT] [other settings; see below]",
+        description="Simulate or load grid-lines data, train the PINN, reconstruct and score.",
+    )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved configs as JSON and exit without touching the disk")
+    add_setting_arguments(parser, dataclasses.fields(TorchRunnerConfig))
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, argparse.Namespace]:
+    """Parse argv into a validated config; bad input exits 2 with the flag named."""
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    given = {k: v for k, v in vars(namespace).items() if k != "dry_run"}
+    try:
+        cfg = TorchRunnerConfig(**given)
+        resolve_configs(cfg)
+    except ConfigError as err:
+        parser.error(config_error_message(err, runner_flags()))
+    return cfg, namespace
+
+
+def config_to_argv(cfg: TorchRunnerConfig, flag_prefix: str = "--") -> list[str]:
+    """argv that parses back to ``cfg`` (every field spelled out)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        flag, value = flag_prefix + flag_of(f)[2:], getattr(cfg, f.name)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            text = NONE_WORD if value is None else repr(value) if isinstance(value, float) else str(value)
+            argv.append(f"{flag}={text}")
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, namespace = parse_config(argv)
+    if namespace.dry_run:
+        print(json.dumps(resolved_json(cfg), indent=2))
+        return 0
+    print("training is not wired into the runner yet; use --dry-run", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

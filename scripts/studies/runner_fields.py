@@ -1,0 +1,50 @@
+"""Declaring a runner setting once: its default, route, CLI flag and help text together.
+
+``setting(...)`` returns a dataclass field whose metadata carries a ``Route``. The runner's
+parser, the compare wrapper's ``--torch-*`` flags and ``setup_torch_configs`` are all derived
+from these declarations, so a setting cannot be parsed in one place and dropped in another.
+Torch-free: imported by ``--help`` and the contract tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# The configs a runner setting can reach; "runner" fields are used by the runner itself.
+DESTINATIONS = ("model", "training", "execution", "simulation")
+SHARED = ("training", "execution")
+
+
+@dataclass(frozen=True)
+class Route:
+    to: tuple[str, ...]  # destinations in DESTINATIONS; empty = runner-only
+    help: str
+    flag: str | None = None  # CLI flag; None = --<name-with-dashes>
+    choices: tuple[str, ...] | None = None
+    why_runner_only: str | None = None  # required when ``to`` is empty
+
+
+def setting(default: Any, *, to: tuple[str, ...], help: str, flag: str | None = None,
+            choices: tuple[str, ...] | None = None, why: str | None = None) -> Any:
+    """A runner config field together with its route, flag and help text."""
+    unknown = set(to) - set(DESTINATIONS)
+    if unknown:
+        raise ValueError(f"unknown destination(s) {sorted(unknown)}; expected some of {DESTINATIONS}")
+    if not to and not why:
+        raise ValueError("a runner-only setting needs a one-line reason (why=...)")
+    route = Route(tuple(to), help, flag, choices, why)
+    return dataclasses.field(default=default, metadata={"route": route})
+
+
+def route_of(f: dataclasses.Field) -> Route | None:
+    route = f.metadata.get("route")
+    return route if isinstance(route, Route) else None
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    route = route_of(f)
+    if route is not None and route.flag:
+        return route.flag
+    return "--" + f.name.replace("_", "-")
