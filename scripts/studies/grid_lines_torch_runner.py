@@ -169,6 +169,8 @@ def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
         if optional and text.lower() == NONE_WORD:
             return None
         try:
+            if not text.strip():
+                raise ValueError("empty")
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
