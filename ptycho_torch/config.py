@@ -251,7 +251,15 @@ def _stride_fits(name: str) -> Callable[[Mapping[str, Any]], Problem | None]:
     return check
 
 
+def _npz_pair(v: Mapping[str, Any]) -> Problem | None:
+    if (v["train_npz"] is None) != (v["test_npz"] is None):
+        missing, given = ("test_npz", "train_npz") if v["test_npz"] is None else ("train_npz", "test_npz")
+        return Problem(missing, None, f"must be given when {given} is (or leave both out to simulate the data)")
+    return None
+
+
 CROSS_RULES = (
+    CrossRule(("train_npz", "test_npz"), _npz_pair),
     CrossRule(("object_size", "N"), _object_holds_patch),
     CrossRule(("train_stride", "N"), _stride_fits("train_stride")),
     CrossRule(("test_stride", "N"), _stride_fits("test_stride")),
@@ -401,3 +409,46 @@ def check_shared_fields(training: TrainingConfig, execution: PyTorchExecutionCon
     ]
     if problems:
         raise ConfigError("shared settings (TrainingConfig vs PyTorchExecutionConfig)", problems)
+
+
+def clipping_enabled(clip_val: float | None) -> bool:
+    """None and 0 both mean off."""
+    return clip_val is not None and clip_val > 0
+
+
+# (field, is it active under this training config?, why it is inert otherwise)
+_ACTIVITY: tuple[tuple[str, Callable[[TrainingConfig], bool], str], ...] = (
+    ("momentum", lambda t: t.optimizer == "sgd", "only sgd uses momentum"),
+    ("adam_beta1", lambda t: t.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
+    ("adam_beta2", lambda t: t.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
+    ("lr_gamma", lambda t: t.scheduler == "Exponential", "only the Exponential scheduler"),
+    ("lr_warmup_epochs", lambda t: t.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
+    ("lr_min_ratio", lambda t: t.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
+    ("plateau_factor", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("plateau_patience", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("plateau_min_lr", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("plateau_threshold", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("gradient_clip_algorithm", lambda t: clipping_enabled(t.gradient_clip_val), "clipping is off"),
+    ("grad_norm_log_freq", lambda t: t.log_grad_norm, "gradient norms are not logged"),
+    ("torch_loss_mode", lambda t: t.model.training_procedure == "pinn", "supervised training has its own loss"),
+    ("probe_mask", lambda t: t.model.training_procedure == "pinn", "supervised training skips the physics"),
+    ("probe_mask_diameter", lambda t: t.model.training_procedure == "pinn" and t.model.probe_mask,
+     "the probe mask is off"),
+    ("cnn_channels", lambda t: t.model.architecture in ("cnn", "hybrid"), "only cnn and hybrid have a conv decoder"),
+    ("fno_modes", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("fno_width", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("fno_blocks", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("fno_cnn_blocks", lambda t: t.model.architecture == "fno", "only fno has refiner blocks"),
+)
+
+
+def inert_settings(cfg: TrainingConfig) -> dict[str, str]:
+    """Training and model settings that cannot change a run under ``cfg``, with the reason."""
+    return {name: why for name, active, why in _ACTIVITY if not active(cfg)}
+
+
+def active_settings(cfg: TrainingConfig) -> set[str]:
+    """Training and model settings that the training path must read under ``cfg``."""
+    names = {f.name for f in dataclasses.fields(TrainingConfig) if f.name != "model"}
+    names |= {f.name for f in dataclasses.fields(ModelConfig)}
+    return names - set(inert_settings(cfg))

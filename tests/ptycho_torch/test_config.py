@@ -40,7 +40,7 @@ INVALID: dict[str, tuple] = {
     "data_seed": (-5,), "accelerator": ("tpu",), "devices": (0,), "strategy": ("fsdp",),
     "num_nodes": (0,), "precision": ("16-true", 16), "deterministic": (0,), "num_workers": (-1,),
     "infer_batch_size": (0,), "enable_progress_bar": ("no",), "enable_checkpointing": (None,),
-    "logger_backend": ("wandb",), "train_npz": ("", 1.5), "test_npz": ("",), "output_dir": ("", None),
+    "logger_backend": ("wandb",), "train_npz": ("", 1.5), "test_npz": ("", 2), "output_dir": ("", None),
     "overwrite": ("false",),
 }
 
@@ -89,6 +89,8 @@ CROSS_CASES = [
                  "val_fraction", id="plateau-without-validation"),
     pytest.param(SimulationConfig, dict(N=64, object_size=32), "object_size", id="object-smaller-than-patch"),
     pytest.param(SimulationConfig, dict(N=16, train_stride=17), "train_stride", id="stride-above-N"),
+    pytest.param(TorchRunnerConfig, dict(train_npz="train.npz"), "test_npz", id="train-npz-without-test-npz"),
+    pytest.param(TorchRunnerConfig, dict(test_npz="test.npz"), "train_npz", id="test-npz-without-train-npz"),
 ]
 
 
@@ -107,7 +109,7 @@ def test_clip_value_sentinels_mean_off_and_ints_become_floats():
 
 
 def test_paths_accept_str_and_are_stored_as_path():
-    cfg = TorchRunnerConfig(train_npz="a/train.npz", output_dir=Path("out"))
+    cfg = TorchRunnerConfig(train_npz="a/train.npz", test_npz=Path("a/test.npz"), output_dir="out")
     assert cfg.train_npz == Path("a/train.npz") and isinstance(cfg.output_dir, Path)
 
 

@@ -1,0 +1,60 @@
+"""Grid-lines objects: line drawing, three-scale blur, normalisation, phase rule, seeding."""
+
+import numpy as np
+import torch  # noqa: F401 -- module-scope import keeps Hypothesis timings stable across the suite
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ptycho_torch.objects import as_complex, draw_lines, grid_lines_amplitude_phase, phase_from_amplitude
+from tests.strategies import rng_seeds
+
+
+@given(st.integers(2, 64), rng_seeds)
+def test_one_line_is_one_horizontal_or_vertical_run(canvas, seed):
+    lines = draw_lines(canvas, 1, np.random.default_rng(seed))
+    rows, cols = np.nonzero(lines)
+    assert set(np.unique(lines)) <= {0.0, 1.0} and len(rows) >= 1
+    along = cols if len(np.unique(rows)) == 1 else rows
+    assert len(np.unique(rows)) == 1 or len(np.unique(cols)) == 1
+    assert np.array_equal(np.sort(along), np.arange(along.min(), along.max() + 1))  # contiguous
+
+
+@given(st.integers(16, 80), st.integers(0, 200), rng_seeds, st.booleans())
+def test_object_maps_are_float32_with_amplitude_peak_one(size, n_lines, seed, set_phi):
+    amplitude, phase = grid_lines_amplitude_phase(size, n_lines, np.random.default_rng(seed), set_phi=set_phi)
+    assert amplitude.shape == phase.shape == (size, size)
+    assert amplitude.dtype == phase.dtype == np.float32
+    assert amplitude.max() == 1.0 and amplitude.min() >= 0.0
+    assert np.all(np.abs(phase) <= np.float32(np.pi))  # tanh saturates to +-1 for sparse objects
+    if not set_phi:
+        assert not phase.any()
+
+
+def test_set_phi_follows_the_tanh_rule():
+    amplitude, phase = grid_lines_amplitude_phase(64, 40, np.random.default_rng(3), set_phi=True)
+    a = amplitude.astype(np.float64)
+    want = np.pi * np.tanh((a - a.max() / 2) / (3 * a.mean()))
+    np.testing.assert_allclose(phase, want, rtol=1e-6, atol=1e-6)
+    assert phase.min() < 0 < phase.max()  # dark and bright regions get opposite phase
+
+
+def test_no_lines_gives_a_flat_transmitting_object():
+    amplitude, phase = grid_lines_amplitude_phase(32, 0, np.random.default_rng(0), set_phi=True)
+    assert np.all(amplitude == 1.0)
+    np.testing.assert_array_equal(phase, phase_from_amplitude(amplitude))
+
+
+def test_same_generator_state_gives_bitwise_identical_objects_and_another_seed_differs():
+    first = grid_lines_amplitude_phase(48, 30, np.random.default_rng(7))
+    again = grid_lines_amplitude_phase(48, 30, np.random.default_rng(7))
+    other = grid_lines_amplitude_phase(48, 30, np.random.default_rng(8))
+    assert first[0].tobytes() == again[0].tobytes()
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_as_complex_builds_amplitude_times_phase_factor():
+    amplitude = np.array([[1.0, 0.5]], dtype=np.float32)
+    phase = np.array([[0.0, np.pi / 2]], dtype=np.float32)
+    obj = as_complex(amplitude, phase)
+    assert obj.dtype == np.complex64
+    np.testing.assert_allclose(obj, [[1.0, 0.5j]], atol=1e-7)

@@ -1,0 +1,117 @@
+"""Simulated splits: photon statistics, integer counts, agreement with the forward model, seeding, files."""
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from ptycho_torch.config import SimulationConfig
+from ptycho_torch.npz_data import DataError, load_npz
+from ptycho_torch.physics import forward_amplitude
+from ptycho_torch.probe import ideal_probe, load_probe
+from ptycho_torch.scan import stitch_patches
+from ptycho_torch.simulation import simulate_dataset, simulate_split
+from tests.strategies import tiny_simulation_configs
+
+TINY = SimulationConfig(N=16, object_size=32, n_lines=20, nphotons=1e3, n_train_images=2, n_test_images=1,
+                        train_stride=4, test_stride=8, data_seed=5)
+
+
+def split(sim: SimulationConfig, name: str = "train", seed: int = 0, stride: int | None = None):
+    stride = stride or (sim.train_stride if name == "train" else sim.test_stride)
+    return simulate_split(sim, 2, stride, np.random.default_rng(seed), ideal_probe(sim.N), split=name)
+
+
+def counts_of(data) -> np.ndarray:
+    return (data.diffraction.astype(np.float64) * data.intensity_scale) ** 2
+
+
+def test_mean_photon_count_per_pattern_is_nphotons_within_three_standard_errors():
+    sim = SimulationConfig(N=16, object_size=64, n_lines=40, nphotons=1e3, data_seed=1)
+    data = split(sim, stride=1)  # 2 x 49^2 = 4,802 patterns
+    totals = counts_of(data).sum(axis=(1, 2))
+    # noiseless totals average to nphotons exactly, so the spread of the mean is Poisson's alone
+    standard_error = np.sqrt(sim.nphotons / len(totals))
+    assert len(totals) == 4802
+    assert abs(totals.mean() - sim.nphotons) < 3 * standard_error
+
+
+@settings(deadline=None)  # runs the forward model: timing follows the machine's load
+@given(tiny_simulation_configs())
+def test_counts_are_integers_before_the_square_root(sim):
+    sim = dataclasses.replace(sim, nphotons=min(sim.nphotons, 1e4))  # float32 resolves counts < ~1e5
+    counts = counts_of(split(sim))
+    assert np.all(np.abs(counts - np.round(counts)) <= 1e-3 + 3e-7 * counts)
+    assert counts.min() >= 0
+
+
+def test_bright_patterns_match_the_forward_model_of_the_stored_patches():
+    sim = SimulationConfig(N=16, object_size=40, n_lines=30, nphotons=1e12, set_phi=True)
+    data = split(sim)
+    patches = torch.from_numpy(data.Y_I * np.exp(1j * data.Y_phi).astype(np.complex64))
+    clean = forward_amplitude(patches, torch.from_numpy(data.probeGuess)).numpy()
+    # sqrt(Poisson(l)) deviates from sqrt(l) by ~0.5 count^(1/2) at most a few times over
+    np.testing.assert_allclose(data.diffraction, clean, rtol=1e-5, atol=4 / data.intensity_scale)
+
+
+def test_patches_coords_and_ground_truth_agree_with_the_objects():
+    data = split(TINY, "test")
+    for m in (0, len(data.coords) // 2, len(data.coords) - 1):
+        (row, col), image = data.coords[m], data.image_index[m]
+        window = data.objectGuess[image, row:row + 16, col:col + 16]
+        np.testing.assert_allclose(data.Y_I[m], np.abs(window), rtol=1e-6)
+    for image in range(2):
+        mine = data.image_index == image
+        patches = data.Y_I[mine] * np.exp(1j * data.Y_phi[mine])
+        stitched = stitch_patches(patches, data.coords[mine], 16, TINY.test_stride)
+        np.testing.assert_allclose(stitched, data.YY_ground_truth[image], rtol=1e-6, atol=1e-7)
+
+
+def test_same_seed_gives_bitwise_identical_files_and_another_seed_differs():
+    with tempfile.TemporaryDirectory() as folder:
+        first = [load_npz(p, s) for p, s in zip(simulate_dataset(TINY, Path(folder) / "a"), ("train", "test"))]
+        again = [load_npz(p, s) for p, s in zip(simulate_dataset(TINY, Path(folder) / "b"), ("train", "test"))]
+        reseeded = dataclasses.replace(TINY, data_seed=6)
+        other = load_npz(simulate_dataset(reseeded, Path(folder) / "c")[0], "train")
+    for one, two in zip(first, again):
+        for name, array in one.to_arrays().items():
+            assert array.tobytes() == two.to_arrays()[name].tobytes(), name
+    assert not np.array_equal(first[0].diffraction, other.diffraction)
+    assert not np.array_equal(first[0].objectGuess, other.objectGuess)
+    assert not np.array_equal(first[0].objectGuess[0], first[1].objectGuess[0])  # splits draw their own objects
+
+
+def test_simulate_dataset_writes_both_splits_with_their_settings(tmp_path):
+    train_path, test_path = simulate_dataset(TINY, tmp_path, progress=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"train.npz", "test.npz"}  # no temp files left behind
+    train, test = load_npz(train_path, "train", expected_N=16), load_npz(test_path, "test", expected_N=16)
+    assert train.diffraction.shape == (2 * 5 * 5, 16, 16) and test.diffraction.shape == (3 * 3, 16, 16)
+    assert test.YY_ground_truth.shape == (1, 24, 24)
+    assert train.metadata["stride"] == 4 and test.metadata["stride"] == 8
+    assert train.metadata["nphotons"] == TINY.nphotons and test.metadata["split"] == "test"
+
+
+def test_a_probe_file_is_used_and_a_bad_one_is_refused(tmp_path):
+    probe = (np.arange(256).reshape(16, 16) * (1 + 1j)).astype(np.complex64)
+    np.savez(tmp_path / "probe.npz", probeGuess=probe)
+    sim = dataclasses.replace(TINY, probe_npz=tmp_path / "probe.npz")
+    train_path, _ = simulate_dataset(sim, tmp_path / "out")
+    assert np.array_equal(load_npz(train_path, "train").probeGuess, probe)
+    np.savez(tmp_path / "small.npz", probeGuess=probe[:8, :8])
+    with pytest.raises(DataError, match="probeGuess.*shape"):
+        load_probe(tmp_path / "small.npz", 16)
+    np.savez(tmp_path / "none.npz", other=probe)
+    with pytest.raises(DataError, match="probeGuess.*missing"):
+        load_probe(tmp_path / "none.npz", 16)
+
+
+def test_ideal_probe_is_a_centred_disk_with_unit_peak():
+    probe = ideal_probe(64)
+    assert probe.dtype == np.complex64 and np.abs(probe).max() == pytest.approx(1.0)
+    assert not probe.imag.any()
+    assert np.abs(probe[0, 0]) < 1e-3 and np.allclose(probe, probe[::-1, ::-1])
+    assert 0.1 < np.mean(np.abs(probe) > 0.05) < 0.3  # a disk of diameter ~N/2 covers ~pi/16 of the array
