@@ -13,3 +13,6 @@ settings.register_profile("ci", settings.get_profile("ci"), max_examples=250)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 # Keep Hypothesis's own choice of "ci" when the CI variable is set and no profile is named.
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# Integration evidence under .artifacts/<topic>/ (see tests/evidence_plugin.py).
+pytest_plugins = ["tests.evidence_plugin"]

@@ -26,7 +26,7 @@ from ptycho_torch.config import (
     TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
     TrainingConfig, Validated, to_jsonable,
 )
-from scripts.studies.runner_fields import SHARED, flag_of, route_of, setting
+from scripts.studies.runner_fields import SHARED, flag_of, flags_of, route_of, setting
 
 M, T, E, S = ("model",), ("training",), ("execution",), ("simulation",)
 
@@ -64,7 +64,7 @@ class TorchRunnerConfig(Validated):
     gradient_clip_val: float | None = setting(None, to=SHARED, flag="--grad-clip",
                                               help="gradient clip level; none or 0 = off; > 0 = max global "
                                                    "L2 norm (norm), max |element| (value) or lambda (agc)")
-    gradient_clip_algorithm: str = setting("norm", to=T, choices=CLIP_ALGORITHMS,
+    gradient_clip_algorithm: str = setting("norm", to=T, choices=CLIP_ALGORITHMS, aliases=("--grad-clip-algorithm",),
                                            help="norm: global L2; value: element-wise; agc: unit-wise adaptive")
     torch_loss_mode: str = setting("poisson", to=T, choices=LOSS_MODES,
                                    help="poisson NLL on photon counts or mae on amplitudes")
@@ -193,15 +193,15 @@ def add_setting_arguments(parser: argparse.ArgumentParser, fields: Sequence[data
     hints = typing.get_type_hints(TorchRunnerConfig)
     for f in fields:
         route = route_of(f)
-        flag = flag_prefix + flag_of(f)[2:]
+        flags = flags_of(f, flag_prefix)
         kind, optional = _field_kind(hints[f.name])
         default_text = NONE_WORD if f.default is None else f.default
         help_text = f"{route.help} (default: {default_text})"
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         else:
-            parser.add_argument(flag, type=_converter(kind, optional), choices=route.choices,
+            parser.add_argument(*flags, type=_converter(kind, optional), choices=route.choices,
                                 metavar=None if route.choices else kind.__name__.upper(), **common)
 
 
@@ -211,7 +211,7 @@ def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
 
 
 def runner_flags(flag_prefix: str = "--") -> dict[str, str]:
-    return {f.name: flag_prefix + flag_of(f)[2:] for f in dataclasses.fields(TorchRunnerConfig)}
+    return {f.name: flag_of(f, flag_prefix) for f in dataclasses.fields(TorchRunnerConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +243,7 @@ def config_to_argv(cfg: TorchRunnerConfig, flag_prefix: str = "--") -> list[str]
     """argv that parses back to ``cfg`` (every field spelled out)."""
     argv: list[str] = []
     for f in dataclasses.fields(cfg):
-        flag, value = flag_prefix + flag_of(f)[2:], getattr(cfg, f.name)
+        flag, value = flag_of(f, flag_prefix), getattr(cfg, f.name)
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
         else:

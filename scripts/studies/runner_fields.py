@@ -24,17 +24,18 @@ class Route:
     flag: str | None = None  # CLI flag; None = --<name-with-dashes>
     choices: tuple[str, ...] | None = None
     why_runner_only: str | None = None  # required when ``to`` is empty
+    aliases: tuple[str, ...] = ()  # extra flag spellings, e.g. --grad-clip-algorithm
 
 
 def setting(default: Any, *, to: tuple[str, ...], help: str, flag: str | None = None,
-            choices: tuple[str, ...] | None = None, why: str | None = None) -> Any:
+            choices: tuple[str, ...] | None = None, why: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A runner config field together with its route, flag and help text."""
     unknown = set(to) - set(DESTINATIONS)
     if unknown:
         raise ValueError(f"unknown destination(s) {sorted(unknown)}; expected some of {DESTINATIONS}")
     if not to and not why:
         raise ValueError("a runner-only setting needs a one-line reason (why=...)")
-    route = Route(tuple(to), help, flag, choices, why)
+    route = Route(tuple(to), help, flag, choices, why, tuple(aliases))
     return dataclasses.field(default=default, metadata={"route": route})
 
 
@@ -43,8 +44,14 @@ def route_of(f: dataclasses.Field) -> Route | None:
     return route if isinstance(route, Route) else None
 
 
-def flag_of(f: dataclasses.Field) -> str:
+def flag_of(f: dataclasses.Field, prefix: str = "--") -> str:
+    """The field's CLI flag; ``prefix`` replaces the leading ``--`` (the wrapper uses ``--torch-``)."""
     route = route_of(f)
-    if route is not None and route.flag:
-        return route.flag
-    return "--" + f.name.replace("_", "-")
+    flag = route.flag if route is not None and route.flag else "--" + f.name.replace("_", "-")
+    return prefix + flag[2:]
+
+
+def flags_of(f: dataclasses.Field, prefix: str = "--") -> list[str]:
+    """The flag and its aliases, all with ``prefix``."""
+    route = route_of(f)
+    return [flag_of(f, prefix)] + [prefix + alias[2:] for alias in (route.aliases if route else ())]

@@ -1,0 +1,70 @@
+"""Batches of diffraction patterns (and ground-truth patches) for training, validation and prediction.
+
+The train split is divided into train/validation by ``val_fraction`` with a generator seeded by
+``seed``; shuffling uses its own seeded generator, so the data order is reproducible. Under DDP
+Lightning swaps in a DistributedSampler, which gives each rank a disjoint share.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.npz_data import GridLinesData
+
+
+class PatternDataset(Dataset):
+    """Measured amplitudes with their ground-truth amplitude and phase patches, as a dict per item."""
+
+    def __init__(self, data: GridLinesData):
+        self.diffraction = torch.from_numpy(np.ascontiguousarray(data.diffraction))  # (M, N, N) float32
+        self.amplitude = torch.from_numpy(np.ascontiguousarray(data.Y_I))  # (M, N, N) float32
+        self.phase = torch.from_numpy(np.ascontiguousarray(data.Y_phi))  # (M, N, N) float32
+
+    def __len__(self) -> int:
+        return self.diffraction.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"diffraction": self.diffraction[index], "amplitude": self.amplitude[index],
+                "phase": self.phase[index]}
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint (train, validation) index lists; validation gets round(count * val_fraction), at least 1 if > 0."""
+    n_val = 0 if val_fraction == 0 else min(max(1, round(count * val_fraction)), count - 1)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class GridLinesDataModule(L.LightningDataModule):
+    def __init__(self, train: GridLinesData, test: GridLinesData | None, training: TrainingConfig,
+                 execution: PyTorchExecutionConfig):
+        super().__init__()
+        self.batch_size = training.batch_size
+        self.seed = training.seed
+        self.num_workers = execution.num_workers
+        self.infer_batch_size = execution.infer_batch_size
+        patterns = PatternDataset(train)
+        train_idx, val_idx = split_indices(len(patterns), training.val_fraction, training.seed)
+        self.train_set = Subset(patterns, train_idx)
+        self.val_set = Subset(patterns, val_idx) if val_idx else None
+        self.test_set = PatternDataset(test) if test is not None else None
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.infer_batch_size, shuffle=False) if self.val_set else []
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise RuntimeError("no test split was given to predict")
+        return self._loader(self.test_set, self.infer_batch_size, shuffle=False)

@@ -1,0 +1,220 @@
+"""Generator networks: measured diffraction amplitude (B, N, N) -> complex object patch O (B, N, N).
+
+Plain ``nn.Module``s that know nothing of Lightning, the physics or the loss. One registry,
+``GENERATORS``, holds the architectures named in ``config.ARCHITECTURES``:
+
+- ``cnn``: a convolutional encoder/decoder (no skip connections: the input lives in reciprocal
+  space and the output in real space, so pixels of the two are not aligned; the bottleneck
+  carries the global mapping).
+- ``fno``: a Fourier neural operator (Li et al. 2021, arXiv:2010.08895): a lifting 1x1 conv,
+  ``fno_blocks`` blocks x <- x + act(K x + W x) with K a spectral convolution that keeps the
+  lowest ``fno_modes`` x ``fno_modes`` modes (positive and negative frequencies on the first
+  axis, rfft2's half spectrum on the second) and W a 3x3 convolution, then ``fno_cnn_blocks``
+  refiner convolutions and a projection to the heads.
+- ``hybrid``: spectral blocks as an encoder with downsampling, then the convolutional decoder.
+
+Every generator ends in the same head (``generator_output_mode``):
+``amp_phase``: O = sigmoid(a) * exp(i * pi * tanh(p)), so |O| in (0, 1) and |angle O| <= pi;
+``real_imag``: O = re + i * im.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ptycho_torch.config import ModelConfig
+
+MIN_CNN_SIZE = 8  # the cnn bottleneck stops at 8x8 pixels (N=64 -> three levels)
+MIN_HYBRID_SIZE = 8  # hybrid stages stop downsampling at 8x8 (modes there are clamped to 4)
+MAX_CHANNEL_DOUBLINGS = 3  # channels double per level up to 8x the base, then stay
+
+
+def normalize_amplitude(amplitude: torch.Tensor, N: int) -> torch.Tensor:
+    """(B, N, N) or (B, 1, N, N) amplitude -> (B, 1, N, N) float32 log1p(amplitude).
+
+    Diffraction amplitudes span orders of magnitude (the central peak against the
+    speckle), so log1p compresses that range into something a network can read. It is
+    monotone and per-pixel, so the absolute scale, which encodes the object's
+    transmission, survives; a per-pattern or per-batch normalization would erase it or
+    make one pattern's output depend on its batch neighbours.
+    """
+    if amplitude.ndim == 3:
+        amplitude = amplitude.unsqueeze(1)  # (B, 1, N, N)
+    if amplitude.ndim != 4 or amplitude.shape[1] != 1 or tuple(amplitude.shape[-2:]) != (N, N):
+        raise ValueError(f"amplitude must be (B, {N}, {N}) or (B, 1, {N}, {N}), got {tuple(amplitude.shape)}")
+    return torch.log1p(amplitude.float().clamp_min(0.0))  # (B, 1, N, N) float32
+
+
+class ComplexHead(nn.Module):
+    """(B, C, n, n) features -> (B, n, n) complex64 object, by ``generator_output_mode``."""
+
+    def __init__(self, in_channels: int, output_mode: str):
+        super().__init__()
+        if output_mode not in ("amp_phase", "real_imag"):
+            raise ValueError(f"generator_output_mode={output_mode!r}: must be amp_phase or real_imag")
+        self.output_mode = output_mode
+        self.project = nn.Conv2d(in_channels, 2, kernel_size=1)  # channel 0 / 1: amp / phase or re / im
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        first, second = self.project(features).float().unbind(dim=1)  # 2 x (B, n, n) float32
+        if self.output_mode == "amp_phase":
+            return torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, n, n) complex64
+        return torch.complex(first, second)  # (B, n, n) complex64
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions with GELU; the spatial size is kept."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GELU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.GELU(),
+    )
+
+
+def pyramid_channels(base: int, levels: int) -> list[int]:
+    """Channels at levels 0..levels: base, 2 base, 4 base, 8 base, 8 base, ..."""
+    return [base * 2 ** min(level, MAX_CHANNEL_DOUBLINGS) for level in range(levels + 1)]
+
+
+def halvings(size: int, minimum: int, most: int | None = None) -> int:
+    """How many times ``size`` can be halved without going below ``minimum`` (at most ``most``)."""
+    count = max(0, int(math.log2(size // minimum))) if size >= minimum else 0
+    return count if most is None else min(count, most)
+
+
+class ConvDecoder(nn.Module):
+    """(B, channels[-1], n, n) -> (B, channels[0], n * 2**k, n * 2**k), k = len(channels) - 1."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_block(channels[k], channels[k - 1]))
+            for k in range(len(channels) - 1, 0, -1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)  # (B, C_k, n, n) -> (B, C_{k-1}, 2n, 2n)
+        return x
+
+
+class SpectralConv2d(nn.Module):
+    """Spectral convolution: multiply the lowest ``modes`` x ``modes`` Fourier modes by learned weights.
+
+    Kept modes: rows 0..modes-1 and -modes..-1 (positive and negative frequencies) of the
+    first axis and columns 0..modes-1 of rfft2's half spectrum; the rest is zeroed. A pure
+    per-frequency product, so the layer commutes with circular shifts.
+
+    The complex weight is stored as a real (out, in, 2 * modes, modes, 2) tensor: optimizers,
+    DDP and clipping then see ordinary float parameters, and dim 0 is the output unit that
+    AGC clips by.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, modes: int):
+        super().__init__()
+        self.modes = modes
+        std = math.sqrt(1.0 / (in_channels + out_channels))  # Glorot-like, split over re and im
+        self.weight = nn.Parameter(std * torch.randn(out_channels, in_channels, 2 * modes, modes, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        m = self.modes
+        if 2 * m > height or m > width // 2 + 1:
+            raise ValueError(f"modes={m} do not fit a {height}x{width} input (need modes <= size/2)")
+        # FFTs stay in float32 even under autocast: bf16 / fp16 FFTs are unsupported or lossy.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x_ft = torch.fft.rfft2(x.float())  # (B, in, h, w//2+1) complex64
+            kept = torch.cat([x_ft[:, :, :m, :m], x_ft[:, :, -m:, :m]], dim=2)  # (B, in, 2m, m)
+            mixed = torch.einsum("bixy,oixy->boxy", kept, torch.view_as_complex(self.weight))  # (B, out, 2m, m)
+            out_ft = x_ft.new_zeros(x.shape[0], mixed.shape[1], height, width // 2 + 1)  # (B, out, h, w//2+1)
+            out_ft[:, :, :m, :m] = mixed[:, :, :m]
+            out_ft[:, :, -m:, :m] = mixed[:, :, m:]
+            return torch.fft.irfft2(out_ft, s=(height, width))  # (B, out, h, w) float32
+
+
+class SpectralBlock(nn.Module):
+    """x <- x + GELU(K x + W x): K spectral convolution, W a 3x3 convolution; shape kept."""
+
+    def __init__(self, width: int, modes: int):
+        super().__init__()
+        self.spectral = SpectralConv2d(width, width, modes)
+        self.local = nn.Conv2d(width, width, 3, padding=1)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.spectral(x) + self.local(x))  # (B, width, n, n)
+
+
+class Generator(nn.Module):
+    """Shared frame: normalize the amplitude, run ``body``, turn its features into O."""
+
+    def __init__(self, cfg: ModelConfig, body: nn.Module, body_channels: int):
+        super().__init__()
+        self.N = cfg.N
+        self.body = body
+        self.head = ComplexHead(body_channels, cfg.generator_output_mode)
+
+    def forward(self, amplitude: torch.Tensor) -> torch.Tensor:
+        x = normalize_amplitude(amplitude, self.N)  # (B, 1, N, N) float32
+        return self.head(self.body(x))  # (B, N, N) complex64
+
+
+class CNNGenerator(Generator):
+    """Encoder (conv blocks, average-pool halving down to 8x8) and a mirrored decoder."""
+
+    def __init__(self, cfg: ModelConfig):
+        channels = pyramid_channels(cfg.cnn_channels, halvings(cfg.N, MIN_CNN_SIZE))
+        encoder = [conv_block(1, channels[0])]
+        for k in range(1, len(channels)):
+            encoder += [nn.AvgPool2d(2), conv_block(channels[k - 1], channels[k])]  # (B, C_k, n/2, n/2)
+        super().__init__(cfg, nn.Sequential(*encoder, ConvDecoder(channels)), channels[0])
+
+
+class FNOGenerator(Generator):
+    """Lift (1x1), ``fno_blocks`` spectral blocks, ``fno_cnn_blocks`` 3x3 refiners, then the heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        width = cfg.fno_width
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 1)]
+        layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
+        for _ in range(cfg.fno_cnn_blocks):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
+        super().__init__(cfg, nn.Sequential(*layers), width)
+
+
+class HybridGenerator(Generator):
+    """Spectral encoder (``fno_blocks`` stages, each halving down to 8x8) and the cnn decoder."""
+
+    def __init__(self, cfg: ModelConfig):
+        downsamples = halvings(cfg.N, MIN_HYBRID_SIZE, most=cfg.fno_blocks)
+        layers: list[nn.Module] = [nn.Conv2d(1, cfg.fno_width, 1)]
+        size = cfg.N
+        for stage in range(cfg.fno_blocks):
+            layers.append(SpectralBlock(cfg.fno_width, min(cfg.fno_modes, size // 2)))
+            if stage < downsamples:
+                layers.append(nn.AvgPool2d(2))  # (B, width, size/2, size/2)
+                size //= 2
+        channels = pyramid_channels(cfg.cnn_channels, downsamples)
+        layers += [nn.Conv2d(cfg.fno_width, channels[-1], 1), nn.GELU(), ConvDecoder(channels)]
+        super().__init__(cfg, nn.Sequential(*layers), channels[0])
+
+
+GENERATORS: dict[str, Callable[[ModelConfig], Generator]] = {
+    "cnn": CNNGenerator,
+    "fno": FNOGenerator,
+    "hybrid": HybridGenerator,
+}
+
+
+def build_generator(cfg: ModelConfig) -> Generator:
+    """The generator named by ``cfg.architecture``, sized by ``cfg``."""
+    return GENERATORS[cfg.architecture](cfg)
+
+
+def tiny_model_config(architecture: str, N: int = 16, **overrides) -> ModelConfig:
+    """A ModelConfig for a small, fast model (tests, smoke runs); ``overrides`` win."""
+    sizes = dict(cnn_channels=4, fno_modes=min(4, N // 2), fno_width=8, fno_blocks=2, fno_cnn_blocks=1)
+    return ModelConfig(architecture=architecture, N=N, **{**sizes, **overrides})

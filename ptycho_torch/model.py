@@ -1,0 +1,154 @@
+"""The PINN LightningModule: generator + fixed physics, manual optimization, model-level clipping.
+
+One optimizer step (manual optimization):
+    loss -> manual_backward -> opt.step():
+        Lightning (under fp16 AMP: after unscaling) calls ``on_before_optimizer_step``, where we
+        record grad_norm_preclip -> check finiteness under nonfinite_grad_policy -> clip by
+        gradient_clip_algorithm -> record grad_norm_postclip; then the optimizer steps
+    -> zero_grad.
+Clipping lives in the hook, not in ``training_step``: under fp16 AMP the gradients seen in
+``training_step`` are still multiplied by the loss scale (Lightning issue #18089).
+The learning-rate scheduler is stepped here once per epoch; Lightning does not under manual
+optimization. Settings are read only from TrainingConfig, by attribute.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from ptycho_torch.clipping import clip_gradients_, global_grad_norm
+from ptycho_torch.config import TrainingConfig, clipping_enabled
+from ptycho_torch.generators import build_generator
+from ptycho_torch.losses import PINN_LOSSES, supervised_loss
+from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler
+from ptycho_torch.physics import apply_probe_mask, forward_amplitude
+
+HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "grad_norm_preclip", "grad_norm_postclip", "skipped")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """Raised under nonfinite_grad_policy=error."""
+
+
+class PtychoPINN(L.LightningModule):
+    def __init__(self, cfg: TrainingConfig, probe: torch.Tensor):
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = cfg
+        model = cfg.model
+        self.generator = build_generator(model)
+        self.pinn = model.training_procedure == "pinn"
+        if self.pinn:
+            self.pinn_loss = PINN_LOSSES[cfg.torch_loss_mode]
+            if model.probe_mask:
+                probe = apply_probe_mask(probe, model.probe_mask_diameter)
+        self.register_buffer("probe", probe.to(torch.complex64))  # (N, N) complex64
+        self.clip_val = cfg.gradient_clip_val if clipping_enabled(cfg.gradient_clip_val) else None
+        self.clip_algorithm = cfg.gradient_clip_algorithm if self.clip_val else None
+        self.norm_every = cfg.grad_norm_log_freq if cfg.log_grad_norm else 0
+        self.nonfinite_policy = cfg.nonfinite_grad_policy
+        self.history: list[dict] = []  # one row per optimizer step (HISTORY_COLUMNS)
+        self.nonfinite_skips = 0
+        self.optimizer_steps = 0
+        self._rows: list[dict] = []  # this epoch's rows, tensors kept on device until epoch end
+        self._val_losses: list[torch.Tensor] = []
+        self.last_val_loss: float | None = None
+
+    # --- forward and loss ------------------------------------------------------------------
+
+    def forward(self, diffraction: torch.Tensor) -> torch.Tensor:
+        """Object patches (B, N, N) complex64 from measured amplitudes (B, N, N)."""
+        return self.generator(diffraction)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        obj = self(batch["diffraction"])
+        with torch.autocast(device_type=self.device.type, enabled=False):  # FFT and losses in fp32
+            obj = obj.to(torch.complex64)
+            if self.pinn:
+                return self.pinn_loss(forward_amplitude(obj, self.probe), batch["diffraction"].float())
+            return supervised_loss(obj, batch["amplitude"].float(), batch["phase"].float())
+
+    # --- one optimizer step ----------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        loss = self.loss(batch)
+        self._rows.append({"epoch": self.current_epoch, "step": self.optimizer_steps, "loss": loss.detach(),
+                           "lr": opt.param_groups[0]["lr"], "grad_norm_preclip": None,
+                           "grad_norm_postclip": None, "skipped": False})
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=batch["diffraction"].shape[0], sync_dist=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Runs on unscaled gradients, just before the optimizer steps (every precision mode)."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        row = self._rows[-1]
+        preclip = global_grad_norm(params)
+        if not torch.isfinite(preclip):  # one host sync per step, none per parameter
+            self._skip_step(params, row)
+            return
+        record = self.norm_every and self.optimizer_steps % self.norm_every == 0
+        if self.clip_val:
+            clip_gradients_(params, self.clip_algorithm, self.clip_val)
+        if record:
+            row["grad_norm_preclip"] = preclip.detach()
+            row["grad_norm_postclip"] = global_grad_norm(params) if self.clip_val else preclip.detach()
+
+    def _skip_step(self, params: list[torch.nn.Parameter], row: dict) -> None:
+        scaler_overflow = self._grad_scaler_active()
+        if self.nonfinite_policy == "error" and not scaler_overflow:
+            raise NonFiniteGradientError(
+                f"non-finite gradient at optimizer step {self.optimizer_steps} (epoch {self.current_epoch}); "
+                "nonfinite_grad_policy=error")
+        for p in params:  # no gradient -> the optimizer leaves the weight and its state alone
+            p.grad = None
+        row["skipped"] = True
+        self.nonfinite_skips += 1
+        self.log("nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
+
+    def _grad_scaler_active(self) -> bool:
+        """fp16 AMP overflows are the GradScaler's to handle: it skips the step and lowers its scale."""
+        plugin = self.trainer.precision_plugin
+        return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+
+    # --- validation, epoch end, prediction -------------------------------------------------
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self.loss(batch)
+        self._val_losses.append(loss.detach())
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["diffraction"].shape[0],
+                 sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_losses:
+            local = torch.stack(self._val_losses).mean()
+            self.last_val_loss = float(self.trainer.strategy.reduce(local, reduce_op="mean"))
+        self._val_losses.clear()
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_rows()
+        step_scheduler(self.lr_schedulers(), self.last_val_loss)
+
+    def _flush_rows(self) -> None:
+        """Move this epoch's step records to the host in one transfer."""
+        tensors = [(i, k) for i, row in enumerate(self._rows) for k in HISTORY_COLUMNS
+                   if isinstance(row[k], torch.Tensor)]
+        values = torch.stack([self._rows[i][k].float() for i, k in tensors]).tolist() if tensors else []
+        for (i, k), value in zip(tensors, values):
+            self._rows[i][k] = value
+        self.history.extend(self._rows)
+        self._rows = []
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch["diffraction"]).to(torch.complex64)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.cfg)
+        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, self.cfg)}

@@ -1,0 +1,78 @@
+"""Pictures a person can check a run by: reconstruction vs truth, training curves, architecture comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ptycho_torch.artifacts import atomic_file  # noqa: E402
+from ptycho_torch.metrics import align_amplitude, align_phase  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_reconstruction(path: Path, truth: np.ndarray, recon: np.ndarray, title: str) -> Path:
+    """Ground truth, aligned reconstruction and error, for amplitude (top) and phase (bottom)."""
+    amp_t, phase_t = np.abs(truth), np.angle(truth)
+    amp_r = align_amplitude(np.abs(recon), amp_t)
+    phase_r = align_phase(np.angle(recon), phase_t) if np.ptp(phase_t) > 1e-6 else np.angle(recon)
+    rows = [("amplitude", amp_t, amp_r, amp_r - amp_t), ("phase (rad)", phase_t, phase_r, phase_r - phase_t)]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+    for (name, t, r, err), row in zip(rows, axes):
+        lo, hi = float(min(t.min(), r.min())), float(max(t.max(), r.max()))
+        for ax, image, label, kw in ((row[0], t, "ground truth", dict(vmin=lo, vmax=hi)),
+                                     (row[1], r, "reconstruction (aligned)", dict(vmin=lo, vmax=hi)),
+                                     (row[2], err, "error", dict(cmap="RdBu_r", vmin=-np.abs(err).max(),
+                                                                 vmax=np.abs(err).max()))):
+            shown = ax.imshow(image, **kw)
+            ax.set_title(f"{name}: {label}")
+            ax.axis("off")
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None, algorithm: str | None) -> Path:
+    """Loss, learning rate and global gradient norms (pre/post clip) per optimizer step."""
+    steps = np.array([r["step"] for r in history])
+    fig, (ax_loss, ax_lr, ax_norm) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.semilogy(steps, [r["loss"] for r in history])
+    ax_loss.set(title="training loss", xlabel="optimizer step")
+    ax_lr.plot(steps, [r["lr"] for r in history])
+    ax_lr.set(title="learning rate", xlabel="optimizer step")
+    logged = [r for r in history if r["grad_norm_preclip"] is not None]
+    if logged:
+        ax_norm.semilogy([r["step"] for r in logged], [r["grad_norm_preclip"] for r in logged], ".", label="pre-clip")
+        ax_norm.semilogy([r["step"] for r in logged], [r["grad_norm_postclip"] for r in logged], ".", label="post-clip")
+    if clip_val:
+        note = "" if algorithm == "norm" else f" ({algorithm} bounds elements/units, not this norm)"
+        ax_norm.axhline(clip_val, color="k", linestyle="--", label=f"clip = {clip_val:g}{note}")
+    ax_norm.set(title=f"global gradient L2 norm (clip: {algorithm if clip_val else 'off'})", xlabel="optimizer step")
+    ax_norm.legend()
+    return _save(fig, path)
+
+
+def plot_comparison(path: Path, truth: np.ndarray, recons: Mapping[str, np.ndarray]) -> Path:
+    """Amplitude and phase of the ground truth beside each architecture's reconstruction."""
+    columns = [("ground truth", truth)] + list(recons.items())
+    fig, axes = plt.subplots(2, len(columns), figsize=(3.5 * len(columns), 7), squeeze=False)
+    for col, (name, obj) in enumerate(columns):
+        amp = np.abs(obj) if col == 0 else align_amplitude(np.abs(obj), np.abs(truth))
+        axes[0, col].imshow(amp)
+        axes[1, col].imshow(np.angle(obj), cmap="twilight")
+        axes[0, col].set_title(f"{name}: amplitude")
+        axes[1, col].set_title(f"{name}: phase")
+        for ax in axes[:, col]:
+            ax.axis("off")
+    return _save(fig, path)

@@ -1,0 +1,202 @@
+"""Generators: shapes and dtypes, head ranges, gradient flow, registry, determinism, and the spectral convolution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
+from ptycho_torch.generators import GENERATORS, SpectralConv2d, build_generator, tiny_model_config
+from tests.strategies import circular_shifts, seeds
+
+SIZES = (16, 32, 64, 128, 256)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared or xdist-loaded machine, OpenMP
+    barriers waiting on preempted threads made the Adam test 100x slower (0.2 s -> 20 s). Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def amplitudes(batch: int, N: int, seed: int = 0) -> torch.Tensor:
+    """(batch, N, N) float32 non-negative amplitudes with a bright centre, like a diffraction pattern."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = torch.linspace(-1, 1, N).square()
+    peak = 20.0 * torch.exp(-(radius[:, None] + radius[None, :]) / 0.02)  # (N, N)
+    return peak + torch.rand(batch, N, N, generator=gen)
+
+
+def seeded_generator(seed: int = 0, **cfg):
+    torch.manual_seed(seed)
+    return build_generator(tiny_model_config(**cfg))
+
+
+def test_registry_keys_equal_config_architectures():
+    assert tuple(GENERATORS) == ARCHITECTURES
+
+
+@pytest.mark.parametrize("N", (16, 64, 256))
+@pytest.mark.parametrize("mode", GENERATOR_OUTPUT_MODES)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_output_is_complex64_patch_of_input_size(architecture, mode, N):
+    generator = seeded_generator(architecture=architecture, N=N, generator_output_mode=mode)
+    out = generator(amplitudes(2, N))
+    assert out.shape == (2, N, N) and out.dtype == torch.complex64
+    assert torch.isfinite(torch.view_as_real(out)).all()
+
+
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_size_works_with_one_and_with_the_most_modes(architecture, N):
+    for modes in (1, N // 2):
+        generator = seeded_generator(architecture=architecture, N=N, fno_modes=modes)
+        assert generator(amplitudes(1, N).unsqueeze(1)).shape == (1, N, N)  # (B, 1, N, N) input too
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_wrong_input_shape_is_refused(architecture):
+    generator = seeded_generator(architecture=architecture, N=16)
+    with pytest.raises(ValueError, match="amplitude must be"):
+        generator(amplitudes(2, 32))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_amp_phase_head_keeps_amplitude_in_unit_interval_and_phase_within_pi(architecture):
+    generator = seeded_generator(architecture=architecture, N=32, generator_output_mode="amp_phase")
+    out = generator(amplitudes(4, 32)).detach()
+    assert ((out.abs() > 0) & (out.abs() < 1)).all()
+    assert (out.angle().abs() <= math.pi).all()
+
+
+@pytest.mark.parametrize("mode", GENERATOR_OUTPUT_MODES)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_gradients_reach_every_parameter(architecture, mode):
+    generator = seeded_generator(architecture=architecture, N=16, generator_output_mode=mode)
+    out = generator(amplitudes(2, 16))
+    weights = torch.randn(2, 16, 16, 2, generator=torch.Generator().manual_seed(1))
+    (torch.view_as_real(out) * weights).sum().backward()
+    missing = [name for name, p in generator.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_same_seed_gives_bitwise_identical_outputs(architecture):
+    first, second = (seeded_generator(7, architecture=architecture, N=32)(amplitudes(2, 32)) for _ in range(2))
+    assert torch.equal(first, second)
+    other = seeded_generator(8, architecture=architecture, N=32)(amplitudes(2, 32))
+    assert not torch.equal(first, other)
+
+
+# Each size field the architecture reads changes the parameter count (a dead field would not).
+SIZE_FIELDS = [
+    ("cnn", "cnn_channels", 8),
+    ("fno", "fno_modes", 2),
+    ("fno", "fno_width", 12),
+    ("fno", "fno_blocks", 3),
+    ("fno", "fno_cnn_blocks", 2),
+    ("hybrid", "cnn_channels", 8),
+    ("hybrid", "fno_modes", 2),
+    ("hybrid", "fno_width", 12),
+    ("hybrid", "fno_blocks", 3),
+]
+
+
+@pytest.mark.parametrize("architecture, name, value", SIZE_FIELDS, ids=[f"{a}-{n}" for a, n, _ in SIZE_FIELDS])
+def test_each_size_field_changes_the_model(architecture, name, value):
+    def count(**overrides) -> int:
+        return sum(p.numel() for p in build_generator(tiny_model_config(architecture, 32, **overrides)).parameters())
+
+    assert count(**{name: value}) != count()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_output_mode_changes_the_output(architecture):
+    amp_phase, real_imag = (
+        seeded_generator(architecture=architecture, N=16, generator_output_mode=mode)(amplitudes(1, 16))
+        for mode in ("amp_phase", "real_imag")
+    )
+    assert not torch.allclose(amp_phase, real_imag)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_forward_runs_under_bf16_autocast(architecture):
+    generator = seeded_generator(architecture=architecture, N=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generator(amplitudes(2, 16))
+    assert out.dtype == torch.complex64 and torch.isfinite(torch.view_as_real(out)).all()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_few_adam_steps_fit_a_fixed_object(architecture):
+    """Short convergence check: the network can move its output towards a target."""
+    generator = seeded_generator(architecture=architecture, N=16, generator_output_mode="real_imag")
+    x = amplitudes(2, 16)
+    target = torch.polar(torch.full((2, 16, 16), 0.8), torch.full((2, 16, 16), 0.5))
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = (generator(x) - target).abs().square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+# --- the spectral convolution on its own ---------------------------------------------------
+
+def numpy_spectral_conv(x: np.ndarray, weight: np.ndarray, modes: int) -> np.ndarray:
+    """Reference: (B, I, n, n) real, (O, I, 2m, m) complex -> (B, O, n, n), loops over kept modes."""
+    batch, _, n, _ = x.shape
+    x_ft = np.fft.rfft2(x.astype(np.float64))  # (B, I, n, n//2+1) complex128
+    out_ft = np.zeros((batch, weight.shape[0], n, n // 2 + 1), dtype=np.complex128)
+    rows = list(range(modes)) + list(range(n - modes, n))  # positive then negative frequencies
+    for k, row in enumerate(rows):
+        for col in range(modes):
+            out_ft[:, :, row, col] = x_ft[:, :, row, col] @ weight[:, :, k, col].T  # (B, I) @ (I, O)
+    return np.fft.irfft2(out_ft, s=(n, n))
+
+
+@pytest.mark.parametrize("modes", (1, 3, 8), ids=lambda m: f"modes{m}")
+def test_spectral_conv_agrees_with_numpy_reference(modes):
+    torch.manual_seed(0)
+    layer = SpectralConv2d(3, 2, modes)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = numpy_spectral_conv(x.numpy(), torch.view_as_complex(layer.weight.detach()).numpy(), modes)
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=0, atol=2e-6)
+
+
+def test_spectral_conv_with_all_modes_and_identity_weights_keeps_all_but_the_nyquist_column():
+    n, modes = 16, 8
+    layer = SpectralConv2d(1, 1, modes)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[..., 0] = 1.0  # weight 1 + 0i on every kept mode
+    x = torch.randn(1, 1, n, n, generator=torch.Generator().manual_seed(2))
+    spectrum = np.fft.rfft2(x.numpy().astype(np.float64))
+    spectrum[..., n // 2] = 0  # rfft2 column n/2 (Nyquist) lies outside the kept modes
+    np.testing.assert_allclose(layer(x).detach().numpy(), np.fft.irfft2(spectrum, s=(n, n)), atol=2e-6)
+
+
+@settings(deadline=None, max_examples=20)
+@given(shift=circular_shifts, seed=seeds)
+def test_spectral_conv_commutes_with_circular_shifts(shift, seed):
+    torch.manual_seed(seed % 1000)
+    layer = SpectralConv2d(2, 3, 5)
+    x = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(seed))
+    shifted_first = layer(torch.roll(x, shift, dims=(-2, -1)))
+    shifted_after = torch.roll(layer(x), shift, dims=(-2, -1))
+    torch.testing.assert_close(shifted_first, shifted_after, rtol=0, atol=2e-6)
+
+
+def test_spectral_conv_refuses_modes_that_do_not_fit():
+    with pytest.raises(ValueError, match="modes=9"):
+        SpectralConv2d(1, 1, 9)(torch.zeros(1, 1, 16, 16))

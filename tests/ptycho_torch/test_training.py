@@ -1,0 +1,171 @@
+"""The PINN under manual optimization: clipping provably applies, in every precision, every step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from ptycho_torch.clipping import agc_unit_ratios, global_grad_norm
+from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.generators import tiny_model_config
+from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
+from ptycho_torch.optimization import warmup_cosine_factor
+from ptycho_torch.physics import forward_amplitude
+from ptycho_torch.training import train
+
+QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
+# Hypothesis runs that train: few examples, no deadline, one shared session fixture.
+TRAINING_RUNS = settings(max_examples=3, deadline=None)
+
+
+def configs(architecture="cnn", epochs=2, **training):
+    cfg = TrainingConfig(model=tiny_model_config(architecture), epochs=epochs, batch_size=4, **training)
+    return cfg, PyTorchExecutionConfig(gradient_clip_val=cfg.gradient_clip_val,
+                                       learning_rate=cfg.learning_rate, **QUIET)
+
+
+class Recording(PtychoPINN):
+    """Captures, for every optimizer step, the gradient statistics just before and after clipping."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.before: list[dict] = []
+        self.after: list[dict] = []
+
+    def _stats(self) -> dict:
+        params = [p for p in self.parameters() if p.grad is not None]
+        return {"norm": float(global_grad_norm(params)),
+                "max_abs": max(float(p.grad.abs().max()) for p in params),
+                "agc_ratio": max(float(r.max()) for r in agc_unit_ratios(params))}
+
+    def on_before_optimizer_step(self, optimizer):
+        self.before.append(self._stats())
+        super().on_before_optimizer_step(optimizer)
+        self.after.append(self._stats())
+
+
+BOUND = {"norm": "norm", "value": "max_abs", "agc": "agc_ratio"}
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value", "agc"])
+@TRAINING_RUNS
+@given(clip=st.floats(1e-5, 1e-3))
+def test_postclip_gradients_obey_the_bound_and_the_clip_bites(algorithm, clip, tiny_data, tmp_path_factory):
+    cfg, execution = configs(epochs=1, gradient_clip_val=clip, gradient_clip_algorithm=algorithm)
+    module = train(cfg, execution, tiny_data[0], tmp_path_factory.mktemp("clip"), module_class=Recording).module
+    stat = BOUND[algorithm]
+    assert len(module.after) == math.ceil(23 / 4)
+    assert all(step[stat] <= clip * (1 + 1e-5) for step in module.after), module.after
+    assert any(step[stat] > clip for step in module.before), "the clip never bit: the test would be vacuous"
+    rows = module.history
+    assert all(r["grad_norm_postclip"] <= r["grad_norm_preclip"] * (1 + 1e-6) for r in rows)
+    if algorithm == "norm":
+        assert all(r["grad_norm_postclip"] <= clip * (1 + 1e-6) for r in rows)
+
+
+def test_without_clipping_the_same_run_exceeds_the_clip(tiny_data, tmp_path):
+    cfg, execution = configs(gradient_clip_val=None)
+    module = train(cfg, execution, tiny_data[0], tmp_path, module_class=Recording).module
+    assert max(step["norm"] for step in module.after) > 1e-3
+    assert all(r["grad_norm_postclip"] == r["grad_norm_preclip"] for r in module.history)
+
+
+def test_fp16_amp_clips_the_unscaled_gradients(tiny_data, tmp_path):
+    clip = 1e-3
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    cfg, execution = configs(gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    module = train(cfg, execution, tiny_data[0], tmp_path, module_class=Recording,
+                   plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]).module
+    assert scaler.get_scale() > 1.0  # gradients really were scaled during backward
+    stepped = [(b, a) for b, a in zip(module.before, module.after) if math.isfinite(b["norm"])]
+    assert stepped and any(b["norm"] > clip for b, _ in stepped)
+    for before, after in stepped:  # unscaled clipping: the norm lands on min(pre, clip), not clip / scale
+        assert after["norm"] == pytest.approx(min(before["norm"], clip), rel=1e-3)
+
+
+class NaNGradients(PtychoPINN):
+    def on_before_optimizer_step(self, optimizer):
+        next(self.parameters()).grad.view(-1)[0] = float("nan")
+        super().on_before_optimizer_step(optimizer)
+
+
+def test_skip_policy_leaves_weights_bit_identical_and_counts(tiny_data, tmp_path):
+    cfg, execution = configs(epochs=1, nonfinite_grad_policy="skip", gradient_clip_val=1e-3)
+    torch.manual_seed(cfg.seed)
+    initial = {k: v.clone() for k, v in NaNGradients(cfg, torch.from_numpy(tiny_data[0].probeGuess)).state_dict().items()}
+    module = train(cfg, execution, tiny_data[0], tmp_path, module_class=NaNGradients).module
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, initial[name]), name
+    assert module.nonfinite_skips == module.optimizer_steps == 6
+    assert all(r["skipped"] for r in module.history)
+
+
+def test_error_policy_raises_naming_the_step(tiny_data, tmp_path):
+    cfg, execution = configs(epochs=1, nonfinite_grad_policy="error")
+    with pytest.raises(NonFiniteGradientError, match="optimizer step 0"):
+        train(cfg, execution, tiny_data[0], tmp_path, module_class=NaNGradients)
+
+
+def _lr_per_epoch(module: PtychoPINN) -> list[float]:
+    return [next(r["lr"] for r in module.history if r["epoch"] == e) for e in range(module.current_epoch)]
+
+
+@pytest.mark.parametrize("scheduler, training, expected", [
+    pytest.param("Default", {}, lambda e: 1e-3, id="constant"),
+    pytest.param("Exponential", dict(lr_gamma=0.5), lambda e: 1e-3 * 0.5**e, id="exponential"),
+    pytest.param("WarmupCosine", dict(lr_warmup_epochs=2, lr_min_ratio=0.1),
+                 lambda e: 1e-3 * warmup_cosine_factor(e, 5, 2, 0.1), id="warmup-cosine"),
+    # threshold 1 (relative) means no epoch ever improves: reduce every patience + 1 epochs
+    pytest.param("ReduceLROnPlateau", dict(plateau_factor=0.5, plateau_patience=1, plateau_threshold=1.0,
+                                           plateau_min_lr=2e-4, val_fraction=0.2),
+                 lambda e: max(1e-3 * 0.5 ** (e // 2), 2e-4), id="plateau"),
+])
+def test_learning_rate_per_epoch_matches_the_closed_form(scheduler, training, expected, tiny_data, tmp_path):
+    cfg, execution = configs(epochs=5, scheduler=scheduler, **training)
+    module = train(cfg, execution, tiny_data[0], tmp_path).module
+    assert _lr_per_epoch(module) == pytest.approx([expected(e) for e in range(5)], rel=1e-9)
+
+
+def test_warmup_cosine_closed_form_endpoints():
+    assert warmup_cosine_factor(0, 10, 4, 0.1) == 0.25
+    assert warmup_cosine_factor(3, 10, 4, 0.1) == 1.0
+    assert warmup_cosine_factor(4, 10, 4, 0.1) == 1.0
+    assert warmup_cosine_factor(9, 10, 4, 0.1) == pytest.approx(0.1)
+
+
+def test_same_seed_gives_bitwise_identical_parameters(tiny_data, tmp_path):
+    runs = [train(*configs(epochs=1, seed=7), tiny_data[0], tmp_path / str(i)).module for i in range(2)]
+    for (name, a), (_, b) in zip(runs[0].state_dict().items(), runs[1].state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_training_refuses_disagreeing_shared_settings(tiny_data, tmp_path):
+    cfg, execution = configs(gradient_clip_val=1.0)
+    bad = PyTorchExecutionConfig(gradient_clip_val=None, learning_rate=cfg.learning_rate, **QUIET)
+    with pytest.raises(ConfigError, match="gradient_clip_val"):
+        train(cfg, bad, tiny_data[0], tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+class TrueObject(torch.nn.Module):
+    def __init__(self, obj: torch.Tensor):
+        super().__init__()
+        self.obj = obj
+
+    def forward(self, diffraction: torch.Tensor) -> torch.Tensor:
+        return self.obj
+
+
+def test_physics_loss_is_zero_for_the_true_object_on_noiseless_data(tiny_data):
+    data = tiny_data[0]
+    cfg, _ = configs()
+    module = PtychoPINN(cfg, torch.from_numpy(data.probeGuess))
+    truth = torch.polar(torch.from_numpy(data.Y_I), torch.from_numpy(data.Y_phi))  # (M, N, N) complex64
+    module.generator = TrueObject(truth)
+    noiseless = forward_amplitude(truth, module.probe)
+    assert float(module.loss({"diffraction": noiseless})) == pytest.approx(0.0, abs=1e-6)
+    assert float(module.loss({"diffraction": torch.from_numpy(data.diffraction)})) < 1e-3
