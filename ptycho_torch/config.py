@@ -209,8 +209,10 @@ class CrossRule:
 
 
 def _fno_modes_fit(v: Mapping[str, Any]) -> Problem | None:
-    if v["fno_modes"] > v["N"] // 2:
-        return Problem("fno_modes", v["fno_modes"], f"must be <= N/2 = {v['N'] // 2} (N={v['N']})")
+    spectral = v["architecture"] in ("fno", "hybrid")  # the cnn ignores fno_modes
+    if spectral and v["fno_modes"] > v["N"] // 2:
+        return Problem("fno_modes", v["fno_modes"],
+                       f"must be <= N/2 = {v['N'] // 2} (N={v['N']}, architecture={v['architecture']})")
     return None
 
 
@@ -263,7 +265,7 @@ CROSS_RULES = (
     CrossRule(("object_size", "N"), _object_holds_patch),
     CrossRule(("train_stride", "N"), _stride_fits("train_stride")),
     CrossRule(("test_stride", "N"), _stride_fits("test_stride")),
-    CrossRule(("fno_modes", "N"), _fno_modes_fit),
+    CrossRule(("fno_modes", "N", "architecture"), _fno_modes_fit),
     CrossRule(("probe_mask_diameter", "N"), _mask_fits),
     CrossRule(("scheduler", "lr_warmup_epochs", "epochs"), _warmup_fits),
     CrossRule(("scheduler", "val_fraction"), _plateau_needs_validation),

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from ptycho_torch.clipping import clip_gradients_, global_grad_norm
+from ptycho_torch.clipping import clip_gradients_, global_grad_norm, grads_finite
 from ptycho_torch.config import TrainingConfig, clipping_enabled
 from ptycho_torch.generators import build_generator
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
@@ -91,7 +91,9 @@ class PtychoPINN(L.LightningModule):
         params = [p for p in self.parameters() if p.grad is not None]
         row = self._rows[-1]
         preclip = global_grad_norm(params)
-        if not torch.isfinite(preclip):  # one host sync per step, none per parameter
+        # One host sync per step, none per parameter; an L2 norm can overflow on huge finite
+        # gradients, so a non-finite norm is confirmed element-wise before the step is skipped.
+        if not torch.isfinite(preclip) and not grads_finite(params):
             self._skip_step(params, row)
             return
         record = self.norm_every and self.optimizer_steps % self.norm_every == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ptycho_torch.config import SimulationConfig
@@ -27,11 +25,9 @@ def tiny_data(tiny_npz):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread_per_xdist_worker():
-    """Under ``-n auto`` each worker is one process per core; more threads would oversubscribe."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
+def one_torch_thread():
+    """Test models are tiny: intra-op threads only add OpenMP barriers, and under xdist (a process
+    per core) or on a shared machine preempted threads made tiny steps up to 100x slower."""
     import torch
 
     before = torch.get_num_threads()

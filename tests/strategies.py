@@ -94,7 +94,7 @@ def runner_values(draw) -> dict:
     given = draw(st.booleans())  # NPZ paths come as a pair or not at all
     values["train_npz"], values["test_npz"] = (draw(paths), draw(paths)) if given else (None, None)
     n = values["N"] = draw(st.sampled_from([16, 32, 64, 128, 256]))
-    values["fno_modes"] = draw(st.integers(1, n // 2))
+    values["fno_modes"] = draw(st.integers(1, n // 2 if values["architecture"] != "cnn" else 4096))
     values["probe_mask_diameter"] = draw(st.none() | finite(0.0, float(n), exclude_min=True))
     values["lr_warmup_epochs"] = draw(st.integers(0, values["epochs"] - 1))
     min_val = 0.01 if values["scheduler"] == "ReduceLROnPlateau" else 0.0

@@ -81,7 +81,8 @@ def test_runner_reports_problems_of_every_destination_at_once():
 
 
 CROSS_CASES = [
-    pytest.param(ModelConfig, dict(N=32, fno_modes=17), "fno_modes", id="fno-modes-above-N-over-2"),
+    pytest.param(ModelConfig, dict(architecture="fno", N=32, fno_modes=17), "fno_modes", id="fno-modes-above-N-over-2"),
+    pytest.param(ModelConfig, dict(architecture="hybrid", N=16, fno_modes=12), "fno_modes", id="hybrid-modes-above-N-over-2"),
     pytest.param(ModelConfig, dict(N=32, probe_mask_diameter=40.0), "probe_mask_diameter", id="mask-wider-than-N"),
     pytest.param(TrainingConfig, dict(scheduler="WarmupCosine", epochs=3, lr_warmup_epochs=3),
                  "lr_warmup_epochs", id="warmup-not-below-epochs"),
@@ -100,6 +101,10 @@ def test_cross_field_rule_names_the_field_and_the_fix(cls, values, name):
         cls(**values)
     assert err.value.fields == (name,)
     assert "must be" in str(err.value)
+
+
+def test_cnn_ignores_fno_modes_so_a_small_N_needs_no_fno_flags():
+    assert ModelConfig(architecture="cnn", N=16).fno_modes == 12
 
 
 def test_clip_value_sentinels_mean_off_and_ints_become_floats():

@@ -16,16 +16,6 @@ from tests.strategies import circular_shifts, seeds
 SIZES = (16, 32, 64, 128, 256)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared or xdist-loaded machine, OpenMP
-    barriers waiting on preempted threads made the Adam test 100x slower (0.2 s -> 20 s). Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def amplitudes(batch: int, N: int, seed: int = 0) -> torch.Tensor:
     """(batch, N, N) float32 non-negative amplitudes with a bright centre, like a diffraction pattern."""
     gen = torch.Generator().manual_seed(seed)

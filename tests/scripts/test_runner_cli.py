@@ -72,7 +72,7 @@ BAD_ARGV = [
     pytest.param(["--epochs", "2.5"], "--epochs", id="fractional-epochs"),
     pytest.param(["--learning-rate", "0"], "--learning-rate", id="zero-lr"),
     pytest.param(["--precision", "64-true"], "--precision", id="unknown-precision"),
-    pytest.param(["--N", "32", "--fno-modes", "17"], "--fno-modes", id="modes-above-N-over-2"),
+    pytest.param(["--architecture", "fno", "--N", "32", "--fno-modes", "17"], "--fno-modes", id="modes-above-N-over-2"),
     pytest.param(["--scheduler", "WarmupCosine", "--epochs", "3", "--lr-warmup-epochs", "3"],
                  "--lr-warmup-epochs", id="warmup-not-below-epochs"),
     pytest.param(["--output-dir", ""], "--output-dir", id="empty-output-dir"),
