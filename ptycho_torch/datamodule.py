@@ -1,4 +1,4 @@
-"""Batches of diffraction patterns (and ground-truth patches) for training, validation and prediction.
+"""Batches of diffraction patterns (and ground-truth patches) for training and validation.
 
 The train split is divided into train/validation by ``val_fraction`` with a generator seeded by
 ``seed``; shuffling uses its own seeded generator, so the data order is reproducible. Under DDP
@@ -40,8 +40,7 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
 
 
 class GridLinesDataModule(L.LightningDataModule):
-    def __init__(self, train: GridLinesData, test: GridLinesData | None, training: TrainingConfig,
-                 execution: PyTorchExecutionConfig):
+    def __init__(self, train: GridLinesData, training: TrainingConfig, execution: PyTorchExecutionConfig):
         super().__init__()
         self.batch_size = training.batch_size
         self.seed = training.seed
@@ -51,7 +50,6 @@ class GridLinesDataModule(L.LightningDataModule):
         train_idx, val_idx = split_indices(len(patterns), training.val_fraction, training.seed)
         self.train_set = Subset(patterns, train_idx)
         self.val_set = Subset(patterns, val_idx) if val_idx else None
-        self.test_set = PatternDataset(test) if test is not None else None
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -63,8 +61,3 @@ class GridLinesDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, self.infer_batch_size, shuffle=False) if self.val_set else []
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise RuntimeError("no test split was given to predict")
-        return self._loader(self.test_set, self.infer_batch_size, shuffle=False)

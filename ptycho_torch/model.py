@@ -120,7 +120,7 @@ class PtychoPINN(L.LightningModule):
         plugin = self.trainer.precision_plugin
         return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
 
-    # --- validation, epoch end, prediction -------------------------------------------------
+    # --- validation and epoch end -------------------------------------------------
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self.loss(batch)
@@ -147,9 +147,6 @@ class PtychoPINN(L.LightningModule):
             self._rows[i][k] = value
         self.history.extend(self._rows)
         self._rows = []
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self(batch["diffraction"]).to(torch.complex64)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.cfg)

@@ -103,18 +103,23 @@ def split_plan(sim: SimulationConfig) -> dict[str, tuple[int, int]]:
     return {"train": (sim.n_train_images, sim.train_stride), "test": (sim.n_test_images, sim.test_stride)}
 
 
-def simulate_dataset(sim: SimulationConfig, out_dir: str | os.PathLike, progress: bool = False) -> tuple[Path, Path]:
-    """Simulate and write ``train.npz`` and ``test.npz`` into out_dir; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def simulate_splits(sim: SimulationConfig, progress: bool = False) -> dict[str, GridLinesData]:
+    """Simulate the train and test splits in memory (the same arrays ``simulate_dataset`` writes)."""
     probe = ideal_probe(sim.N) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
     seeds = dict(zip(SPLITS, np.random.SeedSequence(sim.data_seed).spawn(len(SPLITS))))
     plan = split_plan(sim)
     total = sum(n * len(raster_positions(sim.object_size, sim.N, stride)) for n, stride in plan.values())
-    paths = []
+    splits = {}
     with tqdm(total=total, disable=not progress, unit="pattern", desc="simulate") as bar:
         for split, (n_images, stride) in plan.items():
             rng = np.random.default_rng(seeds[split])
-            data = simulate_split(sim, n_images, stride, rng, probe, split=split, on_chunk=bar.update)
-            paths.append(write_npz(out_dir / f"{split}.npz", data))
-    return paths[0], paths[1]
+            splits[split] = simulate_split(sim, n_images, stride, rng, probe, split=split, on_chunk=bar.update)
+    return splits
+
+
+def simulate_dataset(sim: SimulationConfig, out_dir: str | os.PathLike, progress: bool = False) -> tuple[Path, Path]:
+    """Simulate and write ``train.npz`` and ``test.npz`` into out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = simulate_splits(sim, progress)
+    return write_npz(out_dir / "train.npz", splits["train"]), write_npz(out_dir / "test.npz", splits["test"])

@@ -29,8 +29,7 @@ class TrainedModel:
 
 
 def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_data: GridLinesData,
-          output_dir: Path, *, test_data: GridLinesData | None = None,
-          plugins: Sequence[Any] = (), callbacks: Sequence[Any] = (),
+          output_dir: Path, *, plugins: Sequence[Any] = (), callbacks: Sequence[Any] = (),
           module_class: type[PtychoPINN] = PtychoPINN) -> TrainedModel:
     """Fit the PINN on ``train_data``; refuses to start when shared settings disagree."""
     check_shared_fields(training, execution)
@@ -38,7 +37,7 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     try:
         torch.manual_seed(training.seed)
         module = module_class(training, torch.from_numpy(train_data.probeGuess))
-        data = GridLinesDataModule(train_data, test_data, training, execution)
+        data = GridLinesDataModule(train_data, training, execution)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
         trainer.fit(module, datamodule=data)
     finally:
@@ -46,7 +45,15 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     return TrainedModel(module, trainer, data)
 
 
-def predict_patches(trained: TrainedModel) -> torch.Tensor:
-    """Object patches (M, N, N) complex64 for the test split, in file order."""
-    batches = trained.trainer.predict(trained.module, datamodule=trained.data)
-    return torch.cat(batches).cpu()
+@torch.no_grad()
+def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) -> torch.Tensor:
+    """Object patches (M, N, N) complex64 for every pattern of ``data``, in file order.
+
+    A plain loop in this process, not ``trainer.predict``: under DDP that would shard the patterns
+    across ranks, and stitching on rank 0 needs all of them.
+    """
+    module.eval()
+    patterns = torch.from_numpy(data.diffraction)  # (M, N, N) float32
+    batches = [module(patterns[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
+               for i in range(0, len(patterns), batch_size)]
+    return torch.cat(batches)  # (M, N, N) complex64

@@ -111,7 +111,7 @@ def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: b
 
     first = rows[0]
     if first.train_npz is not None:
-        data = load_or_simulate(first, output_dir / "data")  # validate user files before touching the disk
+        data = load_or_simulate(first, None)  # validate the user's files before touching the disk
     out = artifacts.prepare_output_dir(output_dir, overwrite)
     if first.train_npz is None:
         data = load_or_simulate(first, out / "data")

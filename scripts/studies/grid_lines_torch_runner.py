@@ -254,50 +254,89 @@ def config_to_argv(cfg: TorchRunnerConfig, flag_prefix: str = "--") -> list[str]
 
 # --- the run ---------------------------------------------------------------------------------
 
-def load_or_simulate(cfg: TorchRunnerConfig, data_dir: Path):
-    """(train, test) GridLinesData: the given NPZ files, validated, or a fresh simulation."""
-    from ptycho_torch.npz_data import load_npz
-    from ptycho_torch.simulation import simulate_dataset
+def load_or_simulate(cfg: TorchRunnerConfig, data_dir: Path | None):
+    """(train, test) GridLinesData: the given NPZ files, validated, or a fresh simulation.
 
-    if cfg.train_npz is None:  # the config guarantees both paths or neither
+    A simulation is written to ``data_dir`` and read back through the validating loader; with
+    ``data_dir=None`` (DDP ranks other than 0) the same seeded simulation stays in memory.
+    """
+    from ptycho_torch.npz_data import load_npz
+    from ptycho_torch.simulation import simulate_dataset, simulate_splits
+
+    if cfg.train_npz is not None:  # the config guarantees both paths or neither
+        train_path, test_path = cfg.train_npz, cfg.test_npz
+    elif data_dir is None:
+        splits = simulate_splits(setup_simulation_config(cfg))
+        return splits["train"], splits["test"]
+    else:
         train_path, test_path = simulate_dataset(setup_simulation_config(cfg), data_dir,
                                                  progress=cfg.enable_progress_bar)
-    else:
-        train_path, test_path = cfg.train_npz, cfg.test_npz
     return load_npz(train_path, "train", expected_N=cfg.N), load_npz(test_path, "test", expected_N=cfg.N)
 
 
-def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any]:
+def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any] | None:
     """Resolve -> data -> train -> predict -> stitch -> score -> artifacts. Returns metrics.json's content.
 
     ``data`` = (train, test) GridLinesData already loaded (the compare wrapper shares one simulation).
+    Under DDP every rank trains; rank 0 alone prepares the folder and writes the artifacts (other
+    ranks write only ``ranks/rank<r>.json`` and return None).
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from ptycho_torch import artifacts
+    from ptycho_torch.training import train
+
+    training, execution = setup_torch_configs(cfg)
+    main_rank = rank_zero_only.rank == 0
+    if data is None and cfg.train_npz is not None:
+        data = load_or_simulate(cfg, None)  # validate the user's files before touching the disk
+    out = cfg.output_dir
+    if main_rank:
+        artifacts.prepare_output_dir(out, cfg.overwrite)
+        artifacts.write_json(out / "config.json", resolved_json(cfg))
+    train_data, test_data = data if data is not None else load_or_simulate(cfg, out / "data" if main_rank else None)
+    trained = train(training, execution, train_data, out)
+    if trained.trainer.world_size > 1:
+        write_rank_record(trained, out / "ranks")
+    return write_results(cfg, trained, test_data) if main_rank else None
+
+
+def write_rank_record(trained, folder: Path) -> None:
+    """This rank's per-step gradient norms and a digest of its parameters (DDP evidence)."""
+    import hashlib
+
+    from ptycho_torch import artifacts
+
+    digest = hashlib.sha256()
+    for name, value in trained.module.state_dict().items():
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = trained.trainer.global_rank
+    artifacts.write_json(folder / f"rank{rank}.json", {
+        "rank": rank, "world_size": trained.trainer.world_size, "parameters_sha256": digest.hexdigest(),
+        "history": trained.module.history})
+
+
+def write_results(cfg: TorchRunnerConfig, trained, test_data) -> dict[str, Any]:
+    """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures."""
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
     from ptycho_torch.reconstruction import stitch_objects
-    from ptycho_torch.training import predict_patches, train
+    from ptycho_torch.training import predict_patches
 
-    training, execution = setup_torch_configs(cfg)
-    if data is None and cfg.train_npz is not None:
-        data = load_or_simulate(cfg, cfg.output_dir / "data")  # validate user files before touching the disk
-    out = artifacts.prepare_output_dir(cfg.output_dir, cfg.overwrite)
-    artifacts.write_json(out / "config.json", resolved_json(cfg))
-    train_data, test_data = data if data is not None else load_or_simulate(cfg, out / "data")
-    trained = train(training, execution, train_data, out, test_data=test_data)
-    recons = stitch_objects(predict_patches(trained).numpy(), test_data)  # (I, H, W) complex64
+    out, module = cfg.output_dir, trained.module
+    patches = predict_patches(module, test_data, cfg.infer_batch_size).numpy()  # (M, N, N) complex64
+    recons = stitch_objects(patches, test_data)  # (I, H, W) complex64
     metrics = {"architecture": cfg.architecture, **score_objects(recons, test_data.YY_ground_truth),
-               "nonfinite_skips": trained.module.nonfinite_skips,
-               "optimizer_steps": trained.module.optimizer_steps,
-               "final_train_loss": trained.module.history[-1]["loss"],
-               "final_val_loss": trained.module.last_val_loss}
-    history = trained.module.history
+               "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
+               "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)
-    artifacts.write_csv(out / "history.csv", history, HISTORY_COLUMNS)
+    artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
     artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)
     plots.plot_reconstruction(out / "reconstruction.png", test_data.YY_ground_truth[0], recons[0],
                               f"{cfg.architecture}: test object 0")
-    plots.plot_training(out / "training.png", history, training.gradient_clip_val, training.gradient_clip_algorithm)
+    plots.plot_training(out / "training.png", module.history, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
     return metrics
 
 
@@ -314,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if metrics is None:  # a DDP rank other than 0: rank 0 reports
+        return 0
     amplitude = metrics["mean"]["amplitude"]
     print(f"results in {cfg.output_dir}: amplitude SSIM {amplitude['ssim']:.3f}, PSNR {amplitude['psnr']:.2f} dB")
     return 0
