@@ -8,6 +8,7 @@ The shared-field guard runs first, on every rank, so that disagreeing configs ne
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ def build_logger(execution: PyTorchExecutionConfig, output_dir: Path) -> Logger 
 def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, output_dir: Path, *,
                   plugins: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> L.Trainer:
     check_shared_fields(training, execution)
+    if execution.precision == "16-mixed" and execution.accelerator == "cpu" and not plugins:
+        warnings.warn("precision=16-mixed on accelerator=cpu: Lightning runs bf16 autocast without a GradScaler",
+                      stacklevel=2)
     callbacks = list(callbacks)
     if execution.enable_checkpointing:
         callbacks.append(ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True))

@@ -1,0 +1,37 @@
+"""The Trainer factory: execution settings reach lightning.Trainer; the clip never does."""
+
+from __future__ import annotations
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.trainer import build_trainer
+
+
+def test_execution_settings_reach_the_trainer_and_the_clip_does_not(tmp_path):
+    training = TrainingConfig(epochs=3, gradient_clip_val=0.5)
+    execution = PyTorchExecutionConfig(gradient_clip_val=0.5, precision="bf16-mixed", enable_progress_bar=False,
+                                       enable_checkpointing=True, logger_backend="csv")
+    trainer = build_trainer(training, execution, tmp_path)
+    assert trainer.gradient_clip_val is None
+    assert trainer.max_epochs == 3 and trainer.precision == "bf16-mixed"
+    assert isinstance(trainer.logger, CSVLogger) and trainer.progress_bar_callback is None
+    assert any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
+
+
+def test_logger_none_and_no_checkpoints(tmp_path):
+    execution = PyTorchExecutionConfig(logger_backend="none", enable_checkpointing=False)
+    trainer = build_trainer(TrainingConfig(), execution, tmp_path)
+    assert trainer.logger is None and not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
+
+
+def test_fp16_on_cpu_warns_that_it_runs_as_bf16(tmp_path):
+    with pytest.warns(UserWarning, match="bf16"):
+        build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed"), tmp_path)
+
+
+def test_factory_refuses_disagreeing_shared_settings(tmp_path):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        build_trainer(TrainingConfig(learning_rate=0.1), PyTorchExecutionConfig(learning_rate=0.2), tmp_path)
