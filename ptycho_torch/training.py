@@ -6,6 +6,7 @@ library call leaves the caller's global state as it found it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     return TrainedModel(module, trainer, data)
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, bit for bit (equal digests = identical weights)."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -303,18 +303,14 @@ def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any]
 
 def write_rank_record(trained, folder: Path) -> None:
     """This rank's per-step gradient norms and a digest of its parameters (DDP evidence)."""
-    import hashlib
-
     from ptycho_torch import artifacts
+    from ptycho_torch.training import parameter_digest
 
-    digest = hashlib.sha256()
-    for name, value in trained.module.state_dict().items():
-        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
     folder.mkdir(parents=True, exist_ok=True)
     rank = trained.trainer.global_rank
     artifacts.write_json(folder / f"rank{rank}.json", {
-        "rank": rank, "world_size": trained.trainer.world_size, "parameters_sha256": digest.hexdigest(),
-        "history": trained.module.history})
+        "rank": rank, "world_size": trained.trainer.world_size,
+        "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
 
 
 def write_results(cfg: TorchRunnerConfig, trained, test_data) -> dict[str, Any]:

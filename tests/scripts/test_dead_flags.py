@@ -14,7 +14,7 @@ from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
 from ptycho_torch.probe import ideal_probe
 from ptycho_torch.simulation import simulate_split
-from ptycho_torch.training import train
+from ptycho_torch.training import parameter_digest, train
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, resolve_configs
 from scripts.studies.runner_fields import route_of
 from tests.conftest import TINY_SIMULATION
@@ -121,15 +121,11 @@ def fingerprint(cfg: TrainingConfig, tmp_path) -> str:
     """A digest of everything a short run shows: weights, per-step history, or the error it raised."""
     execution = PyTorchExecutionConfig(gradient_clip_val=cfg.gradient_clip_val, learning_rate=cfg.learning_rate,
                                        **QUIET)
-    digest = hashlib.sha256()
     try:
         module = train(cfg, execution, data_for(cfg.model.N), tmp_path, module_class=NaNOnce).module
     except NonFiniteGradientError as err:
         return f"raised {err}"
-    for name, value in module.state_dict().items():
-        digest.update(name.encode() + value.detach().cpu().numpy().tobytes())
-    digest.update(repr(module.history).encode())
-    return digest.hexdigest()
+    return parameter_digest(module) + hashlib.sha256(repr(module.history).encode()).hexdigest()
 
 
 @pytest.mark.integration
