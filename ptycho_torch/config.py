@@ -179,6 +179,7 @@ FIELD_RULES: dict[str, Rule] = {
     "test_stride": integer(1, 256),
     "set_phi": boolean,
     "probe_npz": optional(path),
+    "probe_defocus": real(0.0, 100.0),
     "data_seed": integer(0, MAX_SEED),
     # execution
     "accelerator": choice(ACCELERATORS),
@@ -305,7 +306,7 @@ class Validated:
 class ModelConfig(Validated):
     architecture: str = "cnn"  # generator: cnn | fno | hybrid
     training_procedure: str = "pinn"  # pinn (physics loss) | supervised (ground-truth loss)
-    N: int = 64  # patch side in pixels; power of two, 16..256
+    N: int = 32  # patch side in pixels; power of two, 16..256
     generator_output_mode: str = "amp_phase"  # real_imag | amp_phase heads
     cnn_channels: int = 16  # base channel count of the cnn generator and the hybrid decoder
     fno_modes: int = 12  # Fourier modes kept per axis by a spectral convolution; <= N/2
@@ -320,12 +321,12 @@ class ModelConfig(Validated):
 class TrainingConfig(Validated):
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0  # seeds weights, data order and the validation split
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3  # peak learning rate
     gradient_clip_val: float | None = None  # None or 0 = off; > 0 = max norm / value / AGC lambda
     gradient_clip_algorithm: str = "norm"  # norm (global L2) | value (element-wise) | agc (unit-wise)
-    torch_loss_mode: str = "poisson"  # poisson NLL on counts | mae on amplitudes
+    torch_loss_mode: str = "mae"  # mae on amplitudes | poisson NLL on counts
     optimizer: str = "adam"  # adam | adamw | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
@@ -374,7 +375,7 @@ class PyTorchExecutionConfig(Validated):
 
 @dataclass(frozen=True, kw_only=True)
 class SimulationConfig(Validated):
-    N: int = 64  # patch side in pixels (the model's N)
+    N: int = 32  # patch side in pixels (the model's N)
     object_size: int = 128  # side of the square object in pixels (upstream: 392)
     n_lines: int = 130  # random one-pixel lines on the 2x canvas (upstream: 400 on 784 px)
     nphotons: float = 1e9  # mean photon count per diffraction pattern
@@ -382,8 +383,9 @@ class SimulationConfig(Validated):
     n_test_images: int = 1  # independent objects in the test split
     train_stride: int = 4  # scan step in pixels for the train split
     test_stride: int = 8  # scan step in pixels for the test split (also the stitching crop)
-    set_phi: bool = False  # derive a phase from the amplitude instead of zero phase
+    set_phi: bool = True  # derive a phase from the amplitude (False = zero phase, phase metrics null)
     probe_npz: Path | None = None  # NPZ with key probeGuess (N, N) complex; None = ideal disk
+    probe_defocus: float = 1.0  # ideal disk's phase curvature d: pi*d rad at its edge; 0 = real (twin-ambiguous)
     data_seed: int = 0  # seeds objects and Poisson noise
 
 

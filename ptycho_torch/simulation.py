@@ -105,7 +105,7 @@ def split_plan(sim: SimulationConfig) -> dict[str, tuple[int, int]]:
 
 def simulate_splits(sim: SimulationConfig, progress: bool = False) -> dict[str, GridLinesData]:
     """Simulate the train and test splits in memory (the same arrays ``simulate_dataset`` writes)."""
-    probe = ideal_probe(sim.N) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
+    probe = ideal_probe(sim.N, sim.probe_defocus) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
     seeds = dict(zip(SPLITS, np.random.SeedSequence(sim.data_seed).spawn(len(SPLITS))))
     plan = split_plan(sim)
     total = sum(n * len(raster_positions(sim.object_size, sim.N, stride)) for n, stride in plan.values())

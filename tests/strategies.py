@@ -69,6 +69,7 @@ INDEPENDENT: dict[str, st.SearchStrategy] = {
     "n_test_images": st.integers(1, 64),
     "set_phi": st.booleans(),
     "probe_npz": st.none() | paths,
+    "probe_defocus": finite(0.0, 100.0),
     "data_seed": st.integers(0, C.MAX_SEED),
     "accelerator": st.sampled_from(C.ACCELERATORS),
     "devices": st.integers(1, 1024),

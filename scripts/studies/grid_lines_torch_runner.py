@@ -46,7 +46,7 @@ class TorchRunnerConfig(Validated):
     architecture: str = setting("cnn", to=M, choices=ARCHITECTURES, help="generator network")
     training_procedure: str = setting("pinn", to=M, choices=TRAINING_PROCEDURES,
                                       help="pinn: physics loss on diffraction; supervised: loss on ground truth")
-    N: int = setting(64, to=M + S, help="patch side in pixels (power of two, 16..256)")
+    N: int = setting(32, to=M + S, help="patch side in pixels (power of two, 16..256)")
     generator_output_mode: str = setting("amp_phase", to=M, choices=GENERATOR_OUTPUT_MODES,
                                          help="generator heads: real/imag or amplitude/phase")
     cnn_channels: int = setting(16, to=M, help="base channel count of the cnn generator and hybrid decoder")
@@ -58,7 +58,7 @@ class TorchRunnerConfig(Validated):
     probe_mask_diameter: float | None = setting(None, to=M, help="probe mask diameter in pixels; none = N")
     # --- training ---
     seed: int = setting(0, to=T, help="seed for weights, data order and the validation split")
-    epochs: int = setting(10, to=T, help="training epochs (>= 1)")
+    epochs: int = setting(30, to=T, help="training epochs (>= 1)")
     batch_size: int = setting(16, to=T, help="patterns per optimizer step")
     learning_rate: float = setting(1e-3, to=SHARED, help="peak learning rate (> 0)")
     gradient_clip_val: float | None = setting(None, to=SHARED, flag="--grad-clip",
@@ -66,7 +66,7 @@ class TorchRunnerConfig(Validated):
                                                    "L2 norm (norm), max |element| (value) or lambda (agc)")
     gradient_clip_algorithm: str = setting("norm", to=T, choices=CLIP_ALGORITHMS, aliases=("--grad-clip-algorithm",),
                                            help="norm: global L2; value: element-wise; agc: unit-wise adaptive")
-    torch_loss_mode: str = setting("poisson", to=T, choices=LOSS_MODES,
+    torch_loss_mode: str = setting("mae", to=T, choices=LOSS_MODES,
                                    help="poisson NLL on photon counts or mae on amplitudes")
     optimizer: str = setting("adam", to=T, choices=OPTIMIZERS, help="optimizer")
     weight_decay: float = setting(0.0, to=T, help="weight decay (>= 0; decoupled under adamw)")
@@ -94,8 +94,10 @@ class TorchRunnerConfig(Validated):
     n_test_images: int = setting(1, to=S, help="simulated objects in the test split")
     train_stride: int = setting(4, to=S, help="train scan step in pixels (<= N)")
     test_stride: int = setting(8, to=S, help="test scan step in pixels (<= N); also the stitching crop")
-    set_phi: bool = setting(False, to=S, help="give the object a phase derived from its amplitude")
+    set_phi: bool = setting(True, to=S, help="give the object a phase derived from its amplitude")
     probe_npz: Path | None = setting(None, to=S, help="NPZ holding probeGuess (N, N) complex; none = ideal disk")
+    probe_defocus: float = setting(1.0, to=S, help="ideal disk probe's phase curvature: pi*d rad at its edge; "
+                                                   "0 = real disk, whose twin-image ambiguity blurs the PINN")
     data_seed: int = setting(0, to=S, help="seed for simulated objects and Poisson noise")
     # --- execution ---
     accelerator: str = setting("cpu", to=E, choices=ACCELERATORS, help="Lightning accelerator")

@@ -36,7 +36,7 @@ INVALID: dict[str, tuple] = {
     "plateau_threshold": (INF,), "val_fraction": (0.6, -0.1), "log_grad_norm": (None,),
     "grad_norm_log_freq": (0,), "nonfinite_grad_policy": ("ignore",), "object_size": (8,),
     "n_lines": (-1,), "nphotons": (0.0, INF), "n_train_images": (0,), "n_test_images": (0,),
-    "train_stride": (0,), "test_stride": (0,), "set_phi": ("true",), "probe_npz": ("", 3),
+    "train_stride": (0,), "test_stride": (0,), "set_phi": ("true",), "probe_npz": ("", 3), "probe_defocus": (-0.5, NAN, 101.0),
     "data_seed": (-5,), "accelerator": ("tpu",), "devices": (0,), "strategy": ("fsdp",),
     "num_nodes": (0,), "precision": ("16-true", 16), "deterministic": (0,), "num_workers": (-1,),
     "infer_batch_size": (0,), "enable_progress_bar": ("no",), "enable_checkpointing": (None,),

@@ -115,3 +115,15 @@ def test_ideal_probe_is_a_centred_disk_with_unit_peak():
     assert not probe.imag.any()
     assert np.abs(probe[0, 0]) < 1e-3 and np.allclose(probe, probe[::-1, ::-1])
     assert 0.1 < np.mean(np.abs(probe) > 0.05) < 0.3  # a disk of diameter ~N/2 covers ~pi/16 of the array
+
+
+@pytest.mark.parametrize("defocus, twin_ambiguous", [(0.0, True), (1.0, False)])
+def test_probe_defocus_decides_whether_the_twin_object_is_indistinguishable(defocus, twin_ambiguous):
+    """|F(O P)| = |F(conj(O(-r)) P)| for every O exactly when P(r) = conj(P(-r)): a real symmetric probe."""
+    probe = ideal_probe(32, defocus)
+    assert np.allclose(np.abs(probe), np.abs(ideal_probe(32)), atol=1e-6)  # defocus is phase only
+    rng = np.random.default_rng(0)
+    obj = (rng.uniform(0.2, 1.0, (32, 32)) * np.exp(1j * rng.uniform(-1, 1, (32, 32)))).astype(np.complex64)
+    twin = np.conj(obj[::-1, ::-1])
+    amplitude = [forward_amplitude(torch.from_numpy(o)[None], torch.from_numpy(probe))[0].numpy() for o in (obj, twin)]
+    assert np.allclose(amplitude[0], amplitude[1], atol=1e-5) == twin_ambiguous

@@ -111,3 +111,12 @@ def test_gate_names_a_value_dropped_inside_setup():
     assert problems and all("gradient_clip_val" in p for p in problems)
     assert any("training holds None" in p for p in problems)
     assert any("shared field gradient_clip_val disagrees" in p for p in problems)
+
+
+def test_runner_defaults_equal_the_defaults_of_every_config_they_reach():
+    """One default per setting: a config built on its own behaves like one resolved from the runner."""
+    runner_defaults = TorchRunnerConfig()
+    for dest, cls in OUTPUT_CLASSES.items():
+        own = cls()
+        for name, value in routed_values(runner_defaults, dest).items():
+            assert getattr(own, name) == value, f"{cls.__name__}.{name} default differs from the runner's"
