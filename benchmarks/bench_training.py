@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm
-from ptycho_torch.config import PyTorchExecutionConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.optimization import build_optimizer
 from ptycho_torch.probe import ideal_probe
@@ -61,7 +61,7 @@ class ItemNormBaseline(PtychoPINN):
 def dataset(steps: int, batch: int):
     sim = SimulationConfig()
     images = -(-steps * batch // len(raster_positions(sim.object_size, sim.N, sim.train_stride)))  # ceil
-    return simulate_split(sim, images, sim.train_stride, np.random.default_rng(0), ideal_probe(sim.N))
+    return simulate_split(sim, images, sim.train_stride, np.random.default_rng(0), ideal_probe(sim.N, sim.probe_defocus))
 
 
 def configs(clip: float | None, log_norms: bool, steps: int) -> tuple[TrainingConfig, PyTorchExecutionConfig]:
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     report = {
         "machine": f"{torch.get_num_threads()} torch threads, load avg {open('/proc/loadavg').read().split()[0]}",
-        "model": "default ModelConfig (cnn, N=64), batch 16, adam",
+        "model": f"default ModelConfig ({ModelConfig().architecture}, N={ModelConfig().N}), batch 16, adam",
         "median_step_s": {"no_clip_no_log": round(med["off"], 5), "clip_no_log": round(med["nolog"], 5),
                           "clip_and_log": round(med["norm"], 5), "clip_log_plus_item_baseline": round(med["item"], 5)},
         "ratio_norm_clip_vs_off": round(med["nolog"] / med["off"], 4),
