@@ -64,13 +64,16 @@ def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None
 
 
 def plot_comparison(path: Path, truth: np.ndarray, recons: Mapping[str, np.ndarray]) -> Path:
-    """Amplitude and phase of the ground truth beside each architecture's reconstruction."""
+    """Amplitude and phase of the ground truth beside each architecture's aligned reconstruction."""
     columns = [("ground truth", truth)] + list(recons.items())
+    amp_t, phase_t = np.abs(truth), np.angle(truth)
+    has_phase = np.ptp(phase_t) > 1e-6
     fig, axes = plt.subplots(2, len(columns), figsize=(3.5 * len(columns), 7), squeeze=False)
     for col, (name, obj) in enumerate(columns):
-        amp = np.abs(obj) if col == 0 else align_amplitude(np.abs(obj), np.abs(truth))
-        axes[0, col].imshow(amp)
-        axes[1, col].imshow(np.angle(obj), cmap="twilight")
+        amp = amp_t if col == 0 else align_amplitude(np.abs(obj), amp_t)
+        phase = phase_t if col == 0 or not has_phase else align_phase(np.angle(obj), phase_t)
+        axes[0, col].imshow(amp, vmin=amp_t.min(), vmax=amp_t.max())
+        axes[1, col].imshow(phase, vmin=phase_t.min(), vmax=phase_t.max())
         axes[0, col].set_title(f"{name}: amplitude")
         axes[1, col].set_title(f"{name}: phase")
         for ax in axes[:, col]:
