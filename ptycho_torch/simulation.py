@@ -117,9 +117,13 @@ def simulate_splits(sim: SimulationConfig, progress: bool = False) -> dict[str, 
     return splits
 
 
-def simulate_dataset(sim: SimulationConfig, out_dir: str | os.PathLike, progress: bool = False) -> tuple[Path, Path]:
-    """Simulate and write ``train.npz`` and ``test.npz`` into out_dir; return their paths."""
+def write_dataset(splits: dict[str, GridLinesData], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write (and so validate) ``train.npz`` and ``test.npz`` into out_dir; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = simulate_splits(sim, progress)
     return write_npz(out_dir / "train.npz", splits["train"]), write_npz(out_dir / "test.npz", splits["test"])
+
+
+def simulate_dataset(sim: SimulationConfig, out_dir: str | os.PathLike, progress: bool = False) -> tuple[Path, Path]:
+    """Simulate and write ``train.npz`` and ``test.npz`` into out_dir; return their paths."""
+    return write_dataset(simulate_splits(sim, progress), out_dir)

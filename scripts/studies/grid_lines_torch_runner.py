@@ -259,21 +259,19 @@ def config_to_argv(cfg: TorchRunnerConfig, flag_prefix: str = "--") -> list[str]
 def load_or_simulate(cfg: TorchRunnerConfig, data_dir: Path | None):
     """(train, test) GridLinesData: the given NPZ files, validated, or a fresh simulation.
 
-    A simulation is written to ``data_dir`` and read back through the validating loader; with
-    ``data_dir=None`` (DDP ranks other than 0) the same seeded simulation stays in memory.
+    A simulation is written to ``data_dir`` (validated on write) and used from memory; with
+    ``data_dir=None`` (DDP ranks other than 0) it is not written at all.
     """
     from ptycho_torch.npz_data import load_npz
-    from ptycho_torch.simulation import simulate_dataset, simulate_splits
+    from ptycho_torch.simulation import simulate_splits, write_dataset
 
     if cfg.train_npz is not None:  # the config guarantees both paths or neither
-        train_path, test_path = cfg.train_npz, cfg.test_npz
-    elif data_dir is None:
-        splits = simulate_splits(setup_simulation_config(cfg))
-        return splits["train"], splits["test"]
-    else:
-        train_path, test_path = simulate_dataset(setup_simulation_config(cfg), data_dir,
-                                                 progress=cfg.enable_progress_bar)
-    return load_npz(train_path, "train", expected_N=cfg.N), load_npz(test_path, "test", expected_N=cfg.N)
+        return (load_npz(cfg.train_npz, "train", expected_N=cfg.N),
+                load_npz(cfg.test_npz, "test", expected_N=cfg.N))
+    splits = simulate_splits(setup_simulation_config(cfg), progress=cfg.enable_progress_bar and data_dir is not None)
+    if data_dir is not None:
+        write_dataset(splits, data_dir)
+    return splits["train"], splits["test"]
 
 
 def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any] | None:
@@ -300,7 +298,7 @@ def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any]
     trained = train(training, execution, train_data, out)
     if trained.trainer.world_size > 1:
         write_rank_record(trained, out / "ranks")
-    return write_results(cfg, trained, test_data) if main_rank else None
+    return write_results(out, execution, trained, test_data) if main_rank else None
 
 
 def write_rank_record(trained, folder: Path) -> None:
@@ -315,26 +313,31 @@ def write_rank_record(trained, folder: Path) -> None:
         "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
 
 
-def write_results(cfg: TorchRunnerConfig, trained, test_data) -> dict[str, Any]:
-    """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures."""
+def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data) -> dict[str, Any]:
+    """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures.
+
+    Everything shown is read from the resolved configs and the module that trained, not from the
+    runner config, so the pictures describe what ran.
+    """
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
     from ptycho_torch.reconstruction import stitch_objects
     from ptycho_torch.training import predict_patches
 
-    out, module = cfg.output_dir, trained.module
-    patches = predict_patches(module, test_data, cfg.infer_batch_size).numpy()  # (M, N, N) complex64
+    module = trained.module
+    architecture = module.cfg.model.architecture
+    patches = predict_patches(module, test_data, execution.infer_batch_size).numpy()  # (M, N, N) complex64
     recons = stitch_objects(patches, test_data)  # (I, H, W) complex64
-    metrics = {"architecture": cfg.architecture, **score_objects(recons, test_data.YY_ground_truth),
+    metrics = {"architecture": architecture, **score_objects(recons, test_data.YY_ground_truth),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
     artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)
     plots.plot_reconstruction(out / "reconstruction.png", test_data.YY_ground_truth[0], recons[0],
-                              f"{cfg.architecture}: test object 0")
-    plots.plot_training(out / "training.png", module.history, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
+                              f"{architecture}: test object 0")
+    plots.plot_training(out / "training.png", module.history, module.clip_val, module.clip_algorithm)
     return metrics
 
 
