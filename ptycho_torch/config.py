@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Named choices: the single tables that also feed the CLI's ``choices=``.
 ARCHITECTURES = ("cnn", "fno", "hybrid")
@@ -59,105 +59,165 @@ class ConfigError(ValueError):
         return tuple(p.field for p in self.problems)
 
 
-# --- field rules: each returns (coerced value, None) or (value, broken rule) ----------------
+# --- field rules as data: each is inspectable (bounds, choices) and callable --------------------
+# A rule called with a value returns (coerced value, None) or (value, the broken rule's text).
+# Tests derive their valid-value strategies and boundary examples from these objects.
 
 Checked = tuple[Any, str | None]
-Rule = Callable[[Any], Checked]
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(lo: int, hi: int | None = None) -> Rule:
-    text = f"must be an integer >= {lo}" if hi is None else f"must be an integer in {lo}..{hi}"
+@dataclass(frozen=True)
+class Interval:
+    """An integer or finite float in [lo, hi] (either end may be open; hi = inf means unbounded)."""
 
-    def check(value: Any) -> Checked:
-        ok = _is_int(value) and value >= lo and (hi is None or value <= hi)
-        return value, None if ok else text
+    kind: type  # int or float; a float field accepts ints and stores them as float
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    message: str | None = None  # replaces the generated rule text
 
-    return check
+    @property
+    def text(self) -> str:
+        if self.message:
+            return self.message
+        if self.kind is int:
+            return f"must be an integer >= {self.lo}" if self.hi == math.inf else \
+                f"must be an integer in {self.lo}..{self.hi}"
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open or self.hi == math.inf else "]"
+        return f"must be a finite number in {left}{self.lo:g}, {self.hi:g}{right}"
 
+    def contains(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below and math.isfinite(value)
 
-def power_of_two(lo: int, hi: int) -> Rule:
-    def check(value: Any) -> Checked:
-        ok = _is_int(value) and lo <= value <= hi and value & (value - 1) == 0
-        return value, None if ok else f"must be a power of two in {lo}..{hi}"
-
-    return check
-
-
-def real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
-    """A finite float in an interval; ints are accepted and stored as float."""
-    left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
-    text = f"must be a finite number in {left}{lo:g}, {hi:g}{right}"
-
-    def check(value: Any) -> Checked:
+    def __call__(self, value: Any) -> Checked:
+        if self.kind is int:
+            return value, None if _is_int(value) and self.contains(value) else self.text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value, text
+            return value, self.text
         value = float(value)
-        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        return value, None if math.isfinite(value) and inside else text
-
-    return check
+        return value, None if self.contains(value) else self.text
 
 
-def choice(options: tuple[str, ...]) -> Rule:
-    def check(value: Any) -> Checked:
-        return value, None if value in options and isinstance(value, str) else f"must be one of {', '.join(options)}"
+@dataclass(frozen=True)
+class PowerOfTwo:
+    lo: int
+    hi: int
 
-    return check
+    @property
+    def text(self) -> str:
+        return f"must be a power of two in {self.lo}..{self.hi}"
 
-
-def boolean(value: Any) -> Checked:
-    return value, None if isinstance(value, bool) else "must be true or false"
-
-
-def path(value: Any) -> Checked:
-    if isinstance(value, (str, Path)) and str(value) != "":
-        return Path(value), None
-    return value, "must be a non-empty path"
+    def __call__(self, value: Any) -> Checked:
+        ok = _is_int(value) and self.lo <= value <= self.hi and value & (value - 1) == 0
+        return value, None if ok else self.text
 
 
-def optional(rule: Rule) -> Rule:
-    def check(value: Any) -> Checked:
-        return (None, None) if value is None else rule(value)
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
 
-    return check
+    @property
+    def text(self) -> str:
+        return f"must be one of {', '.join(self.options)}"
+
+    def __call__(self, value: Any) -> Checked:
+        return value, None if isinstance(value, str) and value in self.options else self.text
 
 
-def _clip_value(value: Any) -> Checked:
-    coerced, broken = real(0.0)(value)
-    return coerced, broken and "must be None/0 (off) or a finite number > 0 (on)"
+@dataclass(frozen=True)
+class Boolean:
+    text: str = "must be true or false"
+
+    def __call__(self, value: Any) -> Checked:
+        return value, None if isinstance(value, bool) else self.text
+
+
+@dataclass(frozen=True)
+class PathRule:
+    text: str = "must be a non-empty path"
+
+    def __call__(self, value: Any) -> Checked:
+        if isinstance(value, (str, Path)) and str(value) != "":
+            return Path(value), None
+        return value, self.text
+
+
+@dataclass(frozen=True)
+class Optional:
+    """None, or a value that satisfies ``inner``."""
+
+    inner: Any
+
+    @property
+    def text(self) -> str:
+        return self.inner.text
+
+    def __call__(self, value: Any) -> Checked:
+        return (None, None) if value is None else self.inner(value)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A nested config of the given class (e.g. TrainingConfig.model)."""
+
+    cls: type
+
+    @property
+    def text(self) -> str:
+        return f"must be a {self.cls.__name__}"
+
+    def __call__(self, value: Any) -> Checked:
+        return value, None if isinstance(value, self.cls) else self.text
+
+
+Rule = Interval | PowerOfTwo | Choice | Boolean | PathRule | Optional | Instance
+
+
+def integer(lo: int, hi: int | None = None) -> Interval:
+    return Interval(int, lo, math.inf if hi is None else hi)
+
+
+def real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> Interval:
+    return Interval(float, lo, hi, lo_open, hi_open)
+
+
+CLIP_RULE = Optional(Interval(float, 0.0, message="must be None/0 (off) or a finite number > 0 (on)"))
 
 
 FIELD_RULES: dict[str, Rule] = {
     # model
-    "architecture": choice(ARCHITECTURES),
-    "training_procedure": choice(TRAINING_PROCEDURES),
-    "N": power_of_two(16, 256),
-    "generator_output_mode": choice(GENERATOR_OUTPUT_MODES),
+    "architecture": Choice(ARCHITECTURES),
+    "training_procedure": Choice(TRAINING_PROCEDURES),
+    "N": PowerOfTwo(16, 256),
+    "generator_output_mode": Choice(GENERATOR_OUTPUT_MODES),
     "cnn_channels": integer(1, 512),
     "fno_modes": integer(1),
     "fno_width": integer(1, 512),
     "fno_blocks": integer(1, 32),
     "fno_cnn_blocks": integer(0, 32),
-    "probe_mask": boolean,
-    "probe_mask_diameter": optional(real(0.0, lo_open=True)),
+    "probe_mask": Boolean(),
+    "probe_mask_diameter": Optional(real(0.0, lo_open=True)),
     # training
     "seed": integer(0, MAX_SEED),
     "epochs": integer(1),
     "batch_size": integer(1),
     "learning_rate": real(0.0, lo_open=True),
-    "gradient_clip_val": optional(_clip_value),
-    "gradient_clip_algorithm": choice(CLIP_ALGORITHMS),
-    "torch_loss_mode": choice(LOSS_MODES),
-    "optimizer": choice(OPTIMIZERS),
+    "gradient_clip_val": CLIP_RULE,
+    "gradient_clip_algorithm": Choice(CLIP_ALGORITHMS),
+    "torch_loss_mode": Choice(LOSS_MODES),
+    "optimizer": Choice(OPTIMIZERS),
     "weight_decay": real(0.0),
     "momentum": real(0.0, 1.0, hi_open=True),
     "adam_beta1": real(0.0, 1.0, hi_open=True),
     "adam_beta2": real(0.0, 1.0, hi_open=True),
-    "scheduler": choice(SCHEDULERS),
+    "scheduler": Choice(SCHEDULERS),
     "lr_gamma": real(0.0, 1.0, lo_open=True),
     "lr_warmup_epochs": integer(0),
     "lr_min_ratio": real(0.0, 1.0),
@@ -166,9 +226,9 @@ FIELD_RULES: dict[str, Rule] = {
     "plateau_min_lr": real(0.0),
     "plateau_threshold": real(0.0),
     "val_fraction": real(0.0, 0.5),
-    "log_grad_norm": boolean,
+    "log_grad_norm": Boolean(),
     "grad_norm_log_freq": integer(1),
-    "nonfinite_grad_policy": choice(NONFINITE_POLICIES),
+    "nonfinite_grad_policy": Choice(NONFINITE_POLICIES),
     # simulation
     "object_size": integer(16, 4096),
     "n_lines": integer(0, 100_000),
@@ -177,27 +237,27 @@ FIELD_RULES: dict[str, Rule] = {
     "n_test_images": integer(1, 64),
     "train_stride": integer(1, 256),
     "test_stride": integer(1, 256),
-    "set_phi": boolean,
-    "probe_npz": optional(path),
+    "set_phi": Boolean(),
+    "probe_npz": Optional(PathRule()),
     "probe_defocus": real(0.0, 100.0),
     "data_seed": integer(0, MAX_SEED),
     # execution
-    "accelerator": choice(ACCELERATORS),
+    "accelerator": Choice(ACCELERATORS),
     "devices": integer(1, 1024),
-    "strategy": choice(STRATEGIES),
+    "strategy": Choice(STRATEGIES),
     "num_nodes": integer(1, 1024),
-    "precision": choice(PRECISIONS),
-    "deterministic": boolean,
+    "precision": Choice(PRECISIONS),
+    "deterministic": Boolean(),
     "num_workers": integer(0, 256),
     "infer_batch_size": integer(1),
-    "enable_progress_bar": boolean,
-    "enable_checkpointing": boolean,
-    "logger_backend": choice(LOGGER_BACKENDS),
+    "enable_progress_bar": Boolean(),
+    "enable_checkpointing": Boolean(),
+    "logger_backend": Choice(LOGGER_BACKENDS),
     # runner-only
-    "train_npz": optional(path),
-    "test_npz": optional(path),
-    "output_dir": path,
-    "overwrite": boolean,
+    "train_npz": Optional(PathRule()),
+    "test_npz": Optional(PathRule()),
+    "output_dir": PathRule(),
+    "overwrite": Boolean(),
 }
 
 
@@ -293,10 +353,18 @@ def check_values(owner: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Validated:
-    """Mixin for frozen dataclasses: validate every rule-bearing field on construction."""
+    """Mixin for frozen dataclasses: validate every field on construction with its FIELD_RULES entry.
+
+    A field without a rule is refused (TypeError naming it): every setting is checked, or the
+    class cannot be built at all.
+    """
 
     def __post_init__(self) -> None:
-        names = [f.name for f in dataclasses.fields(self) if f.name in FIELD_RULES]
+        names = [f.name for f in dataclasses.fields(self)]
+        unruled = [n for n in names if n not in FIELD_RULES]
+        if unruled:
+            raise TypeError(f"{type(self).__name__} field(s) {', '.join(unruled)} have no rule in FIELD_RULES "
+                            "(ptycho_torch/config.py): declare one")
         clean = check_values(type(self).__name__, {n: getattr(self, n) for n in names})
         for name in names:  # coercion only (int -> float, str -> Path), still inside construction
             object.__setattr__(self, name, clean[name])
@@ -315,6 +383,9 @@ class ModelConfig(Validated):
     fno_cnn_blocks: int = 2  # refiner convolutions after the spectral blocks (fno)
     probe_mask: bool = False  # multiply the probe by a centred disk before illumination
     probe_mask_diameter: float | None = None  # disk diameter in pixels; None = N
+
+
+FIELD_RULES["model"] = Instance(ModelConfig)  # TrainingConfig.model: the nested model settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,15 +415,6 @@ class TrainingConfig(Validated):
     log_grad_norm: bool = True  # record pre/post-clip global gradient norms
     grad_norm_log_freq: int = 1  # record norms every k optimizer steps
     nonfinite_grad_policy: str = "skip"  # skip (no step, counted) | error (raise)
-
-    def __post_init__(self) -> None:
-        problems = [] if isinstance(self.model, ModelConfig) else [Problem("model", self.model, "must be a ModelConfig")]
-        try:
-            super().__post_init__()
-        except ConfigError as err:
-            problems.extend(err.problems)
-        if problems:
-            raise ConfigError(type(self).__name__, problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,7 +454,9 @@ class SimulationConfig(Validated):
 def to_jsonable(value: Any) -> Any:
     """A config (or a value inside one) as JSON-ready data; paths become strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # Stored values, not attributes: writing a config down is not a use of its settings
+        # (the read-recording tests count uses).
+        return {f.name: to_jsonable(vars(value)[f.name]) for f in dataclasses.fields(value)}
     if isinstance(value, Path):
         return str(value)
     return value
@@ -420,39 +484,68 @@ def clipping_enabled(clip_val: float | None) -> bool:
     return clip_val is not None and clip_val > 0
 
 
-# (field, is it active under this training config?, why it is inert otherwise)
-_ACTIVITY: tuple[tuple[str, Callable[[TrainingConfig], bool], str], ...] = (
-    ("momentum", lambda t: t.optimizer == "sgd", "only sgd uses momentum"),
-    ("adam_beta1", lambda t: t.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
-    ("adam_beta2", lambda t: t.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
-    ("lr_gamma", lambda t: t.scheduler == "Exponential", "only the Exponential scheduler"),
-    ("lr_warmup_epochs", lambda t: t.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
-    ("lr_min_ratio", lambda t: t.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
-    ("plateau_factor", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
-    ("plateau_patience", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
-    ("plateau_min_lr", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
-    ("plateau_threshold", lambda t: t.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
-    ("gradient_clip_algorithm", lambda t: clipping_enabled(t.gradient_clip_val), "clipping is off"),
-    ("grad_norm_log_freq", lambda t: t.log_grad_norm, "gradient norms are not logged"),
-    ("torch_loss_mode", lambda t: t.model.training_procedure == "pinn", "supervised training has its own loss"),
-    ("probe_mask", lambda t: t.model.training_procedure == "pinn", "supervised training skips the physics"),
-    ("probe_mask_diameter", lambda t: t.model.training_procedure == "pinn" and t.model.probe_mask,
-     "the probe mask is off"),
-    ("cnn_channels", lambda t: t.model.architecture in ("cnn", "hybrid"), "only cnn and hybrid have a conv decoder"),
-    ("fno_modes", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
-    ("fno_width", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
-    ("fno_blocks", lambda t: t.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
-    ("fno_cnn_blocks", lambda t: t.model.architecture == "fno", "only fno has refiner blocks"),
+class RunSettings(NamedTuple):
+    """The resolved configs of one run, and whether its data are simulated (no NPZ files given)."""
+
+    training: TrainingConfig
+    execution: PyTorchExecutionConfig
+    simulation: SimulationConfig
+    simulated: bool = True
+
+
+def _simulated(r: RunSettings) -> bool:
+    return r.simulated
+
+
+# ("destination.field", is it active in this run?, why it is inert otherwise). Every field not
+# listed is active in every run: the run pipeline must read it.
+_ACTIVITY: tuple[tuple[str, Callable[[RunSettings], bool], str], ...] = (
+    ("training.momentum", lambda r: r.training.optimizer == "sgd", "only sgd uses momentum"),
+    ("training.adam_beta1", lambda r: r.training.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
+    ("training.adam_beta2", lambda r: r.training.optimizer in ("adam", "adamw"), "only adam/adamw use betas"),
+    ("training.lr_gamma", lambda r: r.training.scheduler == "Exponential", "only the Exponential scheduler"),
+    ("training.lr_warmup_epochs", lambda r: r.training.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
+    ("training.lr_min_ratio", lambda r: r.training.scheduler == "WarmupCosine", "only the WarmupCosine scheduler"),
+    ("training.plateau_factor", lambda r: r.training.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("training.plateau_patience", lambda r: r.training.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("training.plateau_min_lr", lambda r: r.training.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("training.plateau_threshold", lambda r: r.training.scheduler == "ReduceLROnPlateau", "only ReduceLROnPlateau"),
+    ("training.gradient_clip_algorithm", lambda r: clipping_enabled(r.training.gradient_clip_val),
+     "clipping is off"),
+    ("training.grad_norm_log_freq", lambda r: r.training.log_grad_norm, "gradient norms are not logged"),
+    ("training.torch_loss_mode", lambda r: r.training.model.training_procedure == "pinn",
+     "supervised training has its own loss"),
+    ("model.probe_mask", lambda r: r.training.model.training_procedure == "pinn",
+     "supervised training skips the physics"),
+    ("model.probe_mask_diameter",
+     lambda r: r.training.model.training_procedure == "pinn" and r.training.model.probe_mask, "the probe mask is off"),
+    ("model.cnn_channels", lambda r: r.training.model.architecture in ("cnn", "hybrid"),
+     "only cnn and hybrid have a conv decoder"),
+    ("model.fno_modes", lambda r: r.training.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("model.fno_width", lambda r: r.training.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("model.fno_blocks", lambda r: r.training.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),
+    ("model.fno_cnn_blocks", lambda r: r.training.model.architecture == "fno", "only fno has refiner blocks"),
+    *((f"simulation.{name}", _simulated, "the data come from the NPZ files")
+      for name in ("N", "object_size", "n_lines", "nphotons", "n_train_images", "n_test_images", "train_stride",
+                   "test_stride", "set_phi", "probe_npz", "data_seed")),
+    ("simulation.probe_defocus", lambda r: r.simulated and r.simulation.probe_npz is None,
+     "the probe comes from a file (or the data from NPZ files)"),
 )
+SETTING_OWNERS = {"model": ModelConfig, "training": TrainingConfig, "execution": PyTorchExecutionConfig,
+                  "simulation": SimulationConfig}
 
 
-def inert_settings(cfg: TrainingConfig) -> dict[str, str]:
-    """Training and model settings that cannot change a run under ``cfg``, with the reason."""
-    return {name: why for name, active, why in _ACTIVITY if not active(cfg)}
+def all_settings() -> set[str]:
+    """Every setting of the four resolved configs, as "destination.field" (the nested model is its own)."""
+    return {f"{dest}.{f.name}" for dest, cls in SETTING_OWNERS.items() for f in dataclasses.fields(cls)
+            if not isinstance(FIELD_RULES[f.name], Instance)}
 
 
-def active_settings(cfg: TrainingConfig) -> set[str]:
-    """Training and model settings that the training path must read under ``cfg``."""
-    names = {f.name for f in dataclasses.fields(TrainingConfig) if f.name != "model"}
-    names |= {f.name for f in dataclasses.fields(ModelConfig)}
-    return names - set(inert_settings(cfg))
+def inert_settings(run: RunSettings) -> dict[str, str]:
+    """Settings ("destination.field") that cannot change this run, with the reason."""
+    return {name: why for name, active, why in _ACTIVITY if not active(run)}
+
+
+def active_settings(run: RunSettings) -> set[str]:
+    """Settings ("destination.field") that the run pipeline must read in this run."""
+    return all_settings() - set(inert_settings(run))

@@ -42,22 +42,21 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
 class GridLinesDataModule(L.LightningDataModule):
     def __init__(self, train: GridLinesData, training: TrainingConfig, execution: PyTorchExecutionConfig):
         super().__init__()
-        self.batch_size = training.batch_size
-        self.seed = training.seed
-        self.num_workers = execution.num_workers
-        self.infer_batch_size = execution.infer_batch_size
+        self.training = training
+        self.execution = execution
         patterns = PatternDataset(train)
         train_idx, val_idx = split_indices(len(patterns), training.val_fraction, training.seed)
         self.train_set = Subset(patterns, train_idx)
         self.val_set = Subset(patterns, val_idx) if val_idx else None
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> DataLoader:
+        workers = self.execution.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        order = torch.Generator().manual_seed(self.training.seed)  # the data order, reproducible per seed
+        return self._loader(self.train_set, self.training.batch_size, order)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, self.infer_batch_size, shuffle=False) if self.val_set else []
+        return self._loader(self.val_set, self.execution.infer_batch_size, None) if self.val_set else []

@@ -45,10 +45,6 @@ class PtychoPINN(L.LightningModule):
             if model.probe_mask:
                 probe = apply_probe_mask(probe, model.probe_mask_diameter)
         self.register_buffer("probe", probe.to(torch.complex64))  # (N, N) complex64
-        self.clip_val = cfg.gradient_clip_val if clipping_enabled(cfg.gradient_clip_val) else None
-        self.clip_algorithm = cfg.gradient_clip_algorithm if self.clip_val else None
-        self.norm_every = cfg.grad_norm_log_freq if cfg.log_grad_norm else 0
-        self.nonfinite_policy = cfg.nonfinite_grad_policy
         self.history: list[dict] = []  # one row per optimizer step (HISTORY_COLUMNS)
         self.nonfinite_skips = 0
         self.optimizer_steps = 0
@@ -88,24 +84,26 @@ class PtychoPINN(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Runs on unscaled gradients, just before the optimizer steps (every precision mode)."""
+        cfg = self.cfg
+        policy = cfg.nonfinite_grad_policy  # decided before the gradients are looked at
         params = [p for p in self.parameters() if p.grad is not None]
         row = self._rows[-1]
         preclip = global_grad_norm(params)
         # One host sync per step, none per parameter; an L2 norm can overflow on huge finite
         # gradients, so a non-finite norm is confirmed element-wise before the step is skipped.
         if not torch.isfinite(preclip) and not grads_finite(params):
-            self._skip_step(params, row)
+            self._skip_step(params, row, policy)
             return
-        record = self.norm_every and self.optimizer_steps % self.norm_every == 0
-        if self.clip_val:
-            clip_gradients_(params, self.clip_algorithm, self.clip_val)
-        if record:
+        clipping = clipping_enabled(cfg.gradient_clip_val)
+        if clipping:
+            clip_gradients_(params, cfg.gradient_clip_algorithm, cfg.gradient_clip_val)
+        if cfg.log_grad_norm and self.optimizer_steps % cfg.grad_norm_log_freq == 0:
             row["grad_norm_preclip"] = preclip.detach()
-            row["grad_norm_postclip"] = global_grad_norm(params) if self.clip_val else preclip.detach()
+            row["grad_norm_postclip"] = global_grad_norm(params) if clipping else preclip.detach()
 
-    def _skip_step(self, params: list[torch.nn.Parameter], row: dict) -> None:
+    def _skip_step(self, params: list[torch.nn.Parameter], row: dict, policy: str) -> None:
         scaler_overflow = self._grad_scaler_active()
-        if self.nonfinite_policy == "error" and not scaler_overflow:
+        if policy == "error" and not scaler_overflow:
             raise NonFiniteGradientError(
                 f"non-finite gradient at optimizer step {self.optimizer_steps} (epoch {self.current_epoch}); "
                 "nonfinite_grad_policy=error")

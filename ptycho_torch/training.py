@@ -36,14 +36,19 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     check_shared_fields(training, execution)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        torch.manual_seed(training.seed)
-        module = module_class(training, torch.from_numpy(train_data.probeGuess))
+        module = build_module(training, train_data.probeGuess, module_class)
         data = GridLinesDataModule(train_data, training, execution)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
         trainer.fit(module, datamodule=data)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     return TrainedModel(module, trainer, data)
+
+
+def build_module(training: TrainingConfig, probe, module_class: type[PtychoPINN] = PtychoPINN) -> PtychoPINN:
+    """The model for ``probe`` (N, N) complex, its initial weights drawn from ``training.seed``."""
+    torch.manual_seed(training.seed)
+    return module_class(training, torch.as_tensor(probe))
 
 
 def parameter_digest(module: torch.nn.Module) -> str:

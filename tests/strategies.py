@@ -1,18 +1,23 @@
 """Hypothesis strategies for every config in the project (the one home of strategies).
 
-``runner_configs()`` draws every field of TorchRunnerConfig: nothing is left at its default,
-floats are finite and inside each field's rule, paths are short relative or absolute paths,
-and dependent fields are drawn inside the bounds their partner allows.
+Valid values and boundary examples are derived from the rule objects in
+``ptycho_torch.config.FIELD_RULES`` (bounds with open/closed ends, choices, powers of two,
+optional), so a changed rule changes what the tests draw. ``runner_configs()`` draws every field
+of TorchRunnerConfig: nothing is left at its default, floats are finite, paths are short relative
+or absolute paths, and dependent fields are drawn inside the bounds their partner allows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
 from ptycho_torch import config as C
+from ptycho_torch.config import FIELD_RULES, Boolean, Choice, Instance, Interval, Optional, PathRule, PowerOfTwo
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
 
 
@@ -27,65 +32,87 @@ paths = st.builds(
     st.booleans(), st.lists(_segment, min_size=1, max_size=3),
 ).filter(lambda p: str(p).lower() != "none")
 
-clip_values = st.one_of(st.none(), st.just(0.0), finite(1e-6, 1e6))
 
-# Fields whose rule does not depend on another field.
-INDEPENDENT: dict[str, st.SearchStrategy] = {
-    "output_dir": paths,
-    "overwrite": st.booleans(),
-    "architecture": st.sampled_from(C.ARCHITECTURES),
-    "training_procedure": st.sampled_from(C.TRAINING_PROCEDURES),
-    "generator_output_mode": st.sampled_from(C.GENERATOR_OUTPUT_MODES),
-    "cnn_channels": st.integers(1, 512),
-    "fno_width": st.integers(1, 512),
-    "fno_blocks": st.integers(1, 32),
-    "fno_cnn_blocks": st.integers(0, 32),
-    "probe_mask": st.booleans(),
-    "seed": st.integers(0, C.MAX_SEED),
-    "epochs": st.integers(1, 10_000),
-    "batch_size": st.integers(1, 4096),
-    "learning_rate": finite(1e-9, 10.0).filter(lambda x: x > 0),
-    "gradient_clip_val": clip_values,
-    "gradient_clip_algorithm": st.sampled_from(C.CLIP_ALGORITHMS),
-    "torch_loss_mode": st.sampled_from(C.LOSS_MODES),
-    "optimizer": st.sampled_from(C.OPTIMIZERS),
-    "weight_decay": finite(0.0, 1.0),
-    "momentum": finite(0.0, 1.0, exclude_max=True),
-    "adam_beta1": finite(0.0, 1.0, exclude_max=True),
-    "adam_beta2": finite(0.0, 1.0, exclude_max=True),
-    "scheduler": st.sampled_from(C.SCHEDULERS),
-    "lr_gamma": finite(0.0, 1.0, exclude_min=True),
-    "lr_min_ratio": finite(0.0, 1.0),
-    "plateau_factor": finite(0.0, 1.0, exclude_min=True, exclude_max=True),
-    "plateau_patience": st.integers(0, 100),
-    "plateau_min_lr": finite(0.0, 1.0),
-    "plateau_threshold": finite(0.0, 1.0),
-    "log_grad_norm": st.booleans(),
-    "grad_norm_log_freq": st.integers(1, 1000),
-    "nonfinite_grad_policy": st.sampled_from(C.NONFINITE_POLICIES),
-    "n_lines": st.integers(0, 100_000),
-    "nphotons": finite(1.0, 1e15),
-    "n_train_images": st.integers(1, 64),
-    "n_test_images": st.integers(1, 64),
-    "set_phi": st.booleans(),
-    "probe_npz": st.none() | paths,
-    "probe_defocus": finite(0.0, 100.0),
-    "data_seed": st.integers(0, C.MAX_SEED),
-    "accelerator": st.sampled_from(C.ACCELERATORS),
-    "devices": st.integers(1, 1024),
-    "strategy": st.sampled_from(C.STRATEGIES),
-    "num_nodes": st.integers(1, 1024),
-    "precision": st.sampled_from(C.PRECISIONS),
-    "deterministic": st.booleans(),
-    "num_workers": st.integers(0, 256),
-    "infer_batch_size": st.integers(1, 4096),
-    "enable_progress_bar": st.booleans(),
-    "enable_checkpointing": st.booleans(),
-    "logger_backend": st.sampled_from(C.LOGGER_BACKENDS),
-}
-# Fields drawn inside bounds set by others (see ``runner_values``).
+# --- derived from the rules -----------------------------------------------------------------------
+
+def _powers(rule: PowerOfTwo) -> list[int]:
+    return [2**k for k in range(rule.hi.bit_length()) if rule.lo <= 2**k <= rule.hi]
+
+
+def valid_values(rule: Any) -> st.SearchStrategy:
+    """Every value ``rule`` accepts (finite floats only; paths from ``paths``)."""
+    if isinstance(rule, Interval):
+        hi = None if rule.hi == math.inf else rule.hi
+        if rule.kind is int:
+            return st.integers(int(rule.lo) + rule.lo_open, None if hi is None else int(hi) - rule.hi_open)
+        return st.floats(rule.lo, hi, exclude_min=rule.lo_open, exclude_max=rule.hi_open and hi is not None,
+                         allow_nan=False, allow_infinity=False)
+    if isinstance(rule, PowerOfTwo):
+        return st.sampled_from(_powers(rule))
+    if isinstance(rule, Choice):
+        return st.sampled_from(rule.options)
+    if isinstance(rule, Boolean):
+        return st.booleans()
+    if isinstance(rule, PathRule):
+        return paths
+    if isinstance(rule, Optional):
+        return st.none() | valid_values(rule.inner)
+    raise TypeError(f"no strategy for rule {rule!r}")
+
+
+def _step_outside(rule: Interval, bound: float, downward: bool) -> Any:
+    if rule.kind is int:
+        return int(bound) - 1 if downward else int(bound) + 1
+    return math.nextafter(bound, -math.inf if downward else math.inf)
+
+
+def boundary_examples(rule: Any) -> tuple[list, list]:
+    """(valid, invalid) values at each edge of ``rule``: each bound, and one step outside it.
+
+    An open bound is itself the invalid example and one step inside it the valid one. Type
+    junk (strings, booleans for numbers, NaN, inf) is added to the invalid side.
+    """
+    if isinstance(rule, Optional):
+        valid, invalid = boundary_examples(rule.inner)
+        return [None, *valid], [v for v in invalid if v is not None]
+    if isinstance(rule, Interval):
+        valid, invalid = [], ["1", True, None] + ([] if rule.kind is int else [math.nan, math.inf, -math.inf])
+        for bound, downward, is_open in ((rule.lo, True, rule.lo_open), (rule.hi, False, rule.hi_open)):
+            if bound == math.inf:
+                continue
+            inside = _step_outside(rule, bound, not downward)
+            outside = _step_outside(rule, bound, downward)
+            valid.append(inside if is_open else (int(bound) if rule.kind is int else float(bound)))
+            invalid.append(bound if is_open else outside)
+        if rule.kind is int:
+            invalid.append(float(valid[0]) + 0.5)  # a fraction inside the bounds
+        return valid, invalid
+    if isinstance(rule, PowerOfTwo):
+        powers = _powers(rule)
+        return [powers[0], powers[-1]], [powers[0] // 2, powers[-1] * 2, powers[0] + 1, float(powers[0]), True]
+    if isinstance(rule, Choice):
+        return list(rule.options), [rule.options[0].upper() + "_", "", None, 1]
+    if isinstance(rule, Boolean):
+        return [True, False], [0, 1, "true", None]
+    if isinstance(rule, PathRule):
+        return ["a", Path("/tmp/x")], ["", None, 3]
+    if isinstance(rule, Instance):
+        return [rule.cls()], [None, {}]
+    raise TypeError(f"no boundary examples for rule {rule!r}")
+
+
+clip_values = valid_values(FIELD_RULES["gradient_clip_val"])
+# Fields drawn inside bounds set by others (see ``runner_values``); every other field from its rule.
 DEPENDENT = ("train_npz", "test_npz", "N", "fno_modes", "probe_mask_diameter", "lr_warmup_epochs", "val_fraction",
              "object_size", "train_stride", "test_stride")
+INDEPENDENT: dict[str, st.SearchStrategy] = {
+    f.name: valid_values(FIELD_RULES[f.name]) for f in dataclasses.fields(TorchRunnerConfig) if f.name not in DEPENDENT
+}
+
+
+def _below(rule: Interval, cap: int) -> st.SearchStrategy[int]:
+    """Integers of an integer rule, no larger than ``cap`` (a partner's value)."""
+    return st.integers(int(rule.lo), min(cap, int(rule.hi)) if rule.hi != math.inf else cap)
 
 
 @st.composite
@@ -94,15 +121,20 @@ def runner_values(draw) -> dict:
     values = {name: draw(strategy) for name, strategy in INDEPENDENT.items()}
     given = draw(st.booleans())  # NPZ paths come as a pair or not at all
     values["train_npz"], values["test_npz"] = (draw(paths), draw(paths)) if given else (None, None)
-    n = values["N"] = draw(st.sampled_from([16, 32, 64, 128, 256]))
-    values["fno_modes"] = draw(st.integers(1, n // 2 if values["architecture"] != "cnn" else 4096))
-    values["probe_mask_diameter"] = draw(st.none() | finite(0.0, float(n), exclude_min=True))
-    values["lr_warmup_epochs"] = draw(st.integers(0, values["epochs"] - 1))
-    min_val = 0.01 if values["scheduler"] == "ReduceLROnPlateau" else 0.0
-    values["val_fraction"] = draw(finite(min_val, 0.5))
-    values["object_size"] = draw(st.integers(n, 4096))
-    values["train_stride"] = draw(st.integers(1, n))
-    values["test_stride"] = draw(st.integers(1, n))
+    n = values["N"] = draw(valid_values(FIELD_RULES["N"]))
+    spectral = values["architecture"] in ("fno", "hybrid")
+    values["fno_modes"] = draw(_below(FIELD_RULES["fno_modes"], n // 2) if spectral
+                               else valid_values(FIELD_RULES["fno_modes"]))
+    diameter = FIELD_RULES["probe_mask_diameter"].inner
+    values["probe_mask_diameter"] = draw(st.none() | finite(diameter.lo, float(n), exclude_min=diameter.lo_open))
+    values["lr_warmup_epochs"] = draw(_below(FIELD_RULES["lr_warmup_epochs"], values["epochs"] - 1))
+    val = FIELD_RULES["val_fraction"]
+    plateau = values["scheduler"] == "ReduceLROnPlateau"
+    values["val_fraction"] = draw(finite(val.lo, val.hi, exclude_min=plateau))
+    size = FIELD_RULES["object_size"]
+    values["object_size"] = draw(st.integers(max(n, int(size.lo)), int(size.hi)))
+    values["train_stride"] = draw(_below(FIELD_RULES["train_stride"], n))
+    values["test_stride"] = draw(_below(FIELD_RULES["test_stride"], n))
     return values
 
 
@@ -261,31 +293,82 @@ def npz_corruptions(keys: list[str]) -> st.SearchStrategy[Corruption]:
     )
 
 
-# --- training configs small enough to fit in a test (model, clipping, schedulers) -----------------
+# --- configs small enough to train in a test (model, clipping, schedulers, whole runs) ------------
+
+# Values a tiny fit can take without blowing up (a weight decay of 1e300 is valid, but it
+# only tests the non-finite policy); every other training setting comes from its rule.
+PRACTICAL = {
+    "learning_rate": finite(1e-5, 1e-2),
+    "weight_decay": finite(0.0, 1.0),
+    "plateau_min_lr": finite(0.0, 1.0),
+    "plateau_patience": st.integers(0, 100),
+    "batch_size": st.integers(4, 16),
+    "epochs": st.integers(1, 2),
+    "grad_norm_log_freq": st.integers(1, 3),
+    "val_fraction": finite(0.1, 0.5),
+}
+
 
 @st.composite
-def tiny_training_configs(draw):
-    """A TrainingConfig with every training/model setting drawn, sized for the tiny test data (N=16)."""
-    from ptycho_torch.generators import tiny_model_config  # torch import kept out of the config tests
-
-    values = draw(runner_values())
-    model = tiny_model_config(
-        values["architecture"], training_procedure=values["training_procedure"],
-        generator_output_mode=values["generator_output_mode"], probe_mask=values["probe_mask"],
-        probe_mask_diameter=draw(st.none() | finite(2.0, 16.0)),
+def tiny_model_values(draw) -> dict:
+    """Every ModelConfig field, sized for N = 16."""
+    return dict(
+        architecture=draw(st.sampled_from(C.ARCHITECTURES)),
+        training_procedure=draw(st.sampled_from(C.TRAINING_PROCEDURES)),
+        N=16, generator_output_mode=draw(st.sampled_from(C.GENERATOR_OUTPUT_MODES)),
+        probe_mask=draw(st.booleans()), probe_mask_diameter=draw(st.none() | finite(2.0, 16.0)),
         cnn_channels=draw(st.integers(1, 4)), fno_modes=draw(st.integers(1, 8)),
         fno_width=draw(st.integers(1, 8)), fno_blocks=draw(st.integers(1, 2)), fno_cnn_blocks=draw(st.integers(0, 2)))
-    epochs = draw(st.integers(1, 2))
-    scheduler = values["scheduler"]
-    return C.TrainingConfig(
-        model=model, seed=values["seed"], epochs=epochs, batch_size=draw(st.integers(4, 16)),
-        learning_rate=draw(finite(1e-5, 1e-2)), gradient_clip_val=values["gradient_clip_val"],
-        gradient_clip_algorithm=values["gradient_clip_algorithm"], torch_loss_mode=values["torch_loss_mode"],
-        optimizer=values["optimizer"], weight_decay=values["weight_decay"], momentum=values["momentum"],
-        adam_beta1=values["adam_beta1"], adam_beta2=values["adam_beta2"], scheduler=scheduler,
-        lr_gamma=values["lr_gamma"], lr_warmup_epochs=draw(st.integers(0, epochs - 1)),
-        lr_min_ratio=values["lr_min_ratio"], plateau_factor=values["plateau_factor"],
-        plateau_patience=values["plateau_patience"], plateau_min_lr=values["plateau_min_lr"],
-        plateau_threshold=values["plateau_threshold"], val_fraction=draw(finite(0.1, 0.5)),
-        log_grad_norm=values["log_grad_norm"], grad_norm_log_freq=draw(st.integers(1, 3)),
-        nonfinite_grad_policy=values["nonfinite_grad_policy"])
+
+
+@st.composite
+def tiny_training_values(draw) -> dict:
+    """Every TrainingConfig field except ``model``, practical for a fit of a few steps."""
+    values = draw(runner_values())
+    names = [f.name for f in dataclasses.fields(C.TrainingConfig) if f.name != "model"]
+    training = {name: draw(PRACTICAL[name]) if name in PRACTICAL else values[name] for name in names}
+    training["lr_warmup_epochs"] = draw(st.integers(0, training["epochs"] - 1))
+    return training
+
+
+@st.composite
+def tiny_training_configs(draw) -> C.TrainingConfig:
+    """A TrainingConfig with every training/model setting drawn, sized for the tiny test data (N=16)."""
+    return C.TrainingConfig(model=C.ModelConfig(**draw(tiny_model_values())), **draw(tiny_training_values()))
+
+
+# Execution values this machine can run (one CPU process); the others are machine-bound.
+RUNNABLE_EXECUTION = {
+    "accelerator": st.sampled_from(["cpu", "auto"]),
+    "devices": st.just(1),
+    "strategy": st.just("auto"),
+    "num_nodes": st.just(1),
+    "precision": st.sampled_from(C.PRECISIONS),
+    "deterministic": st.booleans(),
+    "num_workers": st.just(0),
+    "infer_batch_size": st.integers(1, 64),
+    "enable_progress_bar": st.just(False),
+    "enable_checkpointing": st.booleans(),
+    "logger_backend": st.sampled_from(["csv", "none"]),
+}
+
+
+@st.composite
+def tiny_runner_configs(draw, output_dir: Path, train_npz: Path | None = None, test_npz: Path | None = None,
+                        probe_npz: Path | None = None) -> TorchRunnerConfig:
+    """A whole run of a few steps, every runner field drawn (paths given by the caller: real files).
+
+    ``train_npz``/``test_npz`` are used or not (simulated data) by a draw, and so is ``probe_npz``.
+    """
+    values = {**draw(tiny_model_values()), **draw(tiny_training_values()),
+              **{name: draw(strategy) for name, strategy in RUNNABLE_EXECUTION.items()}}
+    given = train_npz is not None and draw(st.booleans())
+    values.update(
+        train_npz=train_npz if given else None, test_npz=test_npz if given else None,
+        output_dir=output_dir, overwrite=draw(st.booleans()),
+        object_size=draw(st.integers(16, 40)), n_lines=draw(st.integers(0, 60)), nphotons=draw(finite(1.0, 1e9)),
+        n_train_images=draw(st.integers(1, 2)), n_test_images=draw(st.integers(1, 2)),
+        train_stride=draw(st.integers(4, 16)), test_stride=draw(st.integers(4, 16)), set_phi=draw(st.booleans()),
+        probe_npz=probe_npz if probe_npz is not None and draw(st.booleans()) else None,
+        probe_defocus=draw(finite(0.0, 2.0)), data_seed=draw(st.integers(0, C.MAX_SEED)))
+    return TorchRunnerConfig(**values)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ARCHITECTURES, ConfigError
-from scripts.studies.grid_lines_torch_runner import (
-    TorchRunnerConfig, add_setting_arguments, config_error_message, load_or_simulate, resolved_json,
-    run_grid_lines_torch,
+from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of, resolved_json
+from scripts.studies.runner_cli import (
+    add_setting_arguments, config_error_message, new_parser, run_command,
 )
 from scripts.studies.runner_fields import flag_of, route_of
 
@@ -47,10 +47,10 @@ def wrapper_flags() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.studies.grid_lines_compare_wrapper",
-        usage="%(prog)s --architectures cnn,fno,hybrid --output-dir PATH [--torch-grad-clip FLOAT] [...]",
-        description="Train several generator architectures on one grid-lines dataset and compare them.")
+    parser = new_parser(
+        "python -m scripts.studies.grid_lines_compare_wrapper",
+        "Train several generator architectures on one grid-lines dataset and compare them.",
+        usage="%(prog)s --architectures cnn,fno,hybrid --output-dir PATH [--torch-grad-clip FLOAT] [...]")
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
                         help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/grid_lines_compare"),
@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow writing into a non-empty output folder")
     parser.add_argument("--dry-run", action="store_true", help="print each row's resolved configs as JSON and exit")
     data = parser.add_argument_group("dataset settings")
-    add_setting_arguments(data, [f for f in _fields() if not is_torch_setting(f)])
+    add_setting_arguments(data, TorchRunnerConfig, [f for f in _fields() if not is_torch_setting(f)])
     torch_group = parser.add_argument_group("runner settings for every architecture (--torch-<runner flag>)")
-    add_setting_arguments(torch_group, [f for f in _fields() if is_torch_setting(f)], flag_prefix=TORCH_PREFIX)
+    add_setting_arguments(torch_group, TorchRunnerConfig, [f for f in _fields() if is_torch_setting(f)],
+                          flag_prefix=TORCH_PREFIX)
     return parser
 
 
@@ -107,17 +108,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: bool) -> list[dict[str, Any]]:
     import numpy as np
 
-    from ptycho_torch import artifacts, plots
+    from ptycho_torch import artifacts, plots, workflow
 
-    first = rows[0]
+    first = plan_of(rows[0])
     if first.train_npz is not None:
-        data = load_or_simulate(first, None)  # validate the user's files before touching the disk
+        data = workflow.load_or_simulate(first, None)  # validate the user's files before touching the disk
     out = artifacts.prepare_output_dir(output_dir, overwrite)
     if first.train_npz is None:
-        data = load_or_simulate(first, out / "data")
+        data = workflow.load_or_simulate(first, out / "data")
     table, recons = [], {}
     for cfg in rows:
-        metrics = run_grid_lines_torch(cfg, data=data)
+        metrics = workflow.run(plan_of(cfg), data=data)
         table.append(table_row(metrics))
         recons[cfg.architecture] = np.load(cfg.output_dir / "recon.npz")["recon"][0]
     artifacts.write_csv(out / "metrics_table.csv", table, TABLE_COLUMNS)
@@ -132,16 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.dry_run:
         print(json.dumps([resolved_json(cfg) for cfg in rows], indent=2))
         return 0
-    from ptycho_torch.artifacts import OutputDirError
-    from ptycho_torch.npz_data import DataError
+    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite), ns.output_dir))
 
-    try:
-        table = run_comparison(rows, ns.output_dir, ns.overwrite)
-    except (ConfigError, DataError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def report(table: list[dict[str, Any]], output_dir: Path) -> int:
     print(markdown_table(table), end="")
-    print(f"comparison in {ns.output_dir}")
+    print(f"comparison in {output_dir}")
     return 0
 
 

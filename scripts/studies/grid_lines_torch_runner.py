@@ -2,10 +2,11 @@
 
     python -m scripts.studies.grid_lines_torch_runner --output-dir runs/x --grad-clip 1.0
 
-parse argv -> TorchRunnerConfig -> setup_torch_configs / setup_simulation_config -> run.
-Every field of ``TorchRunnerConfig`` declares its route (which config(s) receive it under
-the same name), its flag and help beside it; parser and routing are derived from that.
-No torch at import time: ``--help`` and ``--dry-run`` stay fast.
+parse argv -> TorchRunnerConfig -> setup_torch_configs / setup_simulation_config -> RunPlan
+-> ``ptycho_torch.workflow.run``. Every field of ``TorchRunnerConfig`` declares its route
+(which config(s) receive it under the same name), its flag and help beside it; the parser
+(``runner_cli``) and the routing are derived from that. No torch at import time: ``--help``
+and ``--dry-run`` stay fast.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,11 @@ from ptycho_torch.config import (
     TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
     TrainingConfig, Validated, to_jsonable,
 )
-from scripts.studies.runner_fields import SHARED, flag_of, flags_of, route_of, setting
+from ptycho_torch.workflow import RunPlan
+from scripts.studies.runner_cli import (
+    add_grouped_settings, build_config, new_parser, run_command, setting_flags,
+)
+from scripts.studies.runner_fields import SHARED, route_of, setting
 
 M, T, E, S = ("model",), ("training",), ("execution",), ("simulation",)
 
@@ -100,7 +104,8 @@ class TorchRunnerConfig(Validated):
                                                    "0 = real disk, whose twin-image ambiguity blurs the PINN")
     data_seed: int = setting(0, to=S, help="seed for simulated objects and Poisson noise")
     # --- execution ---
-    accelerator: str = setting("cpu", to=E, choices=ACCELERATORS, help="Lightning accelerator")
+    accelerator: str = setting("cpu", to=E, choices=ACCELERATORS, help="Lightning accelerator",
+                               machine_bound="needs a GPU: on a CPU-only machine every choice resolves to the CPU")
     devices: int = setting(1, to=E, help="devices per node")
     strategy: str = setting("auto", to=E, choices=STRATEGIES, help="Lightning strategy (ddp for several devices)")
     num_nodes: int = setting(1, to=E, help="nodes for multi-node DDP")
@@ -159,73 +164,36 @@ def resolved_json(cfg: TorchRunnerConfig) -> dict[str, Any]:
         name: to_jsonable(resolved[name]) for name in ("training", "execution", "simulation")}
 
 
-# --- command line, derived from the field declarations ------------------------------------
-
-NONE_WORD = "none"
-
-
-def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
-    label = {int: "an integer", float: "a number", Path: "a path", str: "a string"}[kind]
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() == NONE_WORD:
-            return None
-        try:
-            if not text.strip():
-                raise ValueError("empty")
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {label}{' or none' if optional else ''}, got {text!r}") from None
-
-    return convert
+def plan_of(cfg: TorchRunnerConfig) -> RunPlan:
+    """The library's view of a run: resolved configs plus the runner-only settings."""
+    resolved = resolve_configs(cfg)
+    return RunPlan(training=resolved["training"], execution=resolved["execution"],
+                   simulation=resolved["simulation"], train_npz=cfg.train_npz, test_npz=cfg.test_npz,
+                   output_dir=cfg.output_dir, overwrite=cfg.overwrite, record=resolved_json(cfg))
 
 
-def _field_kind(hint: Any) -> tuple[type, bool]:
-    """(base type, optional) of a field annotation such as ``float | None``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args:
-        return args[0], len(args) < len(typing.get_args(hint))
-    return hint, False
+def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any] | None:
+    """Run the pipeline (``ptycho_torch.workflow.run``) for one runner config."""
+    from ptycho_torch import workflow
+
+    return workflow.run(plan_of(cfg), data=data)
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser, fields: Sequence[dataclasses.Field],
-                          flag_prefix: str = "--") -> None:
-    """Add one flag per runner setting; omitted flags stay absent so the dataclass default applies."""
-    hints = typing.get_type_hints(TorchRunnerConfig)
-    for f in fields:
-        route = route_of(f)
-        flags = flags_of(f, flag_prefix)
-        kind, optional = _field_kind(hints[f.name])
-        default_text = NONE_WORD if f.default is None else f.default
-        help_text = f"{route.help} (default: {default_text})"
-        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if kind is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
-        else:
-            parser.add_argument(*flags, type=_converter(kind, optional), choices=route.choices,
-                                metavar=None if route.choices else kind.__name__.upper(), **common)
+# --- command line (derived from the declarations by runner_cli) ------------------------------
 
-
-def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
-    """A ConfigError restated with CLI flags instead of field names."""
-    return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(
+        "python -m scripts.studies.grid_lines_torch_runner",
+        "Simulate or load grid-lines data, train the PINN, reconstruct and score.",
+        usage="%(prog)s [--dry-run] [--output-dir PATH] [--grad-clip FLOAT] [other settings; see below]")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved configs as JSON and exit without touching the disk")
+    add_grouped_settings(parser, TorchRunnerConfig, dataclasses.fields(TorchRunnerConfig))
+    return parser
 
 
 def runner_flags(flag_prefix: str = "--") -> dict[str, str]:
-    return {f.name: flag_of(f, flag_prefix) for f in dataclasses.fields(TorchRunnerConfig)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.studies.grid_lines_torch_runner",
-        usage="%(prog)s [--dry-run] [--output-dir PATH] [--grad-clip FLOAT] [other settings; see below]",
-        description="Simulate or load grid-lines data, train the PINN, reconstruct and score.",
-    )
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved configs as JSON and exit without touching the disk")
-    add_setting_arguments(parser, dataclasses.fields(TorchRunnerConfig))
-    return parser
+    return setting_flags(TorchRunnerConfig, flag_prefix)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, argparse.Namespace]:
@@ -233,112 +201,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     parser = build_parser()
     namespace = parser.parse_args(argv)
     given = {k: v for k, v in vars(namespace).items() if k != "dry_run"}
-    try:
-        cfg = TorchRunnerConfig(**given)
-        resolve_configs(cfg)
-    except ConfigError as err:
-        parser.error(config_error_message(err, runner_flags()))
-    return cfg, namespace
-
-
-def config_to_argv(cfg: TorchRunnerConfig, flag_prefix: str = "--") -> list[str]:
-    """argv that parses back to ``cfg`` (every field spelled out)."""
-    argv: list[str] = []
-    for f in dataclasses.fields(cfg):
-        flag, value = flag_of(f, flag_prefix), getattr(cfg, f.name)
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        else:
-            text = NONE_WORD if value is None else repr(value) if isinstance(value, float) else str(value)
-            argv.append(f"{flag}={text}")
-    return argv
-
-
-# --- the run ---------------------------------------------------------------------------------
-
-def load_or_simulate(cfg: TorchRunnerConfig, data_dir: Path | None):
-    """(train, test) GridLinesData: the given NPZ files, validated, or a fresh simulation.
-
-    A simulation is written to ``data_dir`` (validated on write) and used from memory; with
-    ``data_dir=None`` (DDP ranks other than 0) it is not written at all.
-    """
-    from ptycho_torch.npz_data import load_npz
-    from ptycho_torch.simulation import simulate_splits, write_dataset
-
-    if cfg.train_npz is not None:  # the config guarantees both paths or neither
-        return (load_npz(cfg.train_npz, "train", expected_N=cfg.N),
-                load_npz(cfg.test_npz, "test", expected_N=cfg.N))
-    splits = simulate_splits(setup_simulation_config(cfg), progress=cfg.enable_progress_bar and data_dir is not None)
-    if data_dir is not None:
-        write_dataset(splits, data_dir)
-    return splits["train"], splits["test"]
-
-
-def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any] | None:
-    """Resolve -> data -> train -> predict -> stitch -> score -> artifacts. Returns metrics.json's content.
-
-    ``data`` = (train, test) GridLinesData already loaded (the compare wrapper shares one simulation).
-    Under DDP every rank trains; rank 0 alone prepares the folder and writes the artifacts (other
-    ranks write only ``ranks/rank<r>.json`` and return None).
-    """
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from ptycho_torch import artifacts
-    from ptycho_torch.training import train
-
-    training, execution = setup_torch_configs(cfg)
-    main_rank = rank_zero_only.rank == 0
-    if data is None and cfg.train_npz is not None:
-        data = load_or_simulate(cfg, None)  # validate the user's files before touching the disk
-    out = cfg.output_dir
-    if main_rank:
-        artifacts.prepare_output_dir(out, cfg.overwrite)
-        artifacts.write_json(out / "config.json", resolved_json(cfg))
-    train_data, test_data = data if data is not None else load_or_simulate(cfg, out / "data" if main_rank else None)
-    trained = train(training, execution, train_data, out)
-    if trained.trainer.world_size > 1:
-        write_rank_record(trained, out / "ranks")
-    return write_results(out, execution, trained, test_data) if main_rank else None
-
-
-def write_rank_record(trained, folder: Path) -> None:
-    """This rank's per-step gradient norms and a digest of its parameters (DDP evidence)."""
-    from ptycho_torch import artifacts
-    from ptycho_torch.training import parameter_digest
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rank = trained.trainer.global_rank
-    artifacts.write_json(folder / f"rank{rank}.json", {
-        "rank": rank, "world_size": trained.trainer.world_size,
-        "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
-
-
-def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data) -> dict[str, Any]:
-    """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures.
-
-    Everything shown is read from the resolved configs and the module that trained, not from the
-    runner config, so the pictures describe what ran.
-    """
-    from ptycho_torch import artifacts, plots
-    from ptycho_torch.metrics import score_objects
-    from ptycho_torch.model import HISTORY_COLUMNS
-    from ptycho_torch.reconstruction import stitch_objects
-    from ptycho_torch.training import predict_patches
-
-    module = trained.module
-    architecture = module.cfg.model.architecture
-    patches = predict_patches(module, test_data, execution.infer_batch_size).numpy()  # (M, N, N) complex64
-    recons = stitch_objects(patches, test_data)  # (I, H, W) complex64
-    metrics = {"architecture": architecture, **score_objects(recons, test_data.YY_ground_truth),
-               "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
-               "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
-    artifacts.write_json(out / "metrics.json", metrics)
-    artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
-    artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)
-    plots.plot_reconstruction(out / "reconstruction.png", test_data.YY_ground_truth[0], recons[0],
-                              f"{architecture}: test object 0")
-    plots.plot_training(out / "training.png", module.history, module.clip_val, module.clip_algorithm)
-    return metrics
+    return build_config(parser, TorchRunnerConfig, given, check=resolve_configs), namespace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -346,18 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.dry_run:
         print(json.dumps(resolved_json(cfg), indent=2))
         return 0
-    from ptycho_torch.artifacts import OutputDirError
-    from ptycho_torch.npz_data import DataError
+    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg)))
 
-    try:
-        metrics = run_grid_lines_torch(cfg)
-    except (ConfigError, DataError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if metrics is None:  # a DDP rank other than 0: rank 0 reports
-        return 0
-    amplitude = metrics["mean"]["amplitude"]
-    print(f"results in {cfg.output_dir}: amplitude SSIM {amplitude['ssim']:.3f}, PSNR {amplitude['psnr']:.2f} dB")
+
+def report(cfg: TorchRunnerConfig, metrics: dict[str, Any] | None) -> int:
+    if metrics is not None:  # None: a DDP rank other than 0; rank 0 reports
+        amplitude = metrics["mean"]["amplitude"]
+        print(f"results in {cfg.output_dir}: amplitude SSIM {amplitude['ssim']:.3f}, PSNR {amplitude['psnr']:.2f} dB")
     return 0
 
 

@@ -25,17 +25,24 @@ class Route:
     choices: tuple[str, ...] | None = None
     why_runner_only: str | None = None  # required when ``to`` is empty
     aliases: tuple[str, ...] = ()  # extra flag spellings, e.g. --grad-clip-algorithm
+    machine_bound: str | None = None  # why its effect cannot be seen on a CPU-only single machine
 
 
 def setting(default: Any, *, to: tuple[str, ...], help: str, flag: str | None = None,
-            choices: tuple[str, ...] | None = None, why: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
-    """A runner config field together with its route, flag and help text."""
+            choices: tuple[str, ...] | None = None, why: str | None = None, aliases: tuple[str, ...] = (),
+            machine_bound: str | None = None) -> Any:
+    """A runner config field together with its route, flag and help text.
+
+    ``machine_bound`` says why the setting's effect cannot be observed on a CPU-only single
+    machine (e.g. "needs a GPU"); its behaviour test then checks that the value reaches the
+    Lightning object that acts on it instead of observing the effect.
+    """
     unknown = set(to) - set(DESTINATIONS)
     if unknown:
         raise ValueError(f"unknown destination(s) {sorted(unknown)}; expected some of {DESTINATIONS}")
     if not to and not why:
         raise ValueError("a runner-only setting needs a one-line reason (why=...)")
-    route = Route(tuple(to), help, flag, choices, why, tuple(aliases))
+    route = Route(tuple(to), help, flag, choices, why, tuple(aliases), machine_bound)
     return dataclasses.field(default=default, metadata={"route": route})
 
 

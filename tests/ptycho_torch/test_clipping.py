@@ -11,9 +11,10 @@ from torch import nn
 
 from ptycho_torch.clipping import agc_unit_ratios, clip_gradients_, global_grad_norm, grads_finite
 from ptycho_torch.config import CLIP_ALGORITHMS
+from tests.helpers import examples
 from tests.strategies import clip_bounds, grad_scales, headrooms, seeds
 
-fast = settings(deadline=None, max_examples=25)
+fast = settings(deadline=None, max_examples=examples(25))
 
 
 def params_with_grads(seed: int, scale: float) -> list[nn.Parameter]:

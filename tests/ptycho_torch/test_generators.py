@@ -11,6 +11,7 @@ from hypothesis import given, settings
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
 from ptycho_torch.generators import GENERATORS, SpectralConv2d, build_generator, tiny_model_config
+from tests.helpers import examples
 from tests.strategies import circular_shifts, seeds
 
 SIZES = (16, 32, 64, 128, 256)
@@ -176,7 +177,7 @@ def test_spectral_conv_with_all_modes_and_identity_weights_keeps_all_but_the_nyq
     np.testing.assert_allclose(layer(x).detach().numpy(), np.fft.irfft2(spectrum, s=(n, n)), atol=2e-6)
 
 
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=examples(20))
 @given(shift=circular_shifts, seed=seeds)
 def test_spectral_conv_commutes_with_circular_shifts(shift, seed):
     torch.manual_seed(seed % 1000)

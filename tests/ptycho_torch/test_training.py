@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ptycho_torch.clipping import agc_unit_ratios, global_grad_norm
@@ -16,10 +16,8 @@ from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
 from ptycho_torch.optimization import warmup_cosine_factor
 from ptycho_torch.physics import forward_amplitude
 from ptycho_torch.training import train
+from tests.helpers import QUIET, TRAINING_RUNS
 
-QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
-# Hypothesis runs that train: few examples, no deadline, one shared session fixture.
-TRAINING_RUNS = settings(max_examples=3, deadline=None)
 
 
 def configs(architecture="cnn", epochs=2, **training):

@@ -24,11 +24,12 @@ def test_datagen_writes_a_loadable_pair_and_refuses_to_overwrite(tmp_path, capsy
 
 
 def test_datagen_matches_the_runner_simulation_for_the_same_flags(tmp_path):
-    from scripts.studies.grid_lines_torch_runner import load_or_simulate, parse_config
+    from ptycho_torch.workflow import load_or_simulate
+    from scripts.studies.grid_lines_torch_runner import parse_config, plan_of
 
     assert grid_lines_datagen.main([*TINY, "--output-dir", str(tmp_path / "a")]) == 0
     cfg, _ = parse_config([f for f in TINY if f != "--no-progress"] + ["--no-enable-progress-bar"])
-    train, _ = load_or_simulate(cfg, tmp_path / "b")
+    train, _ = load_or_simulate(plan_of(cfg), tmp_path / "b")
     assert np.array_equal(train.diffraction, load_npz(tmp_path / "a" / "train.npz", "train").diffraction)
 
 

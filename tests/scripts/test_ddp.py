@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from scripts.studies.grid_lines_torch_runner import parse_config, resolved_json
-from tests.scripts.test_integration_runner import TINY, history
+from tests.helpers import TINY_ARGV as TINY
+from tests.helpers import history
 
 pytestmark = pytest.mark.integration
 CLIP = 1e-3

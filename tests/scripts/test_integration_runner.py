@@ -9,31 +9,11 @@ import pytest
 
 from scripts.studies import grid_lines_compare_wrapper as wrapper
 from scripts.studies import grid_lines_torch_runner as runner
+from tests.helpers import TINY_ARGV as TINY
+from tests.helpers import TINY_WRAPPER_ARGV as TINY_WRAPPER
+from tests.helpers import history
 
 pytestmark = pytest.mark.integration
-
-# A tiny but complete run: N=16 patches of a 32 px object, cnn/fno with a few channels.
-TINY_DATA = ["--object-size", "32", "--n-lines", "20", "--n-train-images", "1", "--n-test-images", "1",
-             "--train-stride", "4", "--test-stride", "8", "--set-phi"]
-TINY_TORCH = ["--N", "16", "--cnn-channels", "4", "--fno-modes", "4", "--fno-width", "8", "--fno-blocks", "2",
-              "--fno-cnn-blocks", "1", "--epochs", "2", "--batch-size", "4", "--no-enable-progress-bar",
-              "--logger-backend", "none"]
-TINY = TINY_DATA + TINY_TORCH
-
-
-def as_wrapper_flags(argv: list[str]) -> list[str]:
-    """Runner flags spelled as the wrapper's --torch-<flag> (and --no-torch-<flag>)."""
-    return ["--no-torch-" + a[5:] if a.startswith("--no-") else "--torch-" + a[2:] if a.startswith("--") else a
-            for a in argv]
-
-
-TINY_WRAPPER = TINY_DATA + as_wrapper_flags(TINY_TORCH)
-
-
-def history(run_dir) -> list[dict]:
-    with open(run_dir / "history.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
 
 def assert_clip_evidence(rows: list[dict], clip: float) -> None:
     assert rows and all(float(r["grad_norm_postclip"]) <= clip * (1 + 1e-6) for r in rows)

@@ -10,57 +10,53 @@ import pytest
 from hypothesis import given
 
 from ptycho_torch.config import (
-    FIELD_RULES, ConfigError, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
-    TrainingConfig, check_shared_fields,
+    FIELD_RULES, ConfigError, Interval, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
+    TrainingConfig, check_shared_fields, check_values,
 )
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, setup_torch_configs
-from tests.strategies import runner_configs
-
-pytestmark = pytest.mark.contract
+from tests.strategies import boundary_examples, runner_configs
 
 CLASSES = (ModelConfig, TrainingConfig, PyTorchExecutionConfig, SimulationConfig, TorchRunnerConfig)
-NAN, INF = math.nan, math.inf
 
-# One or more values that break each field's own rule.
-INVALID: dict[str, tuple] = {
-    "architecture": ("resnet", None), "training_procedure": ("both",), "N": (48, 8, 512, 64.0, True),
-    "generator_output_mode": ("polar",), "cnn_channels": (0,), "fno_modes": (0, 1.5),
-    "fno_width": (0,), "fno_blocks": (0,), "fno_cnn_blocks": (-1,), "probe_mask": (1, "yes"),
-    "probe_mask_diameter": (0.0, -3.0, NAN, INF), "seed": (-1, 2**32, 1.0),
-    "epochs": (0, -2, True), "batch_size": (0,), "learning_rate": (0.0, -1e-3, NAN, INF, "1e-3"),
-    "gradient_clip_val": (-1.0, -1e-12, NAN, INF, -INF, "1.0", True), "gradient_clip_algorithm": ("l2", "AGC"),
-    "torch_loss_mode": ("mse",), "optimizer": ("lamb",), "weight_decay": (-0.1, NAN),
-    "momentum": (1.0, -0.1), "adam_beta1": (1.0,), "adam_beta2": (1.5, NAN), "scheduler": ("cosine",),
-    "lr_gamma": (0.0, 1.5), "lr_warmup_epochs": (-1,), "lr_min_ratio": (1.5, -0.1),
-    "plateau_factor": (0.0, 1.0), "plateau_patience": (-1,), "plateau_min_lr": (-1.0,),
-    "plateau_threshold": (INF,), "val_fraction": (0.6, -0.1), "log_grad_norm": (None,),
-    "grad_norm_log_freq": (0,), "nonfinite_grad_policy": ("ignore",), "object_size": (8,),
-    "n_lines": (-1,), "nphotons": (0.0, INF), "n_train_images": (0,), "n_test_images": (0,),
-    "train_stride": (0,), "test_stride": (0,), "set_phi": ("true",), "probe_npz": ("", 3), "probe_defocus": (-0.5, NAN, 101.0),
-    "data_seed": (-5,), "accelerator": ("tpu",), "devices": (0,), "strategy": ("fsdp",),
-    "num_nodes": (0,), "precision": ("16-true", 16), "deterministic": (0,), "num_workers": (-1,),
-    "infer_batch_size": (0,), "enable_progress_bar": ("no",), "enable_checkpointing": (None,),
-    "logger_backend": ("wandb",), "train_npz": ("", 1.5), "test_npz": ("", 2), "output_dir": ("", None),
-    "overwrite": ("false",),
-}
-
-CASES = [
-    pytest.param(cls, name, bad, id=f"{cls.__name__}.{name}={bad!r}")
-    for cls in CLASSES for f in dataclasses.fields(cls) if f.name in INVALID
-    for name, bad in [(f.name, b) for b in INVALID[f.name]]
-]
+# (class, field, value) for every class that holds the field and every boundary example of its rule.
+VALID = [pytest.param(name, good, id=f"{name}={good!r}")
+         for name, rule in FIELD_RULES.items() for good in boundary_examples(rule)[0]]
+INVALID = [pytest.param(cls, f.name, bad, id=f"{cls.__name__}.{f.name}={bad!r}")
+           for cls in CLASSES for f in dataclasses.fields(cls)
+           for bad in boundary_examples(FIELD_RULES[f.name])[1]]
 
 
-def test_every_rule_has_invalid_cases():
-    assert set(FIELD_RULES) == set(INVALID)
+@pytest.mark.parametrize("name, good", VALID)
+def test_each_bound_of_a_rule_is_accepted(name, good):
+    assert check_values("test", {name: good}).keys() == {name}
 
 
-@pytest.mark.parametrize("cls, name, bad", CASES)
-def test_invalid_value_raises_config_error_naming_the_field(cls, name, bad):
+@pytest.mark.parametrize("cls, name, bad", INVALID)
+def test_one_step_outside_a_rule_raises_config_error_naming_the_field(cls, name, bad):
     with pytest.raises(ConfigError) as err:
         cls(**{name: bad})
     assert name in err.value.fields
     assert f"{name}={bad!r}" in str(err.value)
+
+
+def test_every_field_of_every_config_has_a_rule():
+    for cls in CLASSES:
+        assert {f.name for f in dataclasses.fields(cls)} <= set(FIELD_RULES), cls.__name__
+
+
+def test_a_config_field_without_a_rule_is_refused_naming_it():
+    broken = dataclasses.make_dataclass("BrokenConfig", [("lr_cycle_length", int, dataclasses.field(default=5))],
+                                        bases=(TrainingConfig,), frozen=True, kw_only=True)
+    with pytest.raises(TypeError, match="lr_cycle_length"):
+        broken()
+
+
+def test_boundary_examples_follow_the_rule_objects():
+    """Moving a bound moves the examples: the tests restate no bound by hand."""
+    valid, invalid = boundary_examples(Interval(float, 0.0, 1.0, lo_open=True))
+    assert valid == [math.nextafter(0.0, 1.0), 1.0] and 0.0 in invalid and math.nextafter(1.0, 2.0) in invalid
+    valid, invalid = boundary_examples(Interval(int, 3, 7))
+    assert valid == [3, 7] and {2, 8} <= set(invalid)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

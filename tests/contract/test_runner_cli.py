@@ -13,13 +13,9 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from ptycho_torch.config import ConfigError
-from scripts.studies.grid_lines_torch_runner import (
-    TorchRunnerConfig, config_to_argv, main, parse_config, runner_flags,
-)
+from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, main, parse_config, runner_flags
+from scripts.studies.runner_cli import config_to_argv
 from tests.strategies import runner_configs, runner_field_names
-
-pytestmark = pytest.mark.contract
-
 
 @given(runner_configs())
 def test_argv_from_config_parses_back_to_equal_config(cfg):

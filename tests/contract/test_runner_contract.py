@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from hypothesis import Phase, example, given, settings
+from hypothesis import Phase, assume, example, given, settings, strategies as st
 
-from ptycho_torch.config import ModelConfig, TrainingConfig
+from ptycho_torch.config import ConfigError, ModelConfig, TrainingConfig
 from scripts.studies import grid_lines_torch_runner as runner
 from scripts.studies.grid_lines_torch_runner import (
     NESTED_SOURCES, OUTPUT_CLASSES, TorchRunnerConfig, resolve_configs, routed_values,
     setup_torch_configs,
 )
-from scripts.studies.runner_fields import setting
-from tests.config_contract import roundtrip_problems, route_problems, source_problems
+from scripts.studies.runner_fields import route_of, setting
+from tests.helpers import examples, roundtrip_problems, route_problems, source_problems
 from tests.strategies import DEPENDENT, INDEPENDENT, runner_configs, runner_field_names
-
-pytestmark = pytest.mark.contract
-
 
 @given(runner_configs())
 @example(TorchRunnerConfig(gradient_clip_val=1.0, gradient_clip_algorithm="agc",
@@ -50,7 +50,7 @@ def test_strategies_draw_every_runner_field():
 def test_strategy_moves_every_field_off_its_default():
     default, moved = TorchRunnerConfig(), set()
 
-    @settings(max_examples=100, phases=[Phase.generate], database=None)
+    @settings(max_examples=max(50, examples(100)), phases=[Phase.generate], database=None)
     @given(runner_configs())
     def collect(cfg):
         moved.update(n for n in runner_field_names() if getattr(cfg, n) != getattr(default, n))
@@ -120,3 +120,48 @@ def test_runner_defaults_equal_the_defaults_of_every_config_they_reach():
         own = cls()
         for name, value in routed_values(runner_defaults, dest).items():
             assert getattr(own, name) == value, f"{cls.__name__}.{name} default differs from the runner's"
+
+
+@given(runner_configs(), runner_configs(), st.sampled_from(runner_field_names()))
+def test_changing_one_runner_flag_changes_each_config_it_reaches(cfg, other, name):
+    assume(getattr(cfg, name) != getattr(other, name))
+    try:
+        changed = dataclasses.replace(cfg, **{name: getattr(other, name)})
+    except ConfigError:
+        assume(False)  # the other value breaks a cross-field rule of this draw
+    before, after = resolve_configs(cfg), resolve_configs(changed)
+    route = route_of(next(f for f in dataclasses.fields(cfg) if f.name == name))
+    for dest in route.to:
+        assert before[dest] != after[dest], f"{name} did not change the {dest} config"
+    assert route.to or changed != cfg
+
+
+def test_every_inert_declaration_names_a_real_setting():
+    from ptycho_torch.config import _ACTIVITY, all_settings
+
+    assert {name for name, _, _ in _ACTIVITY} - all_settings() == set()
+
+
+def test_the_contract_suite_imports_no_torch():
+    """`pytest -m contract` stays fast: its modules, strategies, helpers and conftests never load torch."""
+    modules = ["conftest", "tests.conftest", "tests.helpers", "tests.strategies"] + [
+        f"tests.contract.{p.stem}" for p in sorted(Path(__file__).parent.glob("test_*.py"))]
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+            "heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules); print(heavy); "
+            "sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_runner_help_groups_flags_by_destination(capsys):
+    with pytest.raises(SystemExit):
+        runner.main(["--help"])
+    text = capsys.readouterr().out
+    titles = ["paths and run safety:", "model:", "training:", "simulated data", "execution"]
+    positions = [text.index(t) for t in titles]
+    assert positions == sorted(positions)
+    sections = dict(zip(titles, [text[a:b] for a, b in zip(positions, positions[1:] + [len(text)])]))
+    assert "--grad-clip" in sections["training:"] and "--object-size" in sections["simulated data"]
+    assert "--output-dir" in sections["paths and run safety:"] and "--precision" in sections["execution"]
+    assert "--fno-modes" in sections["model:"]

@@ -1,0 +1,121 @@
+"""The run pipeline, as a library: data -> train -> predict -> stitch -> score -> artifacts.
+
+Commands (the runner, the compare wrapper, the data generator) resolve their settings into a
+``RunPlan`` and call ``run``; nothing here knows about command lines. Every setting is read
+from the resolved config that owns it (training, execution, simulation) under its own name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch.config import PyTorchExecutionConfig, SimulationConfig, TrainingConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """Everything one run needs: the resolved configs and the runner-only settings."""
+
+    training: TrainingConfig
+    execution: PyTorchExecutionConfig
+    simulation: SimulationConfig
+    train_npz: Path | None  # given together with test_npz, or both None = simulate
+    test_npz: Path | None
+    output_dir: Path
+    overwrite: bool
+    record: dict[str, Any]  # config.json: the runner config and the resolved configs, JSON-ready
+
+
+def load_or_simulate(plan: RunPlan, data_dir: Path | None):
+    """(train, test) GridLinesData: the given NPZ files, validated, or a fresh simulation.
+
+    A simulation is written to ``data_dir`` (validated on write) and used from memory; with
+    ``data_dir=None`` (DDP ranks other than 0, or a first validation pass) it is not written.
+    """
+    from ptycho_torch.npz_data import load_npz
+    from ptycho_torch.simulation import simulate_splits, write_dataset
+
+    if plan.train_npz is not None:  # the runner config guarantees both paths or neither
+        N = plan.training.model.N
+        return load_npz(plan.train_npz, "train", expected_N=N), load_npz(plan.test_npz, "test", expected_N=N)
+    progress = plan.execution.enable_progress_bar and data_dir is not None
+    splits = simulate_splits(plan.simulation, progress=progress)
+    if data_dir is not None:
+        write_dataset(splits, data_dir)
+    return splits["train"], splits["test"]
+
+
+def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
+    """Resolve -> data -> train -> predict -> stitch -> score -> artifacts. Returns metrics.json's content.
+
+    ``data`` = (train, test) GridLinesData already loaded (the compare wrapper shares one simulation).
+    Under DDP every rank trains; rank 0 alone prepares the folder and writes the artifacts (other
+    ranks write only ``ranks/rank<r>.json`` and return None).
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from ptycho_torch import artifacts
+    from ptycho_torch.training import train
+
+    main_rank = rank_zero_only.rank == 0
+    if data is None and plan.train_npz is not None:
+        data = load_or_simulate(plan, None)  # validate the user's files before touching the disk
+    out = plan.output_dir
+    if main_rank:
+        artifacts.prepare_output_dir(out, plan.overwrite)
+        artifacts.write_json(out / "config.json", plan.record)
+    train_data, test_data = data if data is not None else load_or_simulate(plan, out / "data" if main_rank else None)
+    trained = train(plan.training, plan.execution, train_data, out)
+    if trained.trainer.world_size > 1:
+        write_rank_record(trained, out / "ranks")
+    return write_results(out, plan.execution, trained, test_data) if main_rank else None
+
+
+def write_rank_record(trained, folder: Path) -> None:
+    """This rank's per-step gradient norms and a digest of its parameters (DDP evidence)."""
+    from ptycho_torch import artifacts
+    from ptycho_torch.training import parameter_digest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = trained.trainer.global_rank
+    artifacts.write_json(folder / f"rank{rank}.json", {
+        "rank": rank, "world_size": trained.trainer.world_size,
+        "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
+
+
+def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
+    """Stitched test objects (I, H, W) complex64, predicted in batches of ``infer_batch_size``."""
+    from ptycho_torch.reconstruction import stitch_objects
+    from ptycho_torch.training import predict_patches
+
+    patches = predict_patches(module, test_data, execution.infer_batch_size).numpy()  # (M, N, N) complex64
+    return stitch_objects(patches, test_data)  # (I, H, W) complex64
+
+
+def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data) -> dict[str, Any]:
+    """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures.
+
+    Everything shown is read from the resolved configs and the module that trained, so the
+    pictures describe what ran.
+    """
+    from ptycho_torch import artifacts, plots
+    from ptycho_torch.metrics import score_objects
+    from ptycho_torch.model import HISTORY_COLUMNS
+
+    module = trained.module
+    training = module.cfg
+    architecture = training.model.architecture
+    recons = reconstruct(module, test_data, execution)
+    metrics = {"architecture": architecture, **score_objects(recons, test_data.YY_ground_truth),
+               "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
+               "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
+    artifacts.write_json(out / "metrics.json", metrics)
+    artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
+    artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)
+    plots.plot_reconstruction(out / "reconstruction.png", test_data.YY_ground_truth[0], recons[0],
+                              f"{architecture}: test object 0")
+    plots.plot_training(out / "training.png", module.history, training.gradient_clip_val,
+                        training.gradient_clip_algorithm)
+    return metrics

@@ -1,0 +1,138 @@
+"""Command lines derived from the runner's field declarations (see ``runner_fields``).
+
+Each field declared with ``setting(...)`` becomes one flag (plus aliases); omitted flags stay
+absent so the dataclass default applies; optional values accept ``none``; booleans take
+``--x/--no-x``. Flags are grouped in ``--help`` by the destination they reach. ``run_command``
+is the one error path shared by every command's ``main``: refused input is one line on stderr
+and exit status 2. Torch-free, like the declarations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ptycho_torch.config import ConfigError
+from scripts.studies.runner_fields import flag_of, flags_of, route_of
+
+NONE_WORD = "none"
+REFUSED = 2  # exit status of refused input (bad flag, file or output folder)
+# --help sections, in order, keyed by a field's first destination ("runner" = runner-only).
+GROUPS = {
+    "runner": "paths and run safety",
+    "model": "model",
+    "training": "training",
+    "simulation": "simulated data (used when no NPZ is given)",
+    "execution": "execution (hardware, precision, logging)",
+}
+
+
+def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
+    label = {int: "an integer", float: "a number", str: "a string"}.get(kind, "a path")
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() == NONE_WORD:
+            return None
+        try:
+            if not text.strip():
+                raise ValueError("empty")
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {label}{' or none' if optional else ''}, got {text!r}") from None
+
+    return convert
+
+
+def _field_kind(hint: Any) -> tuple[type, bool]:
+    """(base type, optional) of a field annotation such as ``float | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def group_of(f: dataclasses.Field) -> str:
+    """The --help section of a field: its first destination, or "runner"."""
+    route = route_of(f)
+    return route.to[0] if route.to else "runner"
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                          fields: Sequence[dataclasses.Field], flag_prefix: str = "--") -> None:
+    """Add one flag (and its aliases) per declared field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in fields:
+        route = route_of(f)
+        kind, optional = _field_kind(hints[f.name])
+        default_text = NONE_WORD if f.default is None else f.default
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{route.help} (default: {default_text})")
+        if kind is bool:
+            parser.add_argument(*flags_of(f, flag_prefix), action=argparse.BooleanOptionalAction, **common)
+        else:
+            parser.add_argument(*flags_of(f, flag_prefix), type=_converter(kind, optional), choices=route.choices,
+                                metavar=None if route.choices else kind.__name__.upper(), **common)
+
+
+def add_grouped_settings(parser: argparse.ArgumentParser, cls: type, fields: Sequence[dataclasses.Field],
+                         flag_prefix: str = "--") -> None:
+    """Add the flags of ``fields`` in one --help section per destination (GROUPS order)."""
+    for key, title in GROUPS.items():
+        members = [f for f in fields if group_of(f) == key]
+        if members:
+            add_setting_arguments(parser.add_argument_group(title), cls, members, flag_prefix)
+
+
+def new_parser(prog: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
+    """A parser that refuses abbreviated flags: a mistyped flag must never set another setting."""
+    return argparse.ArgumentParser(prog=prog, description=description, usage=usage, allow_abbrev=False)
+
+
+def setting_flags(cls: type, flag_prefix: str = "--") -> dict[str, str]:
+    """Field name -> its flag, for restating ConfigErrors in the user's words."""
+    return {f.name: flag_of(f, flag_prefix) for f in dataclasses.fields(cls)}
+
+
+def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
+    """A ConfigError restated with CLI flags instead of field names."""
+    return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
+
+
+def build_config(parser: argparse.ArgumentParser, cls: type, given: dict[str, Any],
+                 check: Callable[[Any], Any] = lambda cfg: None, flags: dict[str, str] | None = None) -> Any:
+    """``cls(**given)`` then ``check(cfg)``; a ConfigError exits 2 through the parser, naming the flags."""
+    try:
+        cfg = cls(**given)
+        check(cfg)
+    except ConfigError as err:
+        parser.error(config_error_message(err, flags if flags is not None else setting_flags(cls)))
+    return cfg
+
+
+def config_to_argv(cfg: Any, flag_prefix: str = "--") -> list[str]:
+    """argv that parses back to ``cfg`` (every field spelled out)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        flag, value = flag_of(f, flag_prefix), getattr(cfg, f.name)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            text = NONE_WORD if value is None else repr(value) if isinstance(value, float) else str(value)
+            argv.append(f"{flag}={text}")
+    return argv
+
+
+def run_command(work: Callable[[], int]) -> int:
+    """Run a command's body; refused input (bad setting, data file or output folder) -> one line, exit 2."""
+    from ptycho_torch.artifacts import OutputDirError
+    from ptycho_torch.npz_data import DataError
+
+    try:
+        return work()
+    except (ConfigError, DataError, OutputDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return REFUSED

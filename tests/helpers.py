@@ -1,0 +1,149 @@
+"""Helpers shared by the test modules (the one home of them; no test module imports another).
+
+Torch-free at import time, so the contract suite (``pytest -m contract``) never loads torch:
+helpers that need torch import it inside.
+
+- Contract checks that return the list of broken promises: tests assert the lists are empty for
+  the real classes and non-empty (naming the culprit) for deliberately broken ones.
+- Example budgets derived from the active Hypothesis profile.
+- Tiny data and run settings, read recording.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hypothesis import settings
+
+from ptycho_torch.config import SimulationConfig
+from scripts.studies.runner_fields import DESTINATIONS, SHARED, route_of
+
+# --- example budgets -----------------------------------------------------------------------------
+
+CI_EXAMPLES = settings.get_profile("ci").max_examples
+
+
+def examples(at_ci: int) -> int:
+    """max_examples for a costly property: ``at_ci`` under the ci profile, scaled with the active one.
+
+    A pinned count would silently cap the thorough profile; this one grows with it (x4) and
+    shrinks under dev.
+    """
+    return max(1, round(at_ci * settings.default.max_examples / CI_EXAMPLES))
+
+
+# Hypothesis runs that train: few examples, no deadline.
+TRAINING_RUNS = settings(max_examples=examples(3), deadline=None)
+
+# --- tiny runs -------------------------------------------------------------------------------------
+
+QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
+TINY_SIMULATION = SimulationConfig(N=16, object_size=32, n_lines=20, n_train_images=1, n_test_images=1,
+                                   train_stride=4, test_stride=8, set_phi=True, data_seed=3)
+
+# A tiny but complete run through the command line: N=16 patches of a 32 px object.
+TINY_DATA_ARGV = ["--object-size", "32", "--n-lines", "20", "--n-train-images", "1", "--n-test-images", "1",
+                  "--train-stride", "4", "--test-stride", "8", "--set-phi"]
+TINY_TORCH_ARGV = ["--N", "16", "--cnn-channels", "4", "--fno-modes", "4", "--fno-width", "8", "--fno-blocks", "2",
+                   "--fno-cnn-blocks", "1", "--epochs", "2", "--batch-size", "4", "--no-enable-progress-bar",
+                   "--logger-backend", "none"]
+TINY_ARGV = TINY_DATA_ARGV + TINY_TORCH_ARGV
+
+
+def as_wrapper_flags(argv: list[str]) -> list[str]:
+    """Runner flags spelled as the wrapper's --torch-<flag> (and --no-torch-<flag>)."""
+    return ["--no-torch-" + a[5:] if a.startswith("--no-") else "--torch-" + a[2:] if a.startswith("--") else a
+            for a in argv]
+
+
+TINY_WRAPPER_ARGV = TINY_DATA_ARGV + as_wrapper_flags(TINY_TORCH_ARGV)
+
+
+def history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- read recording ----------------------------------------------------------------------------
+
+def recording(cfg: Any, reads: set[str], prefix: str, **nested: Any) -> Any:
+    """A copy of a frozen config that adds ``prefix + field`` to ``reads`` on every read of a field.
+
+    It is an instance of a subclass of the config's own class, so isinstance checks, dataclass
+    helpers and validation still see a config; nested configs are given as recording copies by
+    the caller through ``nested`` (``model=recording(training.model, ...)``). Writing a config down (``to_jsonable``) reads stored values, not attributes, so only
+    uses are counted.
+    """
+    cls = type(cfg)
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+
+    class Recorded(cls):
+        def __getattribute__(self, name: str) -> Any:
+            if name in names:
+                sink = object.__getattribute__(self, "__dict__").get("_reads")
+                if sink is not None:
+                    sink.add(prefix + name)
+            return object.__getattribute__(self, name)
+
+    Recorded.__name__ = Recorded.__qualname__ = cls.__name__
+    copy = Recorded(**{name: vars(cfg)[name] for name in names} | nested)
+    object.__setattr__(copy, "_reads", reads)
+    return copy
+
+
+# --- config contract checks ----------------------------------------------------------------------
+
+
+def route_problems(runner_cls: type) -> list[str]:
+    """Every runner field declares a route; runner-only fields say why."""
+    problems = []
+    for f in dataclasses.fields(runner_cls):
+        route = route_of(f)
+        if route is None:
+            problems.append(f"{runner_cls.__name__}.{f.name} has no declared route")
+        elif not route.to and not route.why_runner_only:
+            problems.append(f"{runner_cls.__name__}.{f.name} is runner-only without a reason")
+        elif set(route.to) - set(DESTINATIONS):
+            problems.append(f"{runner_cls.__name__}.{f.name} routes to unknown {set(route.to) - set(DESTINATIONS)}")
+    return problems
+
+
+def source_problems(runner_cls: type, outputs: Mapping[str, type],
+                    nested: Mapping[tuple[str, str], str]) -> list[str]:
+    """Every output field has a source, and every route lands on a field that exists."""
+    routed: dict[str, set[str]] = {dest: set() for dest in outputs}
+    problems = []
+    for f in dataclasses.fields(runner_cls):
+        route = route_of(f)
+        for dest in route.to if route else ():
+            routed.setdefault(dest, set()).add(f.name)
+            if dest in outputs and f.name not in {g.name for g in dataclasses.fields(outputs[dest])}:
+                problems.append(f"{runner_cls.__name__}.{f.name} routes to {dest} but "
+                                f"{outputs[dest].__name__} has no field {f.name!r}")
+    for dest, cls in outputs.items():
+        for g in dataclasses.fields(cls):
+            if g.name not in routed[dest] and (dest, g.name) not in nested:
+                problems.append(f"{cls.__name__}.{g.name} has no source: no {runner_cls.__name__} "
+                                f"field routes to {dest} under that name")
+    return problems
+
+
+def roundtrip_problems(cfg: Any, resolve: Callable[[Any], Mapping[str, Any]]) -> list[str]:
+    """Each routed value arrives unchanged in every config it is routed to; shared fields agree."""
+    resolved = resolve(cfg)
+    problems = []
+    for f in dataclasses.fields(cfg):
+        sent = getattr(cfg, f.name)
+        for dest in route_of(f).to:
+            arrived = getattr(resolved[dest], f.name)
+            if arrived != sent or type(arrived) is not type(sent):
+                problems.append(f"{f.name}: sent {sent!r}, {dest} holds {arrived!r}")
+        if set(SHARED) <= set(route_of(f).to):
+            values = {dest: getattr(resolved[dest], f.name) for dest in SHARED}
+            if len(set(map(repr, values.values()))) != 1:
+                problems.append(f"shared field {f.name} disagrees: {values}")
+    return problems
