@@ -39,11 +39,8 @@ class PtychoPINN(L.LightningModule):
         self.cfg = cfg
         model = cfg.model
         self.generator = build_generator(model)
-        self.pinn = model.training_procedure == "pinn"
-        if self.pinn:
-            self.pinn_loss = PINN_LOSSES[cfg.torch_loss_mode]
-            if model.probe_mask:
-                probe = apply_probe_mask(probe, model.probe_mask_diameter)
+        if model.training_procedure == "pinn" and model.probe_mask:
+            probe = apply_probe_mask(probe, model.probe_mask_diameter)
         self.register_buffer("probe", probe.to(torch.complex64))  # (N, N) complex64
         self.history: list[dict] = []  # one row per optimizer step (HISTORY_COLUMNS)
         self.nonfinite_skips = 0
@@ -62,8 +59,9 @@ class PtychoPINN(L.LightningModule):
         obj = self(batch["diffraction"])
         with torch.autocast(device_type=self.device.type, enabled=False):  # FFT and losses in fp32
             obj = obj.to(torch.complex64)
-            if self.pinn:
-                return self.pinn_loss(forward_amplitude(obj, self.probe), batch["diffraction"].float())
+            if self.cfg.model.training_procedure == "pinn":
+                pinn_loss = PINN_LOSSES[self.cfg.torch_loss_mode]
+                return pinn_loss(forward_amplitude(obj, self.probe), batch["diffraction"].float())
             return supervised_loss(obj, batch["amplitude"].float(), batch["phase"].float())
 
     # --- one optimizer step ----------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -181,6 +182,7 @@ def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any]
 
 # --- command line (derived from the declarations by runner_cli) ------------------------------
 
+@functools.cache  # argparse parsers are reusable; building one is most of the cost of a parse
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(
         "python -m scripts.studies.grid_lines_torch_runner",

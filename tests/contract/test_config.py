@@ -7,14 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
 
 from ptycho_torch.config import (
     FIELD_RULES, ConfigError, Interval, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
     TrainingConfig, check_shared_fields, check_values,
 )
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, setup_torch_configs
-from tests.strategies import boundary_examples, runner_configs
+from tests.strategies import boundary_examples
 
 CLASSES = (ModelConfig, TrainingConfig, PyTorchExecutionConfig, SimulationConfig, TorchRunnerConfig)
 
@@ -118,11 +117,6 @@ def test_training_config_rejects_a_model_that_is_not_a_model_config():
     with pytest.raises(ConfigError) as err:
         TrainingConfig(model={"N": 64}, epochs=0)
     assert set(err.value.fields) == {"model", "epochs"}
-
-
-@given(runner_configs())
-def test_shared_field_guard_accepts_resolved_configs(cfg):
-    check_shared_fields(*setup_torch_configs(cfg))
 
 
 @pytest.mark.parametrize("name, value", [("gradient_clip_val", 1.0), ("learning_rate", 0.5)])

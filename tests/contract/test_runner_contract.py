@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import Phase, assume, example, given, settings, strategies as st
 
-from ptycho_torch.config import ConfigError, ModelConfig, TrainingConfig
+from ptycho_torch.config import FIELD_RULES, ConfigError, ModelConfig, TrainingConfig, check_shared_fields
 from scripts.studies import grid_lines_torch_runner as runner
 from scripts.studies.grid_lines_torch_runner import (
     NESTED_SOURCES, OUTPUT_CLASSES, TorchRunnerConfig, resolve_configs, routed_values,
@@ -19,20 +19,17 @@ from scripts.studies.grid_lines_torch_runner import (
 )
 from scripts.studies.runner_fields import route_of, setting
 from tests.helpers import examples, roundtrip_problems, route_problems, source_problems
-from tests.strategies import DEPENDENT, INDEPENDENT, runner_configs, runner_field_names
+from tests.strategies import DEPENDENT, INDEPENDENT, runner_configs, runner_field_names, valid_values
 
 @given(runner_configs())
 @example(TorchRunnerConfig(gradient_clip_val=1.0, gradient_clip_algorithm="agc",
                            scheduler="WarmupCosine", epochs=5, lr_warmup_epochs=2, lr_min_ratio=0.1))
-def test_every_routed_field_round_trips_into_each_output(cfg):
+def test_every_routed_field_round_trips_and_shared_fields_agree_and_pass_the_guard(cfg):
     assert roundtrip_problems(cfg, resolve_configs) == []
-
-
-@given(runner_configs())
-def test_shared_fields_equal_input_in_both_outputs(cfg):
     training, execution = setup_torch_configs(cfg)
     for name in ("gradient_clip_val", "learning_rate"):
         assert getattr(training, name) == getattr(execution, name) == getattr(cfg, name)
+    check_shared_fields(training, execution)
 
 
 def test_every_runner_field_has_a_route():
@@ -122,11 +119,12 @@ def test_runner_defaults_equal_the_defaults_of_every_config_they_reach():
             assert getattr(own, name) == value, f"{cls.__name__}.{name} default differs from the runner's"
 
 
-@given(runner_configs(), runner_configs(), st.sampled_from(runner_field_names()))
-def test_changing_one_runner_flag_changes_each_config_it_reaches(cfg, other, name):
-    assume(getattr(cfg, name) != getattr(other, name))
+@given(runner_configs(), st.data())
+def test_changing_one_runner_flag_changes_each_config_it_reaches(cfg, data):
+    name = data.draw(st.sampled_from(runner_field_names()))
+    value = data.draw(valid_values(FIELD_RULES[name]).filter(lambda v: v != getattr(cfg, name)))
     try:
-        changed = dataclasses.replace(cfg, **{name: getattr(other, name)})
+        changed = dataclasses.replace(cfg, **{name: value})
     except ConfigError:
         assume(False)  # the other value breaks a cross-field rule of this draw
     before, after = resolve_configs(cfg), resolve_configs(changed)
