@@ -80,7 +80,7 @@ def simulate_split(sim: SimulationConfig, n_images: int, stride: int, rng: np.ra
     amplitude = np.stack([a for a, _ in maps])  # (I, S, S) float32
     phase = np.stack([p for _, p in maps])  # (I, S, S) float32
     objects = as_complex(amplitude, phase)  # (I, S, S) complex64
-    grid = raster_positions(size, N, stride)  # (m, 2)
+    grid = scan_grid(sim, stride)  # (m, 2)
     coords = np.tile(grid, (n_images, 1))  # (M, 2), M = I * m
     image_index = np.repeat(np.arange(n_images, dtype=np.int64), len(grid))  # (M,)
     diffraction = far_field(objects, coords, image_index, probe)  # (M, N, N) float32
@@ -98,6 +98,11 @@ def simulate_split(sim: SimulationConfig, n_images: int, stride: int, rng: np.ra
     )
 
 
+def scan_grid(sim: SimulationConfig, stride: int) -> np.ndarray:
+    """Top-left (row, col) of every patch of one object's raster scan, (m, 2) int64."""
+    return raster_positions(sim.object_size, sim.N, stride)
+
+
 def split_plan(sim: SimulationConfig) -> dict[str, tuple[int, int]]:
     """(n_images, stride) of each split."""
     return {"train": (sim.n_train_images, sim.train_stride), "test": (sim.n_test_images, sim.test_stride)}
@@ -108,7 +113,7 @@ def simulate_splits(sim: SimulationConfig, progress: bool = False) -> dict[str, 
     probe = ideal_probe(sim.N, sim.probe_defocus) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
     seeds = dict(zip(SPLITS, np.random.SeedSequence(sim.data_seed).spawn(len(SPLITS))))
     plan = split_plan(sim)
-    total = sum(n * len(raster_positions(sim.object_size, sim.N, stride)) for n, stride in plan.values())
+    total = sum(n * len(scan_grid(sim, stride)) for n, stride in plan.values())
     splits = {}
     with tqdm(total=total, disable=not progress, unit="pattern", desc="simulate") as bar:
         for split, (n_images, stride) in plan.items():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch import trainer as trainer_module
 from ptycho_torch.trainer import build_trainer
 
 
@@ -35,3 +38,13 @@ def test_fp16_on_cpu_warns_that_it_runs_as_bf16(tmp_path):
 def test_factory_refuses_disagreeing_shared_settings(tmp_path):
     with pytest.raises(ConfigError, match="learning_rate"):
         build_trainer(TrainingConfig(learning_rate=0.1), PyTorchExecutionConfig(learning_rate=0.2), tmp_path)
+
+
+def test_fp16_on_a_gpu_does_not_warn_and_keeps_its_precision(tmp_path, monkeypatch):
+    """The bf16 warning is about the CPU alone (the Trainer is a stand-in: no GPU here)."""
+    built = {}
+    monkeypatch.setattr(trainer_module.L, "Trainer", lambda **kwargs: built.update(kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed", accelerator="gpu"), tmp_path)
+    assert built["precision"] == "16-mixed" and built["accelerator"] == "gpu"

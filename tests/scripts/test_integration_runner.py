@@ -65,6 +65,18 @@ def test_clip_algorithms_give_different_histories_and_config_records_it(tmp_path
     assert runs["value"] != runs["norm"]
 
 
+def test_the_training_picture_shows_the_clip_that_ran(tmp_path, monkeypatch):
+    from ptycho_torch import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_training", lambda path, rows, clip, algorithm: drawn.update(
+        path=path, steps=len(rows), clip=clip, algorithm=algorithm))
+    assert runner.main([*TINY, "--output-dir", str(tmp_path / "run"), "--grad-clip", "0.5",
+                        "--gradient-clip-algorithm", "value"]) == 0
+    assert drawn["clip"] == 0.5 and drawn["algorithm"] == "value" and drawn["steps"] > 0
+    assert drawn["path"] == tmp_path / "run" / "training.png"
+
+
 def test_same_seed_gives_identical_metrics(tmp_path):
     for name in ("a", "b"):
         assert runner.main([*TINY, "--output-dir", str(tmp_path / name), "--seed", "5"]) == 0
