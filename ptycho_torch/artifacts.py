@@ -34,6 +34,13 @@ def prepare_output_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Yield a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -44,6 +51,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
         with handle:
             yield handle
             handle.flush()
+            os.chmod(handle.fileno(), 0o666 & ~_umask())  # the mode a plain open() would give, not 0600
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
     except BaseException:

@@ -3,29 +3,48 @@
 Alignment before scoring (a PINN recovers the object only up to these ambiguities):
   amplitude: the reconstruction is multiplied by mean(gt) / mean(recon) (the mean-ratio scale);
   phase:     the least-squares plane a + b*row + c*col of the wrapped difference recon - gt is
-             removed (a constant offset and a linear ramp are invisible in far-field amplitudes).
-Metrics: MAE; PSNR and SSIM from torchmetrics with data_range = the ground truth's value range;
-FRC50 = the spatial frequency (cycles/pixel, 0..0.5) where the Fourier ring correlation first
-falls below 0.5 (0.5 = never, up to Nyquist). Higher is better except for MAE.
-A constant ground-truth phase has no range: its phase metrics are null, with the reason.
+             removed (a constant offset and a linear ramp are invisible in far-field amplitudes),
+             and the result is gt + wrap(recon - gt - plane): the representative of the recon
+             phase nearest the truth, so every phase error is the short way round (at most pi).
+             Exact for any offset and a ramp with |b| H + |c| W < 2 pi on an (H, W) image; a
+             steeper ramp is partly left in the error.
+Metrics, in float64, with data_range = the ground truth's value range: MAE; PSNR =
+10 log10(data_range^2 / MSE); SSIM from torchmetrics (Gaussian window, its defaults);
+FRC50 = the spatial frequency (cycles/pixel, 0..0.5) of the first Fourier ring whose correlation
+is below 0.5 (0.5 = never, up to Nyquist). Higher is better except for MAE.
+PSNR is capped at PSNR_CAP_DB = 100 dB (an RMS error of 1e-5 of the data range): a perfect
+reconstruction (MSE 0) scores exactly the cap instead of +inf, which strict JSON cannot hold and
+which would otherwise be indistinguishable from "undefined" (null).
+Null (None) means undefined, always with a reason: a reconstruction with any NaN or inf scores
+null for every metric of both channels; a constant ground-truth channel (no range) scores null
+for that channel. A mean over objects is null if any object's value is null.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
+PSNR_CAP_DB = 100.0  # dB; PSNR of a reconstruction equal to the truth (MSE 0 would give +inf)
 ALIGNMENT = {
     "amplitude": "recon amplitude scaled by mean(gt) / mean(recon)",
-    "phase": "least-squares plane (offset + linear ramp) of the wrapped phase difference removed",
+    "phase": "least-squares plane (offset + linear ramp) of the wrapped phase difference removed; "
+             "aligned phase = gt + wrapped residual (errors at most pi)",
     "data_range": "max(gt) - min(gt) of the compared channel",
-    "frc50": "cycles/pixel where the Fourier ring correlation first drops below 0.5 (0.5 = Nyquist)",
+    "psnr": f"capped at {PSNR_CAP_DB:g} dB (the score of a perfect reconstruction, MSE 0)",
+    "frc50": "cycles/pixel of the first Fourier ring whose correlation is below 0.5 (0.5 = none up to Nyquist)",
+    "null": "undefined: the reason is given beside the metrics",
 }
+CHANNELS = ("amplitude", "phase")
 METRICS = ("mae", "psnr", "ssim", "frc50")
+NONFINITE = "reconstruction is not finite (NaN or inf), so no metric is defined"
+CONSTANT_AMPLITUDE = "ground-truth amplitude is constant (no range), so amplitude PSNR/SSIM/FRC are undefined"
 CONSTANT_PHASE = "ground-truth phase is constant (no range), so phase PSNR/SSIM/FRC are undefined"
+CONSTANT_RANGE = 1e-6  # a ground-truth channel with a smaller value range counts as constant
 
 
 def wrap(phase: np.ndarray) -> np.ndarray:
@@ -33,72 +52,100 @@ def wrap(phase: np.ndarray) -> np.ndarray:
 
 
 def align_amplitude(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return recon * (truth.mean() / max(float(recon.mean()), 1e-12))
+    return recon * (truth.mean(dtype=np.float64) / max(float(recon.mean(dtype=np.float64)), 1e-12))
 
 
 def align_phase(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Recon phase minus the best-fit plane of its wrapped difference from the truth, wrapped."""
-    diff = wrap(recon - truth)
+    """The truth plus the wrapped residual of recon after removing the best-fit plane of their difference.
+
+    Exact for any offset a plus a ramp with |b| H + |c| W < 2 pi: the circular-mean offset is then
+    the plane's central value, and what is left of the plane never wraps.
+    """
+    diff = wrap(recon - truth)  # (H, W)
     offset = np.angle(np.exp(1j * diff).mean())  # robust constant first, so the plane fit sees no wraps
     diff = wrap(diff - offset)
     rows, cols = np.indices(truth.shape)  # (H, W) each
     design = np.stack([np.ones(truth.size), rows.ravel(), cols.ravel()], axis=1)  # (H*W, 3)
     coef, *_ = np.linalg.lstsq(design, diff.ravel(), rcond=None)
-    return wrap(recon - offset - (design @ coef).reshape(truth.shape))
+    return truth + wrap(diff - (design @ coef).reshape(truth.shape))
+
+
+def _ring_sums(values: np.ndarray, ring: np.ndarray, n_rings: int) -> np.ndarray:
+    return np.bincount(ring.ravel(), values.ravel(), minlength=n_rings + 1)[1:n_rings + 1]  # rings 1..n
 
 
 def frc50(a: np.ndarray, b: np.ndarray) -> float:
-    """Spatial frequency (cycles/pixel) where the Fourier ring correlation of a and b drops below 0.5."""
+    """Spatial frequency (cycles/pixel) of the first Fourier ring where a and b correlate below 0.5.
+
+    A ring with no power in either image counts as agreeing (1), with power in only one as 0.
+    """
     fa, fb = np.fft.fftshift(np.fft.fft2(a)), np.fft.fftshift(np.fft.fft2(b))  # (H, W) complex
     h, w = a.shape
     fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)), indexing="ij")
     ring = np.rint(np.hypot(fy, fx) * min(h, w)).astype(int)  # ring index, 1 ring = 1/min(h, w) cycles/px
     n_rings = min(h, w) // 2
-    cross = np.bincount(ring.ravel(), (fa * fb.conj()).real.ravel(), minlength=n_rings + 1)
-    power_a = np.bincount(ring.ravel(), (np.abs(fa) ** 2).ravel(), minlength=n_rings + 1)
-    power_b = np.bincount(ring.ravel(), (np.abs(fb) ** 2).ravel(), minlength=n_rings + 1)
-    frc = cross[1:n_rings + 1] / np.sqrt(power_a[1:n_rings + 1] * power_b[1:n_rings + 1] + 1e-30)
+    cross = _ring_sums((fa * fb.conj()).real, ring, n_rings)
+    power_a = _ring_sums(np.abs(fa) ** 2, ring, n_rings)
+    power_b = _ring_sums(np.abs(fb) ** 2, ring, n_rings)
+    norm = np.sqrt(power_a) * np.sqrt(power_b)  # no epsilon: FRC is scale-free
+    empty = np.where(power_a + power_b == 0, 1.0, 0.0)
+    frc = np.divide(cross, norm, out=empty, where=norm > 0)
     below = np.nonzero(frc < 0.5)[0]
     return float((below[0] + 1) / min(h, w)) if below.size else 0.5
 
 
+def psnr(recon: np.ndarray, truth: np.ndarray, data_range: float) -> float:
+    """10 log10(data_range^2 / MSE) in dB, at most PSNR_CAP_DB (MSE 0 scores the cap)."""
+    mse = float(np.mean(np.square(recon.astype(np.float64) - truth)))
+    return PSNR_CAP_DB if mse == 0 else min(10 * math.log10(data_range**2 / mse), PSNR_CAP_DB)
+
+
 def _image_metrics(recon: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     data_range = float(truth.max() - truth.min())
-    p = torch.from_numpy(recon.astype(np.float32))[None, None]  # (1, 1, H, W)
-    t = torch.from_numpy(truth.astype(np.float32))[None, None]
+    p = torch.from_numpy(recon.astype(np.float64))[None, None]  # (1, 1, H, W)
+    t = torch.from_numpy(truth.astype(np.float64))[None, None]
     return {
         "mae": float(np.abs(recon - truth).mean()),
-        "psnr": float(peak_signal_noise_ratio(p, t, data_range=data_range)),
+        "psnr": psnr(recon, truth, data_range),
         "ssim": float(structural_similarity_index_measure(p, t, data_range=data_range)),
         "frc50": frc50(recon, truth),
     }
 
 
+def _undefined(reason: str) -> dict:
+    return {**dict.fromkeys(METRICS), "reason": reason}
+
+
+def _channel(recon: np.ndarray, truth: np.ndarray, align: Callable[[np.ndarray, np.ndarray], np.ndarray],
+             constant_reason: str) -> dict:
+    if np.ptp(truth) < CONSTANT_RANGE:
+        return _undefined(constant_reason)
+    return _image_metrics(align(recon, truth), truth)
+
+
 def score(recon: np.ndarray, truth: np.ndarray) -> dict:
     """Metrics of one complex object (H, W) against its complex ground truth (H, W)."""
-    amp_truth, phase_truth = np.abs(truth), np.angle(truth)
-    result = {"amplitude": _image_metrics(align_amplitude(np.abs(recon), amp_truth), amp_truth)}
-    if np.ptp(phase_truth) < 1e-6:
-        result["phase"] = {"mae": None, "psnr": None, "ssim": None, "frc50": None, "reason": CONSTANT_PHASE}
-    else:
-        result["phase"] = _image_metrics(align_phase(np.angle(recon), phase_truth), phase_truth)
-    return result
+    if not np.isfinite(recon).all():
+        return {channel: _undefined(NONFINITE) for channel in CHANNELS}
+    return {"amplitude": _channel(np.abs(recon), np.abs(truth), align_amplitude, CONSTANT_AMPLITUDE),
+            "phase": _channel(np.angle(recon), np.angle(truth), align_phase, CONSTANT_PHASE)}
 
 
 def score_objects(recons: np.ndarray, truths: np.ndarray) -> dict:
-    """Per-object metrics and their mean over objects (null stays null)."""
+    """Per-object metrics and their mean over objects (null if any object is null, with the reasons)."""
     per_object = [score(r, t) for r, t in zip(recons, truths)]
-    mean = {channel: {name: _mean([o[channel][name] for o in per_object]) for name in METRICS}
-            for channel in ("amplitude", "phase")}
-    reasons = {o["phase"]["reason"] for o in per_object if "reason" in o["phase"]}
-    if reasons:
-        mean["phase"]["reason"] = CONSTANT_PHASE
+    mean = {}
+    for channel in CHANNELS:
+        mean[channel] = {name: _mean([o[channel][name] for o in per_object]) for name in METRICS}
+        reasons = sorted({o[channel]["reason"] for o in per_object if "reason" in o[channel]})
+        if reasons:
+            mean[channel]["reason"] = "; ".join(reasons)
     return {"mean": mean, "per_object": per_object, "alignment": ALIGNMENT}
 
 
 def _mean(values: list[float | None]) -> float | None:
-    """Mean over objects; null if any object has no value; inf (a perfect PSNR) is kept out of JSON as null."""
-    if any(v is None for v in values):
+    """Mean over objects; null if any object has no value (or, as a guard, if the mean is not finite)."""
+    if not values or any(v is None for v in values):
         return None
     value = float(np.mean(values))
     return value if math.isfinite(value) else None

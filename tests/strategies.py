@@ -373,3 +373,19 @@ def tiny_runner_configs(draw, output_dir: Path, train_npz: Path | None = None, t
         probe_npz=probe_npz if probe_npz is not None and draw(st.booleans()) else None,
         probe_defocus=draw(finite(0.0, 2.0)), data_seed=draw(st.integers(0, C.MAX_SEED)))
     return TorchRunnerConfig(**values)
+
+
+# --- metrics, losses, the validation split and artifact files ---------------------------------------
+
+phase_planes = st.tuples(  # (offset rad, row slope rad/px, column slope rad/px) of a + b*row + c*col;
+    st.floats(-10.0, 10.0), st.floats(-0.09, 0.09), st.floats(-0.09, 0.09))  # |b| 32 + |c| 32 < 2 pi
+amplitude_scales = st.floats(1e-3, 1e3)
+image_sides = st.sampled_from([16, 32])
+batch_shapes = st.tuples(st.integers(1, 3), st.sampled_from([4, 8]))  # (B, N): patterns of N x N pixels
+pattern_counts = st.integers(1, 2000)
+val_fractions = st.one_of(st.just(0.0), valid_values(FIELD_RULES["val_fraction"]).filter(lambda v: v > 0))
+json_floats = st.floats(allow_nan=True, allow_infinity=True)
+json_values = st.recursive(  # nested JSON-like data whose floats may be NaN or +-inf
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | json_floats | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10)

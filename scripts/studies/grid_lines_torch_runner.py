@@ -217,8 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(cfg: TorchRunnerConfig, metrics: dict[str, Any] | None) -> int:
     if metrics is not None:  # None: a DDP rank other than 0; rank 0 reports
         amplitude = metrics["mean"]["amplitude"]
-        print(f"results in {cfg.output_dir}: amplitude SSIM {amplitude['ssim']:.3f}, PSNR {amplitude['psnr']:.2f} dB")
+        print(f"results in {cfg.output_dir}: amplitude SSIM {_number(amplitude['ssim'], '.3f')}, "
+              f"PSNR {_number(amplitude['psnr'], '.2f')} dB")
     return 0
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A score for the summary line; null (not finite or undefined, see metrics.json) as "null"."""
+    return "null" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""Scores the study reports: perfect on the truth, alignment removes exactly its ambiguities, FRC50
+against an independent ring sum, PSNR capped, and null (with a reason) where a score is undefined."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from ptycho_torch.metrics import (CONSTANT_AMPLITUDE, CONSTANT_PHASE, METRICS, NONFINITE, PSNR_CAP_DB,
+                                  align_amplitude, align_phase, frc50, score, score_objects)
+from ptycho_torch.objects import as_complex, grid_lines_amplitude_phase
+from tests.helpers import examples
+from tests.strategies import rng_seeds as seeds, phase_planes, amplitude_scales, image_sides
+
+
+SIDE = 32  # pixels; every object here is (SIDE, SIDE)
+# Scoring whole images costs ~3 ms an example: a fifth of the profile's examples keeps this module
+# to about a second and a half, while a larger profile still scales it up.
+SCORING = settings(deadline=None, max_examples=examples(50))
+
+
+def grid_lines_truth(seed: int, set_phi: bool = True) -> np.ndarray:
+    """A small grid-lines ground truth as the study makes it, (SIDE, SIDE) complex64."""
+    amplitude, phase = grid_lines_amplitude_phase(SIDE, 20, np.random.default_rng(seed), set_phi=set_phi)
+    return as_complex(amplitude, phase)
+
+
+def checkerboard(side: int) -> np.ndarray:
+    """(-1)^(row + col): zero mean, and orthogonal to every plane a + b*row + c*col (side even)."""
+    rows, cols = np.indices((side, side))
+    return np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+
+
+def all_values(scores: dict) -> list:
+    return [scores[channel][name] for channel in ("amplitude", "phase") for name in METRICS]
+
+
+# --- perfect scores and the PSNR cap -------------------------------------------------------------
+
+@SCORING  # torchmetrics' first call pays a one-off setup
+@given(seeds)
+def test_truth_scored_against_itself_is_perfect_in_every_metric(seed):
+    truth = grid_lines_truth(seed)
+    scores = score(truth, truth)
+    for channel in ("amplitude", "phase"):
+        got = scores[channel]
+        assert got["mae"] == 0.0
+        assert got["psnr"] == PSNR_CAP_DB
+        assert got["ssim"] == pytest.approx(1.0, abs=1e-6)
+        assert got["frc50"] == 0.5
+
+
+@SCORING
+@given(seeds, st.floats(1e-4, 1e-1))
+def test_psnr_is_below_the_cap_and_matches_its_formula_once_the_image_differs(seed, relative_error):
+    truth = grid_lines_truth(seed)
+    noise = np.random.default_rng(seed).standard_normal(truth.shape)
+    recon = truth * (1 + relative_error * noise)  # amplitude error only
+    got = score(recon, truth)["amplitude"]["psnr"]
+    amp_truth = np.abs(truth).astype(np.float64)
+    aligned = align_amplitude(np.abs(recon), amp_truth)
+    want = 10 * math.log10(np.ptp(amp_truth) ** 2 / np.mean((aligned - amp_truth) ** 2))
+    assert got < PSNR_CAP_DB
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+@SCORING
+@given(seeds, st.floats(1e-3, 1.5))  # below pi/2, where the circular mean of exp(+-i error) turns round
+def test_mae_and_psnr_equal_a_known_zero_mean_error(seed, error):
+    """A checkerboard error survives both alignments untouched (zero mean, orthogonal to planes)."""
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    amp_truth, phase_truth = np.abs(truth), np.angle(truth)
+    recon = (amp_truth + error * 1e-2 * checkerboard(SIDE)) * np.exp(1j * (phase_truth + error * checkerboard(SIDE)))
+    scores = score(recon, truth)
+    for channel, size, data in (("amplitude", error * 1e-2, amp_truth), ("phase", error, phase_truth)):
+        assert scores[channel]["mae"] == pytest.approx(size, rel=1e-9)
+        assert scores[channel]["psnr"] == pytest.approx(20 * math.log10(np.ptp(data) / size), abs=1e-6)
+
+
+# --- alignment ---------------------------------------------------------------------------------
+
+@SCORING
+@given(seeds, phase_planes)
+@example(1, (2.5, 0.05, -0.04))  # offset + ramp push the phase past pi, so the recon wraps
+@example(1, (-9.0, 0.09, 0.09))  # the ramp alone spans 5.6 rad, so it wraps too
+def test_known_phase_offset_and_ramp_are_removed_exactly(seed, plane):
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    offset, row_slope, col_slope = plane
+    rows, cols = np.indices(truth.shape)
+    recon = truth * np.exp(1j * (offset + row_slope * rows + col_slope * cols))
+    aligned = align_phase(np.angle(recon), np.angle(truth))
+    np.testing.assert_allclose(aligned, np.angle(truth), rtol=0, atol=1e-9)
+    phase = score(recon, truth)["phase"]
+    assert phase["mae"] < 1e-9 and phase["psnr"] == PSNR_CAP_DB
+    assert phase["ssim"] == pytest.approx(1.0, abs=1e-6) and phase["frc50"] == 0.5
+
+
+@SCORING
+@given(seeds, phase_planes)
+def test_alignment_keeps_structure_that_is_not_a_plane(seed, plane):
+    """A check of the check: a phase bump on top of the plane is still scored as an error."""
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    offset, row_slope, col_slope = plane
+    rows, cols = np.indices(truth.shape)
+    bump = 0.5 * np.exp(-((rows - 16) ** 2 + (cols - 16) ** 2) / 20)  # (SIDE, SIDE) rad
+    recon = truth * np.exp(1j * (offset + row_slope * rows + col_slope * cols + bump))
+    assert score(recon, truth)["phase"]["mae"] > 0.01
+
+
+@SCORING
+@given(seeds)
+def test_aligned_phase_errors_go_the_short_way_round(seed):
+    """Whatever the recon phase, each aligned error is at most pi (MAE of a phase is at most pi)."""
+    truth = grid_lines_truth(seed)
+    recon_phase = np.random.default_rng(seed).uniform(-np.pi, np.pi, truth.shape)
+    aligned = align_phase(recon_phase, np.angle(truth))
+    assert np.abs(aligned - np.angle(truth)).max() <= np.pi + 1e-12
+    assert score(np.abs(truth) * np.exp(1j * recon_phase), truth)["phase"]["mae"] <= np.pi
+
+
+@SCORING
+@given(seeds, amplitude_scales)
+def test_mean_ratio_amplitude_scale_is_removed_exactly(seed, scale):
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    np.testing.assert_allclose(align_amplitude(np.abs(scale * truth), np.abs(truth)), np.abs(truth),
+                               rtol=1e-12, atol=0)
+    amplitude = score(scale * truth, truth)["amplitude"]
+    assert amplitude["mae"] < 1e-12 and amplitude["psnr"] == PSNR_CAP_DB
+    assert amplitude["ssim"] == pytest.approx(1.0, abs=1e-6) and amplitude["frc50"] == 0.5
+
+
+# --- FRC50 against an independent reference ----------------------------------------------------
+
+def reference_frc50(a: np.ndarray, b: np.ndarray) -> float:
+    """FRC50 of square images by an explicit loop over integer frequencies (ky, kx), unshifted FFT.
+
+    Ring k holds the frequencies with round(sqrt(ky^2 + kx^2)) == k (no ties: k + 1/2 is never a
+    root of an integer); a ring with no power in either image agrees, with power in one only it does not.
+    """
+    side = a.shape[0]
+    half = side // 2
+    fa, fb = np.fft.fft2(a.astype(np.complex128)), np.fft.fft2(b.astype(np.complex128))
+    cross, power_a, power_b = [0.0] * (half + 1), [0.0] * (half + 1), [0.0] * (half + 1)
+    for ky in range(-half, side - half):
+        for kx in range(-half, side - half):
+            k = round(math.sqrt(ky * ky + kx * kx))
+            if 1 <= k <= half:
+                u, v = complex(fa[ky % side, kx % side]), complex(fb[ky % side, kx % side])
+                cross[k] += (u * v.conjugate()).real
+                power_a[k] += abs(u) ** 2
+                power_b[k] += abs(v) ** 2
+    for k in range(1, half + 1):
+        if power_a[k] == power_b[k] == 0:
+            continue
+        if power_a[k] * power_b[k] == 0 or cross[k] / math.sqrt(power_a[k] * power_b[k]) < 0.5:
+            return k / side
+    return 0.5
+
+
+@SCORING
+@given(seeds, image_sides, st.floats(0.0, 3.0))
+def test_frc50_matches_an_independent_ring_sum_for_an_image_and_a_noisy_copy(seed, side, noise_level):
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((side, side))
+    noisy = image + noise_level * rng.standard_normal((side, side))
+    assert frc50(image, noisy) == reference_frc50(image, noisy)
+
+
+@given(seeds, st.floats(1e-12, 1e12))
+@example(0, 1e-12)  # tiny images: an absolute epsilon in the FRC denominator made every ring fail
+def test_frc50_of_an_image_with_itself_is_nyquist_at_any_scale(seed, scale):
+    image = scale * np.abs(grid_lines_truth(seed))
+    assert frc50(image, image.copy()) == 0.5
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_frc50_of_an_image_with_itself_is_nyquist_even_with_empty_rings(side):
+    """A pure low-frequency cosine has power in ring 1 only; identical images agree in every ring."""
+    rows, _ = np.indices((side, side))
+    image = np.cos(2 * np.pi * rows / side)
+    assert frc50(image, image) == 0.5 == reference_frc50(image, image)
+
+
+@given(seeds)
+def test_frc50_of_anticorrelated_or_spectrally_disjoint_images_falls_at_the_first_ring(seed):
+    image = np.abs(grid_lines_truth(seed))
+    assert frc50(image, -image) == 1 / SIDE
+    rows, cols = np.indices((SIDE, SIDE))
+    across, down = np.cos(2 * np.pi * cols / SIDE), np.cos(2 * np.pi * rows / SIDE)  # disjoint spectra
+    assert frc50(across, down) == 1 / SIDE == reference_frc50(across, down)
+
+
+@given(seeds, st.floats(1e-12, 1e12))
+def test_frc50_is_scale_free(seed, scale):
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((SIDE, SIDE))
+    noisy = image + rng.standard_normal((SIDE, SIDE))
+    assert frc50(scale * image, scale * noisy) == frc50(image, noisy)
+
+
+# --- undefined scores are null, with a reason ---------------------------------------------------
+
+NONFINITE_VALUES = {"nan": complex(np.nan, 0), "inf": complex(np.inf, 0), "minus_inf": complex(-np.inf, 0),
+                    "nan_imaginary": complex(0, np.nan), "inf_imaginary": complex(1, np.inf)}
+
+
+@pytest.mark.parametrize("bad", list(NONFINITE_VALUES.values()), ids=list(NONFINITE_VALUES))
+@SCORING
+@given(seed=seeds, pixel=st.tuples(st.integers(0, SIDE - 1), st.integers(0, SIDE - 1)))
+def test_a_non_finite_reconstruction_scores_null_in_every_metric_with_the_reason(bad, seed, pixel):
+    truth = grid_lines_truth(seed)
+    recon = truth.astype(np.complex128)
+    recon[pixel] = bad
+    scores = score(recon, truth)
+    assert all_values(scores) == [None] * 8
+    assert scores["amplitude"]["reason"] == scores["phase"]["reason"] == NONFINITE
+
+
+@pytest.mark.parametrize("good", [0.0, 1e6, -1.0 + 1e-30j], ids=["zero", "huge", "negative"])
+@SCORING
+@given(seed=seeds, pixel=st.tuples(st.integers(0, SIDE - 1), st.integers(0, SIDE - 1)))
+def test_a_finite_reconstruction_with_an_odd_pixel_is_not_nulled(good, seed, pixel):
+    """The control for the rule above: only non-finite values null the scores."""
+    truth = grid_lines_truth(seed)
+    recon = truth.astype(np.complex128)
+    recon[pixel] = good
+    scores = score(recon, truth)
+    assert all(v is not None and math.isfinite(v) for v in all_values(scores))
+    assert "reason" not in scores["amplitude"] and "reason" not in scores["phase"]
+
+
+@SCORING
+@given(seeds, st.integers(0, 2))
+def test_mean_over_objects_is_null_with_the_reason_when_any_object_is_not_finite(seed, bad_object):
+    truths = np.stack([grid_lines_truth(seed + i) for i in range(3)])  # (3, SIDE, SIDE)
+    recons = truths * 0.9
+    recons[bad_object, 0, 0] = np.nan
+    result = score_objects(recons, truths)
+    assert set(result) == {"mean", "per_object", "alignment"}
+    for channel in ("amplitude", "phase"):
+        assert [result["mean"][channel][name] for name in METRICS] == [None] * 4
+        assert result["mean"][channel]["reason"] == NONFINITE
+    finite = [o for i, o in enumerate(result["per_object"]) if i != bad_object]
+    assert all(v is not None for o in finite for v in all_values(o))
+
+
+@SCORING
+@given(seeds)
+def test_mean_over_finite_objects_is_the_mean_of_their_scores_with_no_reason(seed):
+    truths = np.stack([grid_lines_truth(seed + i) for i in range(3)])  # (3, SIDE, SIDE)
+    recons = truths + 0.05 * np.random.default_rng(seed).standard_normal(truths.shape)
+    result = score_objects(recons, truths)
+    for channel in ("amplitude", "phase"):
+        assert "reason" not in result["mean"][channel]
+        for name in METRICS:
+            want = np.mean([o[channel][name] for o in result["per_object"]])
+            assert result["mean"][channel][name] == pytest.approx(want, rel=1e-12)
+
+
+@SCORING
+@given(seeds)
+def test_a_constant_ground_truth_phase_nulls_only_the_phase_scores(seed):
+    truth = grid_lines_truth(seed, set_phi=False)  # zero phase
+    scores = score(truth * np.exp(0.3j), truth)
+    assert [scores["phase"][name] for name in METRICS] == [None] * 4
+    assert scores["phase"]["reason"] == CONSTANT_PHASE
+    assert all(scores["amplitude"][name] is not None for name in METRICS)
+    mean = score_objects(truth[None], truth[None])["mean"]
+    assert mean["phase"]["reason"] == CONSTANT_PHASE and mean["phase"]["ssim"] is None
+
+
+@SCORING
+@given(seeds)
+def test_a_constant_ground_truth_amplitude_nulls_only_the_amplitude_scores(seed):
+    """A flat (pure-phase) object has no amplitude range: SSIM/PSNR would divide by zero."""
+    _, phase = grid_lines_amplitude_phase(SIDE, 20, np.random.default_rng(seed), set_phi=True)
+    truth = as_complex(np.ones_like(phase), phase)
+    recon = truth * (1 + 1e-3 * np.random.default_rng(seed).standard_normal(truth.shape))
+    scores = score(recon, truth)
+    assert [scores["amplitude"][name] for name in METRICS] == [None] * 4
+    assert scores["amplitude"]["reason"] == CONSTANT_AMPLITUDE
+    assert all(scores["phase"][name] is not None for name in METRICS)
+
+
+def test_scores_are_plain_floats_that_repeat_bitwise():
+    truth = grid_lines_truth(7)
+    recon = truth * (1 + 0.1 * np.random.default_rng(7).standard_normal(truth.shape))
+    first, second = score(recon, truth), score(recon.copy(), truth.copy())
+    assert first == second
+    assert all(type(v) is float for v in all_values(first))
+    assert torch.get_default_dtype() == torch.float32  # scoring leaves torch's global state alone
