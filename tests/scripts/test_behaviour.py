@@ -28,6 +28,7 @@ from ptycho_torch import workflow
 from ptycho_torch.artifacts import OutputDirError
 from ptycho_torch.config import RunSettings, inert_settings
 from ptycho_torch.datamodule import GridLinesDataModule
+from ptycho_torch.generators import build_generator
 from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
 from ptycho_torch.npz_data import write_npz
 from ptycho_torch.probe import ideal_probe
@@ -137,6 +138,12 @@ def short_fit(cfg: TorchRunnerConfig, files: Files) -> str:
     return parameter_digest(module) + digest(np.array(repr(module.history)))
 
 
+def network(cfg: TorchRunnerConfig, files: Files) -> tuple:
+    """The generator's layers and parameter shapes (depth and spectral modes follow N)."""
+    generator = build_generator(setup_torch_configs(cfg)[0].model)
+    return repr(generator), tuple((name, tuple(p.shape)) for name, p in generator.named_parameters())
+
+
 def initial_weights(cfg: TorchRunnerConfig, files: Files) -> str:
     training, _ = setup_torch_configs(cfg)
     return parameter_digest(build_module(training, ideal_probe(cfg.N)))
@@ -236,7 +243,7 @@ class Case:
 
 
 # Which destination each observer shows acting ("runner" = the runner's own use of a setting).
-REACHES = {short_fit: ("model", "training"), initial_weights: ("training",), validation_split: ("training",),
+REACHES = {short_fit: ("model", "training"), network: ("model",), initial_weights: ("training",), validation_split: ("training",),
            data_order: ("training",), simulated: ("simulation",), built_trainer: ("execution",),
            loaders: ("training", "execution"), prediction_batches: ("execution",),
            simulation_progress: ("execution",), loaded_data: ("runner",), run_outcome: ("runner",)}
@@ -254,6 +261,8 @@ CASES = [
     Case("architecture", short_fit, "cnn", "fno"),
     Case("training_procedure", short_fit, "pinn", "supervised"),
     Case("N", short_fit, 16, 32, N32),
+    Case("N", network, 16, 32),  # the cnn's depth
+    Case("N", network, 16, 32, dict(architecture="hybrid", fno_blocks=2, fno_modes=8)),  # stages and modes
     Case("generator_output_mode", short_fit, "amp_phase", "real_imag"),
     Case("cnn_channels", short_fit, 2, 4),
     Case("fno_modes", short_fit, 2, 4, FNO),
