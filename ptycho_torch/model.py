@@ -39,7 +39,7 @@ class PtychoPINN(L.LightningModule):
         self.cfg = cfg
         model = cfg.model
         self.generator = build_generator(model)
-        if model.training_procedure == "pinn" and model.probe_mask:
+        if model.probe_mask:  # the physics of pinn training sees the masked probe (supervised never looks)
             probe = apply_probe_mask(probe, model.probe_mask_diameter)
         self.register_buffer("probe", probe.to(torch.complex64))  # (N, N) complex64
         self.history: list[dict] = []  # one row per optimizer step (HISTORY_COLUMNS)

@@ -262,7 +262,7 @@ CASES = [
     Case("training_procedure", short_fit, "pinn", "supervised"),
     Case("N", short_fit, 16, 32, N32),
     Case("N", network, 16, 32),  # the cnn's depth
-    Case("N", network, 16, 32, dict(architecture="hybrid", fno_blocks=2, fno_modes=8)),  # stages and modes
+    Case("N", network, 16, 32, dict(architecture="hybrid", fno_blocks=2, fno_modes=2)),  # downsampling stages
     Case("generator_output_mode", short_fit, "amp_phase", "real_imag"),
     Case("cnn_channels", short_fit, 2, 4),
     Case("fno_modes", short_fit, 2, 4, FNO),
