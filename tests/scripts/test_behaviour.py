@@ -279,11 +279,13 @@ CASES = [
     Case("batch_size", loaders, 4, 8),
     Case("batch_size", short_fit, 4, 8),
     Case("learning_rate", short_fit, 1e-3, 1e-2),
+    Case("learning_rate", short_fit, 1e-3, 1e-2, dict(optimizer="sgd")),  # each optimizer reads it
     Case("gradient_clip_val", short_fit, None, 1e-4),
     Case("gradient_clip_algorithm", short_fit, "norm", "value", dict(gradient_clip_val=1e-4)),
     Case("torch_loss_mode", short_fit, "poisson", "mae"),
     Case("optimizer", short_fit, "adam", "sgd"),
     Case("weight_decay", short_fit, 0.0, 0.5),
+    Case("weight_decay", short_fit, 0.0, 0.5, dict(optimizer="sgd")),
     Case("momentum", short_fit, 0.0, 0.9, dict(optimizer="sgd")),
     Case("adam_beta1", short_fit, 0.9, 0.5),
     Case("adam_beta2", short_fit, 0.999, 0.9),
