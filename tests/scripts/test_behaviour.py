@@ -284,6 +284,7 @@ CASES = [
     Case("gradient_clip_algorithm", short_fit, "norm", "value", dict(gradient_clip_val=1e-4)),
     Case("torch_loss_mode", short_fit, "poisson", "mae"),
     Case("optimizer", short_fit, "adam", "sgd"),
+    Case("optimizer", short_fit, "adam", "adamw", dict(weight_decay=0.5)),  # they differ in how they decay
     Case("weight_decay", short_fit, 0.0, 0.5),
     Case("weight_decay", short_fit, 0.0, 0.5, dict(optimizer="sgd")),
     Case("momentum", short_fit, 0.0, 0.9, dict(optimizer="sgd")),
