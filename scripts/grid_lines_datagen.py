@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ptycho_torch.config import SimulationConfig
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, runner_flags
-from scripts.studies.runner_cli import add_setting_arguments, build_config, new_parser, run_command
+from scripts.studies.runner_cli import add_setting_arguments, build_config, new_parser, nonempty_path, run_command
 from scripts.studies.runner_fields import route_of
 
 
@@ -26,7 +26,7 @@ def simulation_fields() -> list[dataclasses.Field]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python -m scripts.grid_lines_datagen", __doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, required=True, help="folder for train.npz and test.npz")
+    parser.add_argument("--output-dir", type=nonempty_path, required=True, help="folder for train.npz and test.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing train.npz / test.npz")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_setting_arguments(parser.add_argument_group("simulated data"), TorchRunnerConfig, simulation_fields())

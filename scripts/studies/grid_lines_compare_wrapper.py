@@ -23,7 +23,7 @@ from typing import Any
 from ptycho_torch.config import ARCHITECTURES, ConfigError
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of, resolved_json
 from scripts.studies.runner_cli import (
-    add_setting_arguments, config_error_message, new_parser, run_command,
+    add_setting_arguments, config_error_message, new_parser, nonempty_path, run_command,
 )
 from scripts.studies.runner_fields import flag_of, route_of
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s --architectures cnn,fno,hybrid --output-dir PATH [--torch-grad-clip FLOAT] [...]")
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
                         help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all)")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/grid_lines_compare"),
+    parser.add_argument("--output-dir", type=nonempty_path, default=Path("runs/grid_lines_compare"),
                         help="folder for data/, runs/<architecture>/ and the comparison tables")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="allow writing into a non-empty output folder")

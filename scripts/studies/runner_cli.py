@@ -14,6 +14,7 @@ import dataclasses
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ConfigError
@@ -54,6 +55,13 @@ def _field_kind(hint: Any) -> tuple[type, bool]:
     if args:
         return args[0], len(args) < len(typing.get_args(hint))
     return hint, False
+
+
+def nonempty_path(text: str) -> Path:
+    """An argparse type: a path that is not empty (``Path("")`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty path")
+    return Path(text)
 
 
 def group_of(f: dataclasses.Field) -> str:

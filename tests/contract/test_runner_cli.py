@@ -130,3 +130,18 @@ def test_the_summary_line_prints_null_scores_instead_of_crashing(capsys):
     metrics = {"mean": {"amplitude": {"ssim": None, "psnr": None}}}
     assert report(TorchRunnerConfig(output_dir="out"), metrics) == 0
     assert "SSIM null, PSNR null dB" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
+@pytest.mark.parametrize("argv", [["--output-dir", ""], ["--output-dir", "  "], ["--epoch", "3"], ["--over"]],
+                         ids=["empty-output-dir", "blank-output-dir", "abbreviated-flag", "abbreviated-switch"])
+def test_every_command_refuses_empty_output_dirs_and_abbreviated_flags(command, argv, capsys):
+    from scripts import grid_lines_datagen
+    from scripts.studies import grid_lines_compare_wrapper
+
+    mains = {"runner": main, "wrapper": grid_lines_compare_wrapper.main, "datagen": grid_lines_datagen.main}
+    extra = ["--output-dir", "somewhere"] if command == "datagen" and argv[0] != "--output-dir" else []
+    with pytest.raises(SystemExit) as exit_info:
+        mains[command]([*extra, "--dry-run", *argv] if command != "datagen" else [*extra, *argv])
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
