@@ -183,7 +183,10 @@ def built_trainer(cfg: TorchRunnerConfig, files: Files) -> tuple:
     """What the Trainer factory built: strategy, devices, precision, logger, callbacks, determinism."""
     training, execution = setup_torch_configs(cfg)
     with restored_determinism():
-        trainer = build_trainer(training, execution, files.tmp_path / "trainer")
+        try:
+            trainer = build_trainer(training, execution, files.tmp_path / "trainer")
+        except RuntimeError as err:  # e.g. a logger whose package is not installed
+            return (f"refused: {err}",)
         deterministic = torch.are_deterministic_algorithms_enabled()
     strategy = trainer.strategy
     return (type(strategy).__name__, getattr(strategy, "_start_method", None), trainer.num_devices,
@@ -330,6 +333,7 @@ CASES = [
     Case("enable_progress_bar", simulation_progress, True, False),
     Case("enable_checkpointing", built_trainer, True, False),
     Case("logger_backend", built_trainer, "csv", "none"),
+    Case("logger_backend", built_trainer, "none", "tensorboard"),  # a TensorBoard logger, or refused without it
 ]
 
 
