@@ -104,19 +104,23 @@ def digest(*arrays: Any) -> str:
 _SIMULATED: dict[Any, Any] = {}
 
 
+def splits_of(cfg: TorchRunnerConfig) -> dict:
+    """The train and test splits a run of ``cfg`` would simulate (cached per simulation config)."""
+    sim = resolve_configs(cfg)["simulation"]
+    if sim not in _SIMULATED:
+        _SIMULATED[sim] = simulate_splits(sim)
+    return _SIMULATED[sim]
+
+
 def simulated(cfg: TorchRunnerConfig, files: Files) -> str:
     """The simulated arrays (both splits), as a digest."""
-    splits = simulate_splits(resolve_configs(cfg)["simulation"])
+    splits = splits_of(cfg)
     return digest(*(getattr(s, k) for s in splits.values()
                     for k in ("diffraction", "Y_I", "Y_phi", "coords", "image_index", "probeGuess", "objectGuess")))
 
 
 def train_split(cfg: TorchRunnerConfig):
-    """The train split a run of ``cfg`` would use (cached per simulation config)."""
-    sim = resolve_configs(cfg)["simulation"]
-    if sim not in _SIMULATED:
-        _SIMULATED[sim] = simulate_splits(sim)
-    return _SIMULATED[sim]["train"]
+    return splits_of(cfg)["train"]
 
 
 class NaNOnce(PtychoPINN):
@@ -198,7 +202,7 @@ def built_trainer(cfg: TorchRunnerConfig, files: Files) -> tuple:
 def prediction_batches(cfg: TorchRunnerConfig, files: Files) -> tuple:
     """The batch sizes the model sees while the test split is reconstructed."""
     training, execution = setup_torch_configs(cfg)
-    test = simulate_splits(resolve_configs(cfg)["simulation"])["test"]
+    test = splits_of(cfg)["test"]
     module = build_module(training, test.probeGuess)
     sizes: list[int] = []
     module.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
