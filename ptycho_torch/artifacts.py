@@ -1,4 +1,4 @@
-"""Writing run artifacts safely: a guarded output folder and atomic files.
+"""Writing run artifacts safely: atomic files (the output folder itself: see output_folder).
 
 Every file is written to a temporary name in its own folder and renamed into place, so an
 interrupted run leaves either the previous complete file or none, never half of one.
@@ -17,21 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-
-
-class OutputDirError(ValueError):
-    """The output folder cannot be used (not empty without overwrite, or not a folder)."""
-
-
-def prepare_output_dir(path: Path, overwrite: bool) -> Path:
-    """Create ``path``; refuse a non-empty folder unless ``overwrite``."""
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"output_dir={str(path)!r}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputDirError(f"output_dir={str(path)!r}: folder is not empty; pass --overwrite to write into it "
-                             "(existing files of the same names are replaced) or choose a new folder")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _umask() -> int:

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm, grads_finite
 from ptycho_torch.config import TrainingConfig, clipping_enabled
 from ptycho_torch.generators import build_generator
+from ptycho_torch.interrupts import deferred
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
 from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler
 from ptycho_torch.physics import apply_probe_mask, forward_amplitude
@@ -72,10 +73,11 @@ class PtychoPINN(L.LightningModule):
         self._rows.append({"epoch": self.current_epoch, "step": self.optimizer_steps, "loss": loss.detach(),
                            "lr": opt.param_groups[0]["lr"], "grad_norm_preclip": None,
                            "grad_norm_postclip": None, "skipped": False})
-        self.manual_backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.optimizer_steps += 1
+        with deferred():  # a signal stops the run between optimizer steps, never inside one
+            self.manual_backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.optimizer_steps += 1
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True,
                  batch_size=batch["diffraction"].shape[0], sync_dist=True)
         return loss

@@ -27,6 +27,7 @@ class TrainedModel:
     module: PtychoPINN
     trainer: L.Trainer
     data: GridLinesDataModule
+    initial_digest: str  # parameter_digest before the first step: equal after = never trained
 
 
 def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_data: GridLinesData,
@@ -37,12 +38,13 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         module = build_module(training, train_data.probeGuess, module_class)
+        initial_digest = parameter_digest(module)
         data = GridLinesDataModule(train_data, training, execution)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
         trainer.fit(module, datamodule=data)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    return TrainedModel(module, trainer, data)
+    return TrainedModel(module, trainer, data, initial_digest)
 
 
 def build_module(training: TrainingConfig, probe, module_class: type[PtychoPINN] = PtychoPINN) -> PtychoPINN:

@@ -47,26 +47,56 @@ def load_or_simulate(plan: RunPlan, data_dir: Path | None):
     return splits["train"], splits["test"]
 
 
-def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
-    """Resolve -> data -> train -> predict -> stitch -> score -> artifacts. Returns metrics.json's content.
+def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
+    """Every check a run can make before writing anything; returns (train, test) when already loaded.
 
-    ``data`` = (train, test) GridLinesData already loaded (the compare wrapper shares one simulation).
-    Under DDP every rank trains; rank 0 alone prepares the folder and writes the artifacts (other
-    ranks write only ``ranks/rank<r>.json`` and return None).
+    Settings were validated when the configs were built; here the machine, the user's data or
+    probe file, the pattern counts and the output folder are checked. Refusals raise ConfigError,
+    DataError or OutputDirError (bad input) and leave the disk as it was.
+    """
+    from ptycho_torch import preflight
+    from ptycho_torch.output_folder import check_output_dir
+
+    preflight.check_machine(plan.execution)
+    if data is None and plan.train_npz is not None:
+        data = load_or_simulate(plan, None)
+    if data is not None:
+        sources = (str(plan.train_npz), str(plan.test_npz)) if plan.train_npz is not None else None
+        preflight.check_data(plan.training, *data, *([sources] if sources else []))
+    else:
+        preflight.check_simulation(plan.training, plan.simulation)
+    if check_folder:
+        check_output_dir(plan.output_dir, plan.overwrite)
+    return data
+
+
+def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
+    """Check -> claim the folder -> data -> train -> predict -> stitch -> score -> artifacts.
+
+    Returns metrics.json's content. ``data`` = (train, test) GridLinesData already loaded (the
+    compare wrapper shares one simulation). Under DDP every rank trains; rank 0 alone claims the
+    folder and writes the artifacts (other ranks write only ``ranks/rank<r>.json`` and return None).
     """
     from lightning.pytorch.utilities import rank_zero_only
 
+    from ptycho_torch.output_folder import RUN_LAYOUT, claimed
+
+    if rank_zero_only.rank != 0:
+        data = prepare(plan, data, check_folder=False)
+        return _train_and_write(plan, data, data_dir=None, main_rank=False)
+    data = prepare(plan, data)
+    with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT):
+        return _train_and_write(plan, data, data_dir=plan.output_dir / "data", main_rank=True)
+
+
+def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:
     from ptycho_torch import artifacts
     from ptycho_torch.training import train
 
-    main_rank = rank_zero_only.rank == 0
-    if data is None and plan.train_npz is not None:
-        data = load_or_simulate(plan, None)  # validate the user's files before touching the disk
     out = plan.output_dir
     if main_rank:
-        artifacts.prepare_output_dir(out, plan.overwrite)
         artifacts.write_json(out / "config.json", plan.record)
-    train_data, test_data = data if data is not None else load_or_simulate(plan, out / "data" if main_rank else None)
+    train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
     trained = train(plan.training, plan.execution, train_data, out)
     if trained.trainer.world_size > 1:
         write_rank_record(trained, out / "ranks")
@@ -103,12 +133,18 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
+    from ptycho_torch.outcome import run_status
+    from ptycho_torch.training import parameter_digest
 
     module = trained.module
     training = module.cfg
     architecture = training.model.architecture
     recons = reconstruct(module, test_data, execution)
-    metrics = {"architecture": architecture, **score_objects(recons, test_data.YY_ground_truth),
+    status, reason = run_status(recons, [row["loss"] for row in module.history], module.last_val_loss,
+                                steps_applied=module.optimizer_steps - module.nonfinite_skips,
+                                weights_changed=parameter_digest(module) != trained.initial_digest)
+    metrics = {"status": status, "status_reason": reason, "architecture": architecture,
+               **score_objects(recons, test_data.YY_ground_truth),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)

@@ -27,7 +27,8 @@ def simulation_fields() -> list[dataclasses.Field]:
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python -m scripts.grid_lines_datagen", __doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=nonempty_path, required=True, help="folder for train.npz and test.npz")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing train.npz / test.npz")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder: an earlier train.npz / test.npz is removed first, "
+                             "other files are kept")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_setting_arguments(parser.add_argument_group("simulated data"), TorchRunnerConfig, simulation_fields())
     return parser
@@ -38,16 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     settings = {f.name: getattr(ns, f.name) for f in simulation_fields() if hasattr(ns, f.name)}
     sim = build_config(parser, SimulationConfig, settings, flags=runner_flags())
-    existing = [p.name for p in (ns.output_dir / "train.npz", ns.output_dir / "test.npz") if p.exists()]
-    if existing and not ns.overwrite:
-        parser.error(f"--output-dir={str(ns.output_dir)!r}: already holds {', '.join(existing)}; pass --overwrite")
-    return run_command(lambda: simulate(sim, ns.output_dir, progress=not ns.no_progress))
+    return run_command(lambda: simulate(sim, ns.output_dir, ns.overwrite, progress=not ns.no_progress),
+                       runner_flags())
 
 
-def simulate(sim: SimulationConfig, output_dir: Path, progress: bool) -> int:
+def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress: bool) -> int:
+    """Check the probe file and the folder, claim it, then simulate and write both splits."""
+    from ptycho_torch.output_folder import DATASET_LAYOUT, check_output_dir, claimed
+    from ptycho_torch.preflight import check_probe_file
     from ptycho_torch.simulation import simulate_dataset
 
-    train_path, test_path = simulate_dataset(sim, output_dir, progress=progress)
+    check_probe_file(sim)
+    check_output_dir(output_dir, overwrite)
+    with claimed(output_dir, overwrite, DATASET_LAYOUT):
+        train_path, test_path = simulate_dataset(sim, output_dir, progress=progress)
     print(f"wrote {train_path} and {test_path}")
     return 0
 

@@ -23,13 +23,13 @@ from typing import Any
 from ptycho_torch.config import ARCHITECTURES, ConfigError
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of, resolved_json
 from scripts.studies.runner_cli import (
-    add_setting_arguments, config_error_message, new_parser, nonempty_path, run_command,
+    add_setting_arguments, config_error_message, new_parser, nonempty_path, outcome_status, run_command,
 )
 from scripts.studies.runner_fields import flag_of, route_of
 
 TORCH_PREFIX = "--torch-"
 WRAPPER_OWNED = ("architecture", "output_dir", "overwrite")  # set per row or by the wrapper's own flags
-TABLE_COLUMNS = ("architecture", "amplitude_ssim", "amplitude_psnr", "amplitude_mae", "amplitude_frc50",
+TABLE_COLUMNS = ("architecture", "status", "amplitude_ssim", "amplitude_psnr", "amplitude_mae", "amplitude_frc50",
                  "phase_ssim", "phase_psnr", "phase_mae", "phase_frc50", "optimizer_steps", "final_train_loss")
 
 
@@ -88,7 +88,8 @@ def parse_rows(argv: Sequence[str] | None) -> tuple[list[TorchRunnerConfig], arg
 
 def table_row(metrics: dict[str, Any]) -> dict[str, Any]:
     mean = metrics["mean"]
-    row = {"architecture": metrics["architecture"], "optimizer_steps": metrics["optimizer_steps"],
+    row = {"architecture": metrics["architecture"], "status": metrics["status"],
+           "status_reason": metrics["status_reason"], "optimizer_steps": metrics["optimizer_steps"],
            "final_train_loss": metrics["final_train_loss"]}
     for channel in ("amplitude", "phase"):
         for name in ("ssim", "psnr", "mae", "frc50"):
@@ -106,25 +107,28 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: bool) -> list[dict[str, Any]]:
+    """Check every row, claim ``output_dir``, share one dataset, run each row, write the tables."""
     import numpy as np
 
     from ptycho_torch import artifacts, plots, workflow
+    from ptycho_torch.output_folder import check_output_dir, claimed, comparison_layout
 
-    first = plan_of(rows[0])
-    if first.train_npz is not None:
-        data = workflow.load_or_simulate(first, None)  # validate the user's files before touching the disk
-    out = artifacts.prepare_output_dir(output_dir, overwrite)
-    if first.train_npz is None:
-        data = workflow.load_or_simulate(first, out / "data")
-    table, recons = [], {}
-    for cfg in rows:
-        metrics = workflow.run(plan_of(cfg), data=data)
-        table.append(table_row(metrics))
-        recons[cfg.architecture] = np.load(cfg.output_dir / "recon.npz")["recon"][0]
-    artifacts.write_csv(out / "metrics_table.csv", table, TABLE_COLUMNS)
-    with artifacts.atomic_file(out / "metrics_table.md", "w") as handle:
-        handle.write(markdown_table(table))
-    plots.plot_comparison(out / "comparison.png", data[1].YY_ground_truth[0], recons)
+    plans = [plan_of(cfg) for cfg in rows]
+    data = None
+    for plan in plans:
+        data = workflow.prepare(plan, data, check_folder=False)
+    check_output_dir(output_dir, overwrite)
+    with claimed(output_dir, overwrite, comparison_layout(ARCHITECTURES)) as out:
+        if data is None:
+            data = workflow.load_or_simulate(plans[0], out / "data")
+        table, recons = [], {}
+        for cfg, plan in zip(rows, plans):
+            table.append(table_row(workflow.run(plan, data=data)))
+            recons[cfg.architecture] = np.load(cfg.output_dir / "recon.npz")["recon"][0]
+        artifacts.write_csv(out / "metrics_table.csv", table, TABLE_COLUMNS)
+        with artifacts.atomic_file(out / "metrics_table.md", "w") as handle:
+            handle.write(markdown_table(table))
+        plots.plot_comparison(out / "comparison.png", data[1].YY_ground_truth[0], recons)
     return table
 
 
@@ -133,13 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.dry_run:
         print(json.dumps([resolved_json(cfg) for cfg in rows], indent=2))
         return 0
-    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite), ns.output_dir))
+    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite), ns.output_dir),
+                       wrapper_flags())
 
 
 def report(table: list[dict[str, Any]], output_dir: Path) -> int:
     print(markdown_table(table), end="")
     print(f"comparison in {output_dir}")
-    return 0
+    return outcome_status({f"architecture {row['architecture']}": row for row in table})
 
 
 if __name__ == "__main__":

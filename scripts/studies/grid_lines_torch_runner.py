@@ -29,7 +29,7 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
-    add_grouped_settings, build_config, new_parser, run_command, setting_flags,
+    add_grouped_settings, build_config, new_parser, outcome_status, run_command, setting_flags,
 )
 from scripts.studies.runner_fields import SHARED, route_of, setting
 
@@ -211,15 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.dry_run:
         print(json.dumps(resolved_json(cfg), indent=2))
         return 0
-    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg)))
+    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg)), runner_flags())
 
 
 def report(cfg: TorchRunnerConfig, metrics: dict[str, Any] | None) -> int:
-    if metrics is not None:  # None: a DDP rank other than 0; rank 0 reports
-        amplitude = metrics["mean"]["amplitude"]
-        print(f"results in {cfg.output_dir}: amplitude SSIM {_number(amplitude['ssim'], '.3f')}, "
-              f"PSNR {_number(amplitude['psnr'], '.2f')} dB")
-    return 0
+    """The summary line; the exit status says whether the run trained (see outcome_status)."""
+    if metrics is None:  # a DDP rank other than 0; rank 0 reports
+        return 0
+    amplitude = metrics["mean"]["amplitude"]
+    print(f"results in {cfg.output_dir}: status {metrics['status']}, amplitude SSIM "
+          f"{_number(amplitude['ssim'], '.3f')}, PSNR {_number(amplitude['psnr'], '.2f')} dB")
+    return outcome_status({f"run in {cfg.output_dir}": metrics})
 
 
 def _number(value: float | None, spec: str) -> str:

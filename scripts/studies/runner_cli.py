@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -21,7 +22,8 @@ from ptycho_torch.config import ConfigError
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 
 NONE_WORD = "none"
-REFUSED = 2  # exit status of refused input (bad flag, file or output folder)
+REFUSED = 2  # exit status of refused input (bad flag, file, machine or output folder)
+FAILED_RUN = 3  # exit status of a run that diverged, never trained, or stopped on non-finite gradients
 # --help sections, in order, keyed by a field's first destination ("runner" = runner-only).
 GROUPS = {
     "runner": "paths and run safety",
@@ -134,13 +136,46 @@ def config_to_argv(cfg: Any, flag_prefix: str = "--") -> list[str]:
     return argv
 
 
-def run_command(work: Callable[[], int]) -> int:
-    """Run a command's body; refused input (bad setting, data file or output folder) -> one line, exit 2."""
-    from ptycho_torch.artifacts import OutputDirError
+def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) -> int:
+    """Run a command's body with honest exit statuses (see README, "Exit statuses and safety").
+
+    Refused input (bad setting, data file, machine or output folder) -> one line, REFUSED (2);
+    a run that stopped on non-finite gradients -> one line, FAILED_RUN (3); SIGTERM / SIGINT ->
+    128 + signal (143 / 130); a failed read or write -> one line, 1. ``work`` returns 0 or, for
+    a run that finished but diverged or never trained, FAILED_RUN.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ptycho_torch.interrupts import Interrupted, signals_interrupt
+    from ptycho_torch.model import NonFiniteGradientError
     from ptycho_torch.npz_data import DataError
+    from ptycho_torch.output_folder import OutputDirError
 
     try:
-        return work()
-    except (ConfigError, DataError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return REFUSED
+        with signals_interrupt():
+            return work()
+    except ConfigError as err:
+        return _fail(config_error_message(err, flags) if flags is not None else str(err), REFUSED)
+    except (DataError, OutputDirError) as err:
+        return _fail(str(err), REFUSED)
+    except NonFiniteGradientError as err:
+        return _fail(str(err), FAILED_RUN)
+    except Interrupted as err:
+        return _fail(f"{err}; the run stopped (temporary files removed, claim released)", err.exit_status, "stopped")
+    except SIGTERMException:
+        return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
+    except OSError as err:
+        return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)
+
+
+def _fail(message: str, status: int, label: str = "error") -> int:
+    print(f"{label}: {message}", file=sys.stderr)
+    return status
+
+
+def outcome_status(outcomes: dict[str, dict[str, Any]]) -> int:
+    """0 when every run's status is ok; else one warning line per other run and FAILED_RUN."""
+    failed = {name: m for name, m in outcomes.items() if m.get("status") != "ok"}
+    for name, metrics in failed.items():
+        print(f"warning: {name} {metrics.get('status')}: {metrics.get('status_reason')}", file=sys.stderr)
+    return FAILED_RUN if failed else 0

@@ -127,7 +127,7 @@ def test_config_modules_import_no_torch():
 def test_the_summary_line_prints_null_scores_instead_of_crashing(capsys):
     from scripts.studies.grid_lines_torch_runner import report
 
-    metrics = {"mean": {"amplitude": {"ssim": None, "psnr": None}}}
+    metrics = {"status": "ok", "mean": {"amplitude": {"ssim": None, "psnr": None}}}
     assert report(TorchRunnerConfig(output_dir="out"), metrics) == 0
     assert "SSIM null, PSNR null dB" in capsys.readouterr().out
 

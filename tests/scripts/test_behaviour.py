@@ -25,7 +25,7 @@ import torch
 
 from ptycho_torch import trainer as trainer_module
 from ptycho_torch import workflow
-from ptycho_torch.artifacts import OutputDirError
+from ptycho_torch.output_folder import OutputDirError
 from ptycho_torch.config import RunSettings, inert_settings
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.generators import build_generator

@@ -1,0 +1,312 @@
+"""The output folder of a command: checked before anything is written, claimed for one run at a time.
+
+    check_output_dir(path, overwrite)           no disk change; OutputDirError names the path and the rule
+    with claimed(path, overwrite, RUN_LAYOUT):  create, claim, clean, then write
+
+A claim is the file ``.run.lock`` (pid, host, start time), created atomically with its content
+(``link`` of a finished temporary file fails if the name exists) and held under ``flock`` for the
+run: a second run is refused naming the holder, and a claim whose holder died (the kernel drops
+the lock with the process) is recognised as stale. With ``overwrite`` the previous run's own
+artifacts (the LAYOUTS below, the one list of what each command writes) are removed before the
+new run writes anything, so the folder never holds files of two runs; anything else is left
+alone and named. Temporary files of an interrupted write (``.<name>.*.tmp``) are removed on claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Union
+
+LOCK_NAME = ".run.lock"
+TREE = "tree"  # a folder the command owns entirely (checkpoints, logs)
+Layout = Mapping[str, Union[None, str, "Layout"]]  # name -> None (file) | TREE | nested layout
+
+DATASET_LAYOUT: Layout = {"train.npz": None, "test.npz": None}
+# What one run writes (workflow.run); config.json first, so that it is also removed first.
+RUN_LAYOUT: Layout = {
+    "config.json": None, "metrics.json": None, "history.csv": None, "recon.npz": None,
+    "reconstruction.png": None, "training.png": None,
+    "checkpoints": TREE, "logs": TREE, "ranks": TREE, "data": DATASET_LAYOUT,
+}
+# The compare wrapper: its tables and picture, the shared dataset, and one run per architecture.
+COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png")
+
+
+def comparison_layout(architectures: tuple[str, ...]) -> Layout:
+    return {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT,
+            "runs": {name: RUN_LAYOUT for name in architectures}}
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_file's and the claim's temporary names
+
+
+class OutputDirError(ValueError):
+    """The output folder cannot be used: not a folder, not writable, not empty, or claimed by another run."""
+
+
+def _refuse(path: Path, rule: str) -> OutputDirError:
+    return OutputDirError(f"output_dir={str(path)!r}: {rule}")
+
+
+# --- checks that touch nothing ---------------------------------------------------------------
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a path the run could not create or write, or a non-empty folder without ``overwrite``."""
+    path = Path(path)
+    try:
+        _check_output_dir(path, overwrite)
+    except OSError as err:  # a path the file system itself refuses to look at
+        raise _refuse(path, f"cannot be used: {err.strerror or err}") from None
+
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    if not str(path).strip():
+        raise _refuse(path, "must be a non-empty path")
+    _check_name_lengths(path)
+    if path.is_symlink() and not path.exists():
+        raise _refuse(path, f"is a dangling symbolic link (to {os.readlink(path)!r})")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise _refuse(path, f"{str(existing)!r} is not a folder, so nothing can be created below it")
+    if _read_only(existing):
+        raise _refuse(path, f"{str(existing)!r} is on a read-only file system")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _refuse(path, f"no permission to write in {str(existing)!r}")
+    if existing == path.absolute() and _entries(existing) and not overwrite:
+        raise _refuse(path, "folder is not empty; pass --overwrite to replace the previous run's files "
+                            "(other files are kept) or choose a new folder")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (a dangling link counts as absent)."""
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():
+            raise _refuse(path, f"{str(probe)!r} is a dangling symbolic link")
+        probe = probe.parent
+    return probe
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Names and paths longer than the file system allows (checked before any lookup, which would fail)."""
+    root = path.absolute().anchor
+    name_max, path_max = os.pathconf(root, "PC_NAME_MAX"), os.pathconf(root, "PC_PATH_MAX")
+    long_names = [part for part in path.parts if len(os.fsencode(part)) > name_max]
+    if long_names:
+        raise _refuse(path, f"a name is longer than the file system allows ({name_max} bytes): "
+                            f"{long_names[0][:40]}...")
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise _refuse(path, f"the path is longer than the file system allows ({path_max} bytes)")
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+# --- the claim ---------------------------------------------------------------------------------
+
+def _holder_text() -> str:
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n"
+
+
+def _read_holder(fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        holder = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+            f"started {holder.get('started', '?')}")
+
+
+def _new_claim_file(folder: Path) -> tuple[int, Path]:
+    """A temporary claim file with our details, already locked: linking it in claims atomically."""
+    temporary = folder / f"{LOCK_NAME}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, _holder_text().encode())
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd, temporary
+
+
+def _acquire(folder: Path, overwrite: bool, log: Callable[[str], None]) -> int:
+    """Claim ``folder``; the returned descriptor holds the lock until ``_release``."""
+    lock = folder / LOCK_NAME
+    while True:
+        fd, temporary = _new_claim_file(folder)
+        try:
+            try:
+                os.link(temporary, lock)
+                return fd
+            except FileExistsError:
+                if _take_over(lock, fd, temporary, overwrite, log):
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            temporary.unlink(missing_ok=True)
+        os.close(fd)  # the claim vanished while we looked: try again
+
+
+def _take_over(lock: Path, fd: int, temporary: Path, overwrite: bool, log: Callable[[str], None]) -> bool:
+    """Examine the existing claim: refuse a live or foreign one; replace a stale one under ``overwrite``.
+
+    False when the claim file disappeared meanwhile (the caller retries)."""
+    try:
+        old = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        holder = _read_holder(old)
+        try:
+            fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _refuse(lock.parent, f"claimed by a running run ({_describe(holder)}); wait for it to end "
+                                       "or choose another folder") from None
+        if not _same_file(old, lock):
+            return False  # released (unlinked) between our open and our lock
+        if holder.get("host") != socket.gethostname():
+            raise _refuse(lock.parent, f"claimed from another host ({_describe(holder)}); whether that run "
+                                       f"is alive cannot be checked from here: remove {LOCK_NAME} if it is over")
+        if not overwrite:
+            raise _refuse(lock.parent, f"holds a claim left by a run that ended without releasing it "
+                                       f"({_describe(holder)}); pass --overwrite to take the folder over")
+        log(f"note: taking over {lock.parent}: its claim was left by a run that is gone ({_describe(holder)})")
+        os.replace(temporary, lock)
+        return True
+    finally:
+        os.close(old)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _release(folder: Path, fd: int) -> None:
+    try:
+        if _same_file(fd, folder / LOCK_NAME):
+            (folder / LOCK_NAME).unlink()
+    finally:
+        os.close(fd)
+
+
+# --- cleaning ----------------------------------------------------------------------------------
+
+def _temporary_of(name: str, layout: Layout | str) -> bool:
+    """Whether ``name`` is a temporary of an atomic write (``.<artifact>.<random>.tmp``) in a folder
+    with ``layout``; in a folder the command owns entirely, every ``.*.tmp`` is."""
+    if not _TEMPORARY.match(name):
+        return False
+    if layout == TREE:
+        return True
+    return any(name.startswith(f".{artifact}.") for artifact, sub in layout.items() if sub is None)
+
+
+def _dead_claim_temporary(name: str) -> bool:
+    """A claim's temporary (``.run.lock.<pid>.<hex>.tmp``) whose process is gone."""
+    match = re.fullmatch(re.escape(LOCK_NAME) + r"\.(\d+)\.[0-9a-f]+\.tmp", name)
+    return match is not None and not _alive(int(match.group(1)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_temporaries(folder: Path, layout: Layout | str) -> list[Path]:
+    """Remove the temporary files interrupted writes left in ``folder`` and in the folders it owns."""
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            continue
+        if entry.is_file() and (_temporary_of(entry.name, layout) or _dead_claim_temporary(entry.name)):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif entry.is_dir() and (layout == TREE or isinstance(layout.get(entry.name), (Mapping, str))):
+            removed += remove_temporaries(entry, TREE if layout == TREE else layout[entry.name])
+    return removed
+
+
+def _entries(folder: Path, layout: Layout | str = TREE) -> list[Path]:
+    """What ``folder`` holds, but for a claim and the temporaries of interrupted writes."""
+    return sorted(p for p in folder.iterdir() if p.name != LOCK_NAME and not _temporary_of(p.name, layout)
+                  and not p.name.startswith(LOCK_NAME + "."))
+
+
+def remove_previous_run(folder: Path, layout: Layout) -> tuple[list[Path], list[Path]]:
+    """Remove the artifacts ``layout`` lists (in its order); return (removed, left alone)."""
+    removed, kept = [], []
+    present = {entry.name: entry for entry in _entries(folder, layout)}
+    for name, sub in layout.items():
+        entry = present.pop(name, None)
+        if entry is None:
+            continue
+        if entry.is_symlink() or (sub is None) == entry.is_dir():
+            kept.append(entry)  # not what a run writes under this name: the user's
+        elif sub is None:
+            entry.unlink()
+            removed.append(entry)
+        elif sub == TREE:
+            shutil.rmtree(entry)
+            removed.append(entry)
+        else:
+            inner_removed, inner_kept = remove_previous_run(entry, sub)
+            removed += inner_removed
+            kept += inner_kept
+            if not inner_kept and not _entries(entry, sub):
+                shutil.rmtree(entry)  # empty but for a stale claim or temporaries
+                removed.append(entry)
+    return removed, kept + sorted(present.values())
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], None] = _stderr) -> Iterator[Path]:
+    """Create and claim ``path`` for one run; with ``overwrite`` clear the previous run's artifacts first."""
+    path = Path(path)
+    check_output_dir(path, overwrite)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, overwrite, log)
+    except OSError as err:
+        raise _refuse(path, f"cannot be created or claimed: {os.strerror(err.errno or errno.EIO)}") from None
+    try:
+        remove_temporaries(path, layout)
+        if _entries(path, layout) and not overwrite:
+            raise _refuse(path, "folder is not empty; pass --overwrite to replace the previous run's files "
+                                "(other files are kept) or choose a new folder")
+        if overwrite:
+            _, kept = remove_previous_run(path, layout)
+            if kept:
+                log(f"note: left alone in {path} (not written by a run): "
+                    + ", ".join(str(p.relative_to(path)) for p in kept))
+        yield path
+    finally:
+        _release(path, fd)

@@ -1,0 +1,80 @@
+"""What a run needs, checked before anything is written to disk.
+
+Settings are validated when the configs are built; this adds what only the data files, the probe
+file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
+    check_machine(execution)             the accelerator and the logger package exist here
+    check_data(training, train, test)    patterns for a batch, and a validation split when needed
+    check_simulation(sim)                the probe file, and the pattern count the simulation will give
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ptycho_torch.config import ConfigError, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.npz_data import DataError, GridLinesData
+
+
+def check_machine(execution: PyTorchExecutionConfig) -> None:
+    """Refuse an accelerator this machine lacks, or a logger whose package is not installed."""
+    import torch
+
+    problems = []
+    accelerator = execution.accelerator
+    if accelerator in ("gpu", "cuda"):
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible == 0:
+            problems.append(Problem("accelerator", accelerator, "no CUDA GPU is visible on this machine; use cpu"))
+        elif execution.devices > visible:
+            problems.append(Problem("devices", execution.devices, f"only {visible} GPU(s) visible on this machine"))
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        problems.append(Problem("accelerator", accelerator, "MPS is not available on this machine; use cpu"))
+    if execution.logger_backend == "tensorboard" and not _importable("tensorboard", "tensorboardX"):
+        problems.append(Problem("logger_backend", "tensorboard",
+                                "needs the tensorboard package (pip install tensorboard), or use csv"))
+    if problems:
+        raise ConfigError("execution settings on this machine", problems)
+
+
+def _importable(*packages: str) -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in packages)
+
+
+def check_pattern_count(training: TrainingConfig, count: int, source: str) -> None:
+    """A train split of ``count`` patterns gives at least one batch and, when the scheduler needs
+    one, a non-empty validation split."""
+    from ptycho_torch.datamodule import split_indices
+
+    if count < 1:
+        raise DataError(source, "diffraction", "at least one pattern", "none")
+    train_idx, val_idx = split_indices(count, training.val_fraction, training.seed)
+    if training.scheduler == "ReduceLROnPlateau" and not val_idx:
+        raise ConfigError("training settings for this data", [Problem(
+            "val_fraction", training.val_fraction,
+            f"holds out no pattern of the {count} in {source}, and scheduler=ReduceLROnPlateau "
+            "needs a validation loss; use more patterns or another scheduler")])
+
+
+def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesData,
+               sources: tuple[str, str] = ("the train data", "the test data")) -> None:
+    """Given data: a train split that trains (see check_pattern_count) and a test split to score."""
+    check_pattern_count(training, len(train.diffraction), sources[0])
+    if len(test.diffraction) < 1:
+        raise DataError(sources[1], "diffraction", "at least one pattern", "none")
+
+
+def check_probe_file(sim: SimulationConfig) -> None:
+    """A given probe file is read and checked now (DataError), not when the simulation needs it."""
+    from ptycho_torch.probe import load_probe
+
+    if sim.probe_npz is not None:
+        load_probe(sim.probe_npz, sim.N)
+
+
+def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
+    """The probe file and the number of patterns the simulation will make."""
+    from ptycho_torch.simulation import scan_grid
+
+    check_probe_file(sim)
+    count = sim.n_train_images * len(scan_grid(sim, sim.train_stride))
+    check_pattern_count(training, count, "the simulated train split")
