@@ -1,0 +1,189 @@
+"""The output folder: unusable paths refused before any change, one claim at a time, stale claims
+recognised, and --overwrite removing exactly the previous run's artifacts (user files kept)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from ptycho_torch.output_folder import (
+    DATASET_LAYOUT, LOCK_NAME, RUN_LAYOUT, OutputDirError, check_output_dir, claimed, comparison_layout,
+    remove_previous_run, remove_temporaries,
+)
+
+
+def tree(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def fill(folder, layout) -> None:
+    """Every artifact ``layout`` names, as a run would write them (files with content, folders with a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, sub in layout.items():
+        if sub is None:
+            (folder / name).write_text("artifact")
+        elif isinstance(sub, str):
+            (folder / name).mkdir()
+            (folder / name / "inside.bin").write_text("artifact")
+        else:
+            fill(folder / name, sub)
+
+
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def write_claim(folder, **holder) -> None:
+    (folder / LOCK_NAME).write_text(json.dumps(holder))
+
+
+# --- paths that cannot be used: refused, nothing created ------------------------------------------
+
+def unusable(tmp_path, kind):
+    if kind == "below-a-file":
+        (tmp_path / "plain").write_text("x")
+        return tmp_path / "plain" / "out"
+    if kind == "dangling-link":
+        (tmp_path / "link").symlink_to(tmp_path / "missing")
+        return tmp_path / "link"
+    if kind == "dangling-link-above":
+        (tmp_path / "link").symlink_to(tmp_path / "missing")
+        return tmp_path / "link" / "out"
+    if kind == "name-too-long":
+        return tmp_path / ("n" * 300) / "out"
+    if kind == "path-too-long":
+        return tmp_path.joinpath(*["d" * 200] * 30)
+    if kind == "a-file":
+        (tmp_path / "plain").write_text("x")
+        return tmp_path / "plain"
+    raise AssertionError(kind)
+
+
+KINDS = ["below-a-file", "dangling-link", "dangling-link-above", "name-too-long", "path-too-long", "a-file"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unusable_path_is_refused_naming_it_before_anything_changes(tmp_path, kind):
+    path = unusable(tmp_path, kind)
+    before = tree(tmp_path)
+    with pytest.raises(OutputDirError, match="output_dir="):
+        check_output_dir(path, overwrite=True)
+    with pytest.raises(OutputDirError, match="output_dir="):
+        with claimed(path, True, RUN_LAYOUT):
+            raise AssertionError("claimed an unusable folder")
+    assert tree(tmp_path) == before
+
+
+def test_a_read_only_file_system_is_refused(tmp_path, monkeypatch):
+    """Mounting one needs privileges; the file system's read-only flag is what the check reads."""
+    check_output_dir(tmp_path / "out", overwrite=False)
+    real = os.statvfs
+    flagged = lambda path: os.statvfs_result((*real(path)[:8], real(path).f_flag | os.ST_RDONLY, real(path)[9]))
+    monkeypatch.setattr(os, "statvfs", flagged)
+    with pytest.raises(OutputDirError, match="read-only file system"):
+        check_output_dir(tmp_path / "out", overwrite=False)
+
+
+def test_a_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+    """Permissions do not bind root (which CI may be), so a user without them is stood in for."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real(path, mode) and path != tmp_path)
+    with pytest.raises(OutputDirError, match="no permission"):
+        check_output_dir(tmp_path / "out", overwrite=False)
+
+
+def test_a_non_empty_folder_needs_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        check_output_dir(tmp_path, overwrite=False)
+    check_output_dir(tmp_path, overwrite=True)
+    check_output_dir(tmp_path / "new" / "deeper", overwrite=False)  # creatable: fine
+
+
+# --- the claim -------------------------------------------------------------------------------------
+
+def test_a_claimed_folder_is_refused_naming_the_holder_and_released_after(tmp_path):
+    with claimed(tmp_path, False, RUN_LAYOUT):
+        holder = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(OutputDirError, match=f"claimed by a running run \\(pid {os.getpid()}"):
+            with claimed(tmp_path, True, RUN_LAYOUT):
+                raise AssertionError("two claims at once")
+        assert (tmp_path / LOCK_NAME).exists()  # the refused second claim did not remove ours
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_failing_run_releases_its_claim(tmp_path):
+    with pytest.raises(RuntimeError):
+        with claimed(tmp_path, False, RUN_LAYOUT):
+            raise RuntimeError("the run failed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stale_claim_is_refused_without_overwrite_and_taken_over_with_it(tmp_path, capsys):
+    pid = dead_pid()
+    write_claim(tmp_path, pid=pid, host=socket.gethostname(), started="earlier")
+    with pytest.raises(OutputDirError, match=f"left by a run that ended.*pid {pid}.*--overwrite"):
+        with claimed(tmp_path, False, RUN_LAYOUT):
+            raise AssertionError("took a stale claim without --overwrite")
+    with claimed(tmp_path, True, RUN_LAYOUT):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert f"pid {pid}" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_claim_from_another_host_is_refused_even_with_overwrite(tmp_path, overwrite):
+    write_claim(tmp_path, pid=1, host="another-host.example", started="earlier")
+    with pytest.raises(OutputDirError, match="another host.*another-host.example"):
+        with claimed(tmp_path, overwrite, RUN_LAYOUT):
+            raise AssertionError("took another host's claim")
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == "another-host.example"
+
+
+# --- overwrite and temporaries -----------------------------------------------------------------------
+
+def test_overwrite_removes_every_artifact_of_the_layout_and_keeps_and_names_user_files(tmp_path, capsys):
+    architectures = ("cnn", "fno")
+    fill(tmp_path, comparison_layout(architectures))
+    mine = ["notes.txt", "runs/cnn/my_analysis.py", "data/README"]
+    for name in mine:
+        (tmp_path / name).write_text("mine")
+    with claimed(tmp_path, True, comparison_layout(architectures)):
+        assert tree(tmp_path) == sorted(["data", "data/README", "notes.txt", "runs", "runs/cnn",
+                                         "runs/cnn/my_analysis.py", LOCK_NAME])
+    err = capsys.readouterr().err
+    assert all(name in err for name in mine)
+
+
+def test_a_file_where_a_run_writes_a_folder_is_the_users(tmp_path):
+    (tmp_path / "checkpoints").write_text("not a folder")
+    (tmp_path / "metrics.json").mkdir()
+    removed, kept = remove_previous_run(tmp_path, RUN_LAYOUT)
+    assert removed == [] and sorted(p.name for p in kept) == ["checkpoints", "metrics.json"]
+
+
+def test_claiming_removes_temporaries_of_interrupted_writes_and_only_those(tmp_path):
+    fill(tmp_path, RUN_LAYOUT)
+    temporaries = [".config.json.a1b2.tmp", "data/.train.npz.x9.tmp", "checkpoints/.interrupted.ckpt.77.tmp",
+                   f"{LOCK_NAME}.{dead_pid()}.0a0b.tmp"]
+    users = [".my.tmp", "notes.tmp", "data/.other.tmp"]
+    for name in temporaries + users:
+        (tmp_path / name).write_text("x")
+    removed = remove_temporaries(tmp_path, RUN_LAYOUT)
+    assert sorted(str(p.relative_to(tmp_path)) for p in removed) == sorted(temporaries)
+    assert all((tmp_path / name).exists() for name in users)
+
+
+def test_a_folder_holding_only_temporaries_and_a_stale_claim_counts_as_empty(tmp_path):
+    (tmp_path / ".train.npz.abc.tmp").write_text("half")
+    write_claim(tmp_path, pid=dead_pid(), host=socket.gethostname())
+    with claimed(tmp_path, True, DATASET_LAYOUT):
+        assert tree(tmp_path) == [LOCK_NAME]
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,118 @@
+"""Checks made before a run writes anything: the machine, the data's pattern counts, the probe file;
+and the outcome a finished run records (ok, diverged, untrained)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch import preflight
+from ptycho_torch.config import ConfigError, ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.npz_data import DataError
+from ptycho_torch.outcome import DIVERGED, OK, UNTRAINED, run_status
+from tests.helpers import TINY_SIMULATION
+
+TRAINING = TrainingConfig(model=ModelConfig(N=16))
+PLATEAU = dataclasses.replace(TRAINING, scheduler="ReduceLROnPlateau")
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_is_refused_on_a_machine_without_one(monkeypatch, accelerator):
+    fake_gpus(monkeypatch, 0)
+    with pytest.raises(ConfigError) as err:
+        preflight.check_machine(PyTorchExecutionConfig(accelerator=accelerator))
+    assert err.value.fields == ("accelerator",)
+
+
+def test_more_gpu_devices_than_visible_are_refused(monkeypatch):
+    fake_gpus(monkeypatch, 1)
+    preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=1))
+    with pytest.raises(ConfigError) as err:
+        preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=2))
+    assert err.value.fields == ("devices",)
+
+
+def test_mps_is_refused_where_it_is_missing(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        preflight.check_machine(PyTorchExecutionConfig(accelerator="mps"))
+    assert err.value.fields == ("accelerator",)
+
+
+def test_the_tensorboard_logger_needs_its_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    with pytest.raises(ConfigError) as err:
+        preflight.check_machine(PyTorchExecutionConfig(logger_backend="tensorboard"))
+    assert err.value.fields == ("logger_backend",)
+    preflight.check_machine(PyTorchExecutionConfig(logger_backend="csv"))
+
+
+def test_no_pattern_is_refused():
+    with pytest.raises(DataError, match="at least one pattern"):
+        preflight.check_pattern_count(TRAINING, 0, "train.npz")
+
+
+@pytest.mark.parametrize("count, refused", [(1, True), (2, False), (50, False)])
+def test_the_plateau_scheduler_needs_a_validation_pattern(count, refused):
+    preflight.check_pattern_count(TRAINING, count, "train.npz")  # other schedulers train on one pattern
+    if refused:
+        with pytest.raises(ConfigError) as err:
+            preflight.check_pattern_count(PLATEAU, count, "train.npz")
+        assert err.value.fields == ("val_fraction",) and "train.npz" in str(err.value)
+    else:
+        preflight.check_pattern_count(PLATEAU, count, "train.npz")
+
+
+def test_the_simulation_is_counted_from_its_own_scan():
+    one_pattern = dataclasses.replace(TINY_SIMULATION, object_size=16, train_stride=16)
+    with pytest.raises(ConfigError):
+        preflight.check_simulation(PLATEAU, one_pattern)
+    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, object_size=32))  # 4 patterns
+    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, train_stride=8, object_size=24))
+    two_images = dataclasses.replace(one_pattern, n_train_images=2)
+    preflight.check_simulation(PLATEAU, two_images)
+
+
+def test_a_missing_or_wrong_probe_file_is_refused_before_simulating(tmp_path):
+    with pytest.raises(DataError, match="missing.npz"):
+        preflight.check_simulation(TRAINING, dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "missing.npz"))
+    np.savez(tmp_path / "small.npz", probeGuess=np.ones((8, 8), np.complex64))
+    with pytest.raises(DataError, match="probeGuess"):
+        preflight.check_probe_file(dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "small.npz"))
+    np.savez(tmp_path / "right.npz", probeGuess=np.ones((16, 16), np.complex64))
+    preflight.check_probe_file(dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "right.npz"))
+
+
+# --- the outcome of a finished run -------------------------------------------------------------
+
+FINE = np.ones((1, 4, 4), np.complex64)
+
+
+@pytest.mark.parametrize("recons, losses, val, steps, changed, expected", [
+    (FINE, [1.0, 0.5], 0.4, 2, True, OK),
+    (FINE * np.nan, [1.0, 0.5], 0.4, 2, True, DIVERGED),
+    (np.full((1, 4, 4), np.inf, np.complex64), [1.0, 0.5], 0.4, 2, True, DIVERGED),
+    (FINE, [1.0, float("nan")], 0.4, 2, True, DIVERGED),
+    (FINE, [1.0, 0.5], float("inf"), 2, True, DIVERGED),
+    (FINE, [1.0, 0.5], None, 2, True, OK),
+    (FINE, [1.0, 0.5], 0.4, 0, True, UNTRAINED),
+    (FINE, [1.0, 0.5], 0.4, 2, False, UNTRAINED),
+    (FINE, [0.7, 0.7, 0.7], 0.4, 3, True, UNTRAINED),
+    (FINE, [0.7], 0.4, 1, True, OK),
+], ids=["ok", "nan-recon", "inf-recon", "nan-loss", "inf-val-loss", "no-validation", "every-step-skipped",
+        "weights-unchanged", "loss-never-moved", "one-step"])
+def test_a_run_is_ok_only_when_it_trained_and_stayed_finite(recons, losses, val, steps, changed, expected):
+    status, reason = run_status(recons, losses, val, steps_applied=steps, weights_changed=changed)
+    assert status == expected and (reason is None) == (expected == OK)

@@ -1,0 +1,355 @@
+"""Nothing lost, nothing mixed: the three commands under races, signals, refusals and failed training.
+
+Behaviour about processes is tested with real processes: two workers released at the same
+instant into one folder, SIGTERM / SIGINT sent to running commands, an --overwrite cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho_torch.npz_data import load_npz
+from ptycho_torch.output_folder import LOCK_NAME
+from tests.helpers import TINY_ARGV, TINY_DATA_ARGV, TINY_WRAPPER_ARGV
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+MODULES = {"runner": "scripts.studies.grid_lines_torch_runner", "wrapper": "scripts.studies.grid_lines_compare_wrapper",
+           "datagen": "scripts.grid_lines_datagen"}
+TINY = {"runner": TINY_ARGV, "wrapper": [*TINY_WRAPPER_ARGV, "--architectures", "cnn"],
+        "datagen": [*TINY_DATA_ARGV, "--N", "16", "--no-progress"]}
+LONG_RUN = [*TINY_ARGV, "--epochs", "100000"]  # stopped by a signal long before it ends
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and claims: what a finished or stopped command must never leave behind."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")))
+
+
+def start(command: str, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", MODULES[command], *argv], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float = 60.0, poll: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(poll)
+
+
+def main_of(command: str):
+    from scripts import grid_lines_datagen
+    from scripts.studies import grid_lines_compare_wrapper, grid_lines_torch_runner
+
+    return {"runner": grid_lines_torch_runner.main, "wrapper": grid_lines_compare_wrapper.main,
+            "datagen": grid_lines_datagen.main}[command]
+
+
+def exit_status(command: str, argv: list[str]) -> int:
+    """A command's exit status in this process: its return value, or the code argparse exits with."""
+    try:
+        return main_of(command)(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+# --- two runs released together into one folder: one writes, the other is refused ----------------------
+
+class Worker:
+    """A command_worker process: imports done, waiting for requests."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.scripts.command_worker"], cwd=ROOT, env=ENV,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def send(self, command: str, argv: list[str]) -> None:
+        self.process.stdin.write(json.dumps([command, *argv]) + "\n")
+        self.process.stdin.flush()
+
+    def status(self) -> int:
+        line = ""
+        while not line.startswith("done "):  # the command's own output comes first
+            line = self.process.stdout.readline()
+            assert line, "the worker died"
+        return int(line.split()[1])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def workers():
+    pair = [Worker(), Worker()]
+    yield pair
+    for worker in pair:
+        worker.close()
+
+
+def race(workers, command: str, folder: Path, argv_of) -> tuple[int, int]:
+    """Release both workers into ``folder`` at once; (winner index, loser's status)."""
+    for index, worker in enumerate(workers):
+        worker.send(command, argv_of(index))
+    statuses = [worker.status() for worker in workers]
+    assert sorted(statuses) == [0, 2], statuses
+    return statuses.index(0), max(statuses)
+
+
+def test_two_commands_released_together_into_one_folder_never_both_write(workers, tmp_path):
+    for round_ in range(16):  # data generator: fast rounds; the folder exists (empty) in half of them
+        folder = tmp_path / f"data{round_}"
+        if round_ % 2:
+            folder.mkdir()
+        winner, _ = race(workers, "datagen", folder,
+                         lambda i: [*TINY["datagen"], "--data-seed", str(10 + i), "--output-dir", str(folder)])
+        seeds = {load_npz(folder / f"{split}.npz", split).metadata["data_seed"] for split in ("train", "test")}
+        assert seeds == {10 + winner} and sorted(os.listdir(folder)) == ["test.npz", "train.npz"]
+    for round_ in range(3):  # whole runs
+        folder = tmp_path / f"run{round_}"
+        winner, _ = race(workers, "runner", folder,
+                         lambda i: [*TINY["runner"], "--epochs", "1", "--seed", str(20 + i), "--output-dir", str(folder)])
+        assert json.loads((folder / "config.json").read_text())["training"]["seed"] == 20 + winner
+        assert json.loads((folder / "metrics.json").read_text())["status"] == "ok"
+        assert leftovers(folder) == []
+
+
+# --- signals ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_run_with_128_plus_its_number_a_checkpoint_and_no_temporary(tmp_path, signum, status):
+    out = tmp_path / "run"
+    process = start("runner", [*LONG_RUN, "--output-dir", str(out)])
+    wait_for(lambda: (out / "checkpoints" / "last.ckpt").exists())  # training, one epoch done
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err[-2000:]
+    assert f"interrupted by {signum.name}" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert leftovers(out) == []
+    import torch
+
+    checkpoint = torch.load(out / "checkpoints" / "interrupted.ckpt", weights_only=False)
+    assert checkpoint["state_dict"] and checkpoint["global_step"] >= 1
+    assert not (out / "metrics.json").exists()  # a stopped run records no result
+
+
+def test_a_signal_while_the_data_is_written_leaves_no_temporary_and_a_rerun_cleans_a_killed_one(tmp_path):
+    big = [*TINY["datagen"], "--object-size", "192", "--N", "32", "--n-train-images", "8", "--train-stride", "2"]
+    for attempt, delay in enumerate((0.3, 1.0, 2.0)):
+        out = tmp_path / f"terminated{attempt}"
+        process = start("datagen", [*big, "--output-dir", str(out)])
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode in (143, -signal.SIGTERM, 0), err[-2000:]  # -15: before the handler was set
+        assert not out.exists() or leftovers(out) == []
+    out = tmp_path / "killed"
+    process = start("datagen", [*big, "--output-dir", str(out)])
+    wait_for(lambda: out.exists() and any(out.iterdir()), timeout=60, poll=0.001)
+    process.kill()  # SIGKILL: nothing can clean up; the claim and temporaries stay until the next claim
+    process.wait(timeout=30)
+    assert exit_status("datagen", [*TINY["datagen"], "--output-dir", str(out), "--overwrite"]) == 0
+    assert leftovers(out) == [] and sorted(os.listdir(out)) == ["test.npz", "train.npz"]
+
+
+@pytest.mark.integration
+def test_a_signal_stops_every_rank_of_a_ddp_run(tmp_path):
+    out = tmp_path / "ddp"
+    process = start("runner", [*LONG_RUN, "--strategy", "ddp", "--devices", "2", "--output-dir", str(out)])
+    wait_for(lambda: (out / "checkpoints" / "last.ckpt").exists(), timeout=120)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 143, err[-2000:]
+    assert err.count("interrupted by SIGTERM") == 2  # rank 0 and the rank it started
+    assert leftovers(out) == []
+
+
+# --- an --overwrite cut short never leaves two runs' files ---------------------------------------------
+
+def run_files(folder: Path) -> dict[str, int]:
+    """Every file of the folder (user files excluded) with its modification time."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")
+            if p.is_file() and p.name != "notes.txt"}
+
+
+def test_an_interrupted_overwrite_never_leaves_files_of_two_runs(tmp_path):
+    previous = tmp_path / "previous"
+    assert exit_status("runner", [*TINY["runner"], "--epochs", "1", "--output-dir", str(previous)]) == 0
+    (previous / "notes.txt").write_text("the user's")
+    moments = {  # when to stop the overwriting run
+        "removing": lambda out: not (out / "config.json").exists(),
+        "new record written": lambda out: (out / "config.json").stat().st_mtime_ns > cut,
+        "training": lambda out: (out / "checkpoints" / "last.ckpt").exists(),
+    }
+    for moment, reached in moments.items():
+        out = tmp_path / moment.replace(" ", "_")
+        shutil.copytree(previous, out)  # copy2: the previous run's files keep their times
+        cut = time.time_ns()
+        process = start("runner", [*LONG_RUN, "--seed", "9", "--overwrite", "--output-dir", str(out)])
+        wait_for(lambda: _quietly(reached, out), poll=0.0005)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        times = run_files(out)
+        old = sorted(name for name, t in times.items() if t < cut)
+        new = sorted(name for name, t in times.items() if t >= cut)
+        assert not (old and new), f"stopped while {moment}: old {old} beside new {new}"
+        assert (out / "notes.txt").read_text() == "the user's"
+        assert leftovers(out) == []
+
+
+def _quietly(condition, out: Path) -> bool:
+    try:
+        return condition(out)
+    except FileNotFoundError:
+        return False
+
+
+# --- refused input: exit 2, one line naming the flag or file, no folder ------------------------------
+
+def empty_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A train file that keeps the contract but holds no pattern, and a valid test file."""
+    from ptycho_torch.simulation import simulate_splits
+    from tests.helpers import TINY_SIMULATION
+
+    splits = simulate_splits(TINY_SIMULATION)
+    arrays = splits["train"].to_arrays()
+    for key in ("diffraction", "Y_I", "Y_phi", "coords", "image_index"):
+        arrays[key] = arrays[key][:0]  # (0, ...)
+    np.savez(tmp_path / "empty_train.npz", **arrays)
+    np.savez(tmp_path / "test.npz", **splits["test"].to_arrays())
+    return tmp_path / "empty_train.npz", tmp_path / "test.npz"
+
+
+def refusals(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Runner settings (argv) that only the disk or the machine can refuse, and what the message names."""
+    np.savez(tmp_path / "small_probe.npz", probeGuess=np.ones((8, 8), np.complex64))
+    empty_train, test = empty_dataset(tmp_path)
+    cases = {
+        "missing-probe": (["--probe-npz", str(tmp_path / "missing.npz")], "missing.npz"),
+        "wrong-size-probe": (["--probe-npz", str(tmp_path / "small_probe.npz")], "probeGuess"),
+        "gpu-on-a-cpu-machine": (["--accelerator", "gpu"], "accelerator"),
+        "tensorboard-missing": (["--logger-backend", "tensorboard"], "logger-backend"),
+        "no-pattern": (["--train-npz", str(empty_train), "--test-npz", str(test)], "empty_train.npz"),
+        "plateau-without-validation": (["--scheduler", "ReduceLROnPlateau", "--object-size", "16",
+                                        "--train-stride", "16", "--test-stride", "16"], "val-fraction"),
+        "missing-train-file": (["--train-npz", str(tmp_path / "nope.npz"), "--test-npz", str(test)], "nope.npz"),
+    }
+    import torch
+
+    if torch.cuda.is_available():
+        del cases["gpu-on-a-cpu-machine"]
+    return cases
+
+
+def as_command_argv(command: str, argv: list[str]) -> list[str] | None:
+    """The runner argv spelled for ``command``; None where the command lacks one of its flags."""
+    from scripts.grid_lines_datagen import simulation_fields
+    from scripts.studies.grid_lines_compare_wrapper import wrapper_flags
+    from scripts.studies.grid_lines_torch_runner import runner_flags
+
+    if command == "runner":
+        return argv
+    names = {flag: name for name, flag in runner_flags().items()}
+    allowed = wrapper_flags() if command == "wrapper" else {f.name: runner_flags()[f.name] for f in simulation_fields()}
+    spelled = [allowed.get(names[a], "?") if a in names else a for a in argv]
+    return None if "?" in spelled else spelled
+
+
+REFUSALS = ["missing-probe", "wrong-size-probe", "gpu-on-a-cpu-machine", "tensorboard-missing", "no-pattern",
+            "plateau-without-validation", "missing-train-file"]
+DATAGEN_REFUSALS = ["missing-probe", "wrong-size-probe"]  # the data generator has only the dataset settings
+
+
+@pytest.mark.parametrize("command, case", [(c, k) for c in ("runner", "wrapper", "datagen") for k in REFUSALS
+                                           if c != "datagen" or k in DATAGEN_REFUSALS])
+def test_refused_input_exits_2_with_one_line_and_creates_no_folder(command, case, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    cases = refusals(tmp_path)
+    if case not in cases:
+        pytest.skip("this machine has a GPU")
+    argv, named = cases[case]
+    argv = as_command_argv(command, argv)
+    out = tmp_path / "out" / "deeper"
+    capsys.readouterr()
+    assert exit_status(command, [*TINY[command], *argv, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(("error:", "usage:")) or err[-1].startswith("error:"), err
+    assert named in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "out").exists()
+
+
+# --- output paths that cannot be used: exit 2, one line, nothing created -------------------------------------
+
+@pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
+@pytest.mark.parametrize("kind", ["below-a-file", "dangling-link", "name-too-long", "a-file", "virtual-file-system"])
+def test_an_unusable_output_path_exits_2_without_a_traceback(command, kind, tmp_path, capsys):
+    from tests.ptycho_torch.test_output_folder import unusable
+
+    out = Path("/proc/no_such_process_folder/out") if kind == "virtual-file-system" else unusable(tmp_path, kind)
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert exit_status(command, [*TINY[command], "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output_dir=") and "Traceback" not in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# --- honest outcomes ----------------------------------------------------------------------------------------
+
+def test_a_diverged_run_writes_its_artifacts_records_null_scores_and_exits_3(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert exit_status("runner", [*TINY["runner"], "--learning-rate", "1e30", "--output-dir", str(out)]) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["status_reason"]
+    for channel in ("amplitude", "phase"):
+        scores = {name: value for name, value in metrics["mean"][channel].items() if name != "reason"}
+        assert set(scores) >= {"ssim", "psnr", "mae", "frc50"} and set(scores.values()) == {None}
+    assert (out / "recon.npz").exists() and (out / "history.csv").exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "diverged" in warnings[0]
+
+
+def test_an_untrained_run_exits_3_with_its_status(tmp_path, capsys):
+    out = tmp_path / "run"  # a step too small to change any weight in float32
+    argv = [*TINY["runner"], "--optimizer", "sgd", "--momentum", "0", "--learning-rate", "1e-30"]
+    assert exit_status("runner", [*argv, "--output-dir", str(out)]) == 3
+    assert json.loads((out / "metrics.json").read_text())["status"] == "untrained"
+    assert "warning: run in" in capsys.readouterr().err
+    assert exit_status("runner", [*TINY["runner"], "--output-dir", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_the_error_policy_on_non_finite_gradients_ends_in_one_line_and_status_3(tmp_path, capsys):
+    argv = [*TINY["runner"], "--learning-rate", "1e30", "--nonfinite-grad-policy", "error"]
+    assert exit_status("runner", [*argv, "--output-dir", str(tmp_path / "run")]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: non-finite gradient")
+    assert leftovers(tmp_path / "run") == []
+
+
+def test_the_comparison_table_carries_each_rows_status_and_a_failed_row_exits_3(tmp_path):
+    out = tmp_path / "compare"
+    argv = [*TINY["wrapper"], "--architectures", "cnn,fno", "--torch-optimizer", "sgd", "--torch-momentum", "0",
+            "--torch-learning-rate", "1e-30", "--output-dir", str(out)]
+    assert exit_status("wrapper", argv) == 3
+    table = (out / "metrics_table.csv").read_text().splitlines()
+    assert table[0].split(",")[:2] == ["architecture", "status"]
+    assert [row.split(",")[1] for row in table[1:]] == ["untrained", "untrained"]
+    assert "| status |" in (out / "metrics_table.md").read_text()
