@@ -24,13 +24,10 @@ from ptycho_torch.generators import build_generator
 from ptycho_torch.interrupts import deferred
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
 from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler
+from ptycho_torch.outcome import NonFiniteGradientError
 from ptycho_torch.physics import apply_probe_mask, forward_amplitude
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "grad_norm_preclip", "grad_norm_postclip", "skipped")
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised under nonfinite_grad_policy=error."""
 
 
 class PtychoPINN(L.LightningModule):

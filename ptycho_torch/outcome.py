@@ -19,6 +19,10 @@ import numpy as np
 OK, DIVERGED, UNTRAINED = "ok", "diverged", "untrained"
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """A run stopped on a non-finite gradient under nonfinite_grad_policy=error (exit status 3)."""
+
+
 def _finite(value: float | None) -> bool:
     return value is None or math.isfinite(value)
 

@@ -88,6 +88,38 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
                             "(other files are kept) or choose a new folder")
 
 
+def check_inputs_survive(path: Path, overwrite: bool, layout: Layout, inputs: Mapping[str, Path | None]) -> None:
+    """Refuse an input file (``{field: path}``) that ``--overwrite`` would remove as a previous artifact."""
+    if not overwrite:
+        return  # without overwrite nothing is removed (and a folder holding inputs is refused as non-empty)
+    folder = Path(path).resolve()
+    for field, given in inputs.items():
+        if given is None:
+            continue
+        owned = _owned_part(Path(given).resolve(), folder, layout)
+        if owned is not None:
+            raise OutputDirError(f"{field}={str(given)!r}: lies in {owned!r} of output_dir={str(path)!r}, which "
+                                 "--overwrite removes before the run; copy it elsewhere or choose another folder")
+
+
+def _owned_part(file: Path, folder: Path, layout: Layout | str) -> str | None:
+    """The artifact of ``layout`` that holds ``file`` (relative to ``folder``), or None."""
+    try:
+        parts = file.relative_to(folder).parts
+    except ValueError:
+        return None
+    current: Layout | str = layout
+    for depth, part in enumerate(parts):
+        if current == TREE:
+            return "/".join(parts[:depth])
+        if part not in current:
+            return None
+        current = current[part]
+        if current is None:
+            return "/".join(parts[:depth + 1])
+    return None
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (a dangling link counts as absent)."""
     probe = path.absolute()

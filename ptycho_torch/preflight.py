@@ -42,17 +42,18 @@ def _importable(*packages: str) -> bool:
 
 def check_pattern_count(training: TrainingConfig, count: int, source: str) -> None:
     """A train split of ``count`` patterns gives at least one batch and, when the scheduler needs
-    one, a non-empty validation split."""
-    from ptycho_torch.datamodule import split_indices
+    one, a non-empty validation split.
 
+    ReduceLROnPlateau already requires val_fraction > 0 (config rule); the split then holds out
+    at least one pattern and keeps at least one for training (``split_indices``), which takes two.
+    """
     if count < 1:
         raise DataError(source, "diffraction", "at least one pattern", "none")
-    train_idx, val_idx = split_indices(count, training.val_fraction, training.seed)
-    if training.scheduler == "ReduceLROnPlateau" and not val_idx:
+    if training.scheduler == "ReduceLROnPlateau" and count < 2:
         raise ConfigError("training settings for this data", [Problem(
             "val_fraction", training.val_fraction,
-            f"holds out no pattern of the {count} in {source}, and scheduler=ReduceLROnPlateau "
-            "needs a validation loss; use more patterns or another scheduler")])
+            f"cannot hold out a validation pattern from the {count} pattern(s) of {source}, and "
+            "scheduler=ReduceLROnPlateau needs a validation loss; use more patterns or another scheduler")])
 
 
 def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesData,

@@ -55,7 +55,7 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     DataError or OutputDirError (bad input) and leave the disk as it was.
     """
     from ptycho_torch import preflight
-    from ptycho_torch.output_folder import check_output_dir
+    from ptycho_torch.output_folder import RUN_LAYOUT, check_inputs_survive, check_output_dir
 
     preflight.check_machine(plan.execution)
     if data is None and plan.train_npz is not None:
@@ -67,7 +67,13 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:
         check_output_dir(plan.output_dir, plan.overwrite)
+        check_inputs_survive(plan.output_dir, plan.overwrite, RUN_LAYOUT, input_files(plan))
     return data
+
+
+def input_files(plan: RunPlan) -> dict[str, Path | None]:
+    """The files a run reads, by setting name (an --overwrite must not remove them)."""
+    return {"train_npz": plan.train_npz, "test_npz": plan.test_npz, "probe_npz": plan.simulation.probe_npz}
 
 
 def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:

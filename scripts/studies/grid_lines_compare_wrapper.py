@@ -111,14 +111,16 @@ def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: b
     import numpy as np
 
     from ptycho_torch import artifacts, plots, workflow
-    from ptycho_torch.output_folder import check_output_dir, claimed, comparison_layout
+    from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
 
     plans = [plan_of(cfg) for cfg in rows]
     data = None
     for plan in plans:
         data = workflow.prepare(plan, data, check_folder=False)
     check_output_dir(output_dir, overwrite)
-    with claimed(output_dir, overwrite, comparison_layout(ARCHITECTURES)) as out:
+    layout = comparison_layout(ARCHITECTURES)
+    check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
+    with claimed(output_dir, overwrite, layout) as out:
         if data is None:
             data = workflow.load_or_simulate(plans[0], out / "data")
         table, recons = [], {}

@@ -144,11 +144,9 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
     128 + signal (143 / 130); a failed read or write -> one line, 1. ``work`` returns 0 or, for
     a run that finished but diverged or never trained, FAILED_RUN.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from ptycho_torch.interrupts import Interrupted, signals_interrupt
-    from ptycho_torch.model import NonFiniteGradientError
     from ptycho_torch.npz_data import DataError
+    from ptycho_torch.outcome import NonFiniteGradientError
     from ptycho_torch.output_folder import OutputDirError
 
     try:
@@ -162,7 +160,9 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
         return _fail(str(err), FAILED_RUN)
     except Interrupted as err:
         return _fail(f"{err}; the run stopped (temporary files removed, claim released)", err.exit_status, "stopped")
-    except SIGTERMException:
+    except SystemExit as exit_:
+        if type(exit_).__name__ != "SIGTERMException":  # Lightning's own SIGTERM stop, whose code is None (0)
+            raise
         return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
     except OSError as err:
         return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)

@@ -77,6 +77,7 @@ CONFIG_NAMES: dict[str, dict[str, type]] = {
     "generators.py": {"cfg": ModelConfig},  # build_generator(cfg) and every Generator.__init__
     "model.py": {"cfg": TrainingConfig, "model": ModelConfig},  # PtychoPINN: cfg = self.cfg, model = cfg.model
     "optimization.py": {"cfg": TrainingConfig},  # build_optimizer / build_scheduler
+    "preflight.py": {"sim": SimulationConfig},  # check_probe_file / check_simulation
     "simulation.py": {"sim": SimulationConfig},  # simulate_split / split_plan / simulate_splits
     "workflow.py": {"plan": RunPlan},  # load_or_simulate / run
 }
@@ -85,10 +86,11 @@ CONFIG_NAMES: dict[str, dict[str, type]] = {
 NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("generators.py", "self.N"): "Generator.N, the generator's copy of ModelConfig.N (read from cfg.N in __init__)",
     ("model.py", "self.trainer.strategy"): "Lightning's Trainer.strategy object",
+    ("trainer.py", "trainer.strategy"): "Lightning's Trainer.strategy object (StopOnSignal)",
     ("reconstruction.py", "data.N"): "GridLinesData.N, the patch side of the arrays",
 }
 
-FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py")
+FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py")
 # Stage 1: the likely killers; stage 2: the rest of tests/. Passing both = passing the whole suite.
 STAGES = (list(FAST_KILLERS), ["tests", *(f"--ignore={path}" for path in FAST_KILLERS)])
 COPIED = ("ptycho_torch", "scripts", "tests", "benchmarks", "conftest.py", "pyproject.toml", "README.md")

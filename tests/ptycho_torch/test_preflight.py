@@ -16,7 +16,7 @@ from ptycho_torch.outcome import DIVERGED, OK, UNTRAINED, run_status
 from tests.helpers import TINY_SIMULATION
 
 TRAINING = TrainingConfig(model=ModelConfig(N=16))
-PLATEAU = dataclasses.replace(TRAINING, scheduler="ReduceLROnPlateau")
+PLATEAU = dataclasses.replace(TRAINING, scheduler="ReduceLROnPlateau", val_fraction=0.25)
 
 
 def fake_gpus(monkeypatch, count: int) -> None:
@@ -36,8 +36,8 @@ def test_more_gpu_devices_than_visible_are_refused(monkeypatch):
     fake_gpus(monkeypatch, 1)
     preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=1))
     with pytest.raises(ConfigError) as err:
-        preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=2))
-    assert err.value.fields == ("devices",)
+        preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=3))
+    assert err.value.fields == ("devices",) and err.value.problems[0].value == 3
 
 
 def test_mps_is_refused_where_it_is_missing(monkeypatch):
@@ -70,19 +70,19 @@ def test_the_plateau_scheduler_needs_a_validation_pattern(count, refused):
     if refused:
         with pytest.raises(ConfigError) as err:
             preflight.check_pattern_count(PLATEAU, count, "train.npz")
-        assert err.value.fields == ("val_fraction",) and "train.npz" in str(err.value)
+        assert err.value.problems[0].field == "val_fraction" and err.value.problems[0].value == 0.25
+        assert "train.npz" in str(err.value)
     else:
         preflight.check_pattern_count(PLATEAU, count, "train.npz")
 
 
 def test_the_simulation_is_counted_from_its_own_scan():
-    one_pattern = dataclasses.replace(TINY_SIMULATION, object_size=16, train_stride=16)
+    one_pattern = dataclasses.replace(TINY_SIMULATION, object_size=24, train_stride=16, n_train_images=1)
     with pytest.raises(ConfigError):
         preflight.check_simulation(PLATEAU, one_pattern)
-    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, object_size=32))  # 4 patterns
-    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, train_stride=8, object_size=24))
-    two_images = dataclasses.replace(one_pattern, n_train_images=2)
-    preflight.check_simulation(PLATEAU, two_images)
+    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, train_stride=8))  # 2 x 2 patterns
+    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, object_size=32))  # 2 x 2 patterns
+    preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, n_train_images=2))  # 2 objects
 
 
 def test_a_missing_or_wrong_probe_file_is_refused_before_simulating(tmp_path):

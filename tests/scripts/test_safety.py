@@ -295,6 +295,45 @@ def test_refused_input_exits_2_with_one_line_and_creates_no_folder(command, case
     assert not (tmp_path / "out").exists()
 
 
+# --- --overwrite never removes the files the run reads -------------------------------------------------
+
+@pytest.mark.parametrize("command, setting, inside", [
+    ("runner", "--probe-npz", "data/train.npz"),
+    ("runner", "--train-npz", "data/train.npz"),
+    ("runner", "--test-npz", "data/test.npz"),
+    ("wrapper", "--train-npz", "runs/cnn/data/train.npz"),
+    ("wrapper", "--probe-npz", "data/test.npz"),
+    ("datagen", "--probe-npz", "train.npz"),
+])
+def test_overwrite_refuses_to_remove_an_input_it_is_asked_to_read(command, setting, inside, tmp_path, capsys):
+    from ptycho_torch.simulation import simulate_splits, write_dataset
+    from tests.helpers import TINY_SIMULATION
+
+    out = tmp_path / "out"
+    write_dataset(simulate_splits(TINY_SIMULATION), (out / inside).parent)
+    before = {p: p.read_bytes() for p in out.rglob("*.npz")}
+    write_dataset(simulate_splits(TINY_SIMULATION), tmp_path / "elsewhere")
+    other = "--test-npz" if setting == "--train-npz" else "--train-npz"
+    given = [setting, str(out / inside), other, str(tmp_path / "elsewhere" / f"{other[2:-4]}.npz")]
+    argv = given if setting != "--probe-npz" else [setting, str(out / inside)]
+    capsys.readouterr()
+    assert exit_status(command, [*TINY[command], *argv, "--output-dir", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite removes" in err[0] and setting[2:].replace("-", "_") in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*.npz")} == before
+
+
+def test_an_input_in_a_folder_of_the_users_own_survives_overwrite(tmp_path):
+    from ptycho_torch.simulation import simulate_splits, write_dataset
+    from tests.helpers import TINY_SIMULATION
+
+    out = tmp_path / "out"
+    write_dataset(simulate_splits(TINY_SIMULATION), out / "my_data")
+    argv = ["--train-npz", str(out / "my_data" / "train.npz"), "--test-npz", str(out / "my_data" / "test.npz")]
+    assert exit_status("runner", [*TINY["runner"], *argv, "--output-dir", str(out), "--overwrite"]) == 0
+    assert sorted(os.listdir(out / "my_data")) == ["test.npz", "train.npz"]
+
+
 # --- output paths that cannot be used: exit 2, one line, nothing created -------------------------------------
 
 @pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
@@ -309,6 +348,58 @@ def test_an_unusable_output_path_exits_2_without_a_traceback(command, kind, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: output_dir=") and "Traceback" not in err[0], err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+# --- one error path: each kind of failure has its exit status ------------------------------------------
+
+def failures():
+    import errno
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ptycho_torch.config import ConfigError, Problem
+    from ptycho_torch.interrupts import Interrupted
+    from ptycho_torch.npz_data import DataError
+    from ptycho_torch.outcome import NonFiniteGradientError
+    from ptycho_torch.output_folder import OutputDirError
+
+    return {
+        "bad-setting": (ConfigError("training", [Problem("epochs", 0, "must be >= 1")]), 2, "error: --epochs=0"),
+        "bad-file": (DataError("a.npz", "diffraction", "float32", "int8"), 2, "error: a.npz"),
+        "bad-folder": (OutputDirError("output_dir='x': claimed"), 2, "error: output_dir="),
+        "non-finite-gradient": (NonFiniteGradientError("non-finite gradient at step 3"), 3, "error: non-finite"),
+        "sigterm": (Interrupted(signal.SIGTERM), 143, "stopped: interrupted by SIGTERM"),
+        "sigint": (Interrupted(signal.SIGINT), 130, "stopped: interrupted by SIGINT"),
+        "lightning-sigterm": (SIGTERMException(), 143, "stopped: interrupted by SIGTERM"),
+        "disk-full": (OSError(errno.ENOSPC, "No space left on device", "x/metrics.json"), 1, "error: No space left"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bad-setting", "bad-file", "bad-folder", "non-finite-gradient", "sigterm", "sigint",
+                                  "lightning-sigterm", "disk-full"])
+def test_each_kind_of_failure_ends_in_one_line_and_its_exit_status(kind, capsys):
+    from scripts.studies.grid_lines_torch_runner import runner_flags
+    from scripts.studies.runner_cli import run_command
+
+    error, status, line = failures()[kind]
+
+    def work() -> int:
+        raise error
+
+    assert run_command(work, runner_flags()) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), SystemExit(5)], ids=["bug", "other-exit"])
+def test_a_bug_is_not_disguised_as_an_exit_status(error):
+    from scripts.studies.runner_cli import run_command
+
+    def work() -> int:
+        raise error
+
+    with pytest.raises(type(error)):
+        run_command(work)
 
 
 # --- honest outcomes ----------------------------------------------------------------------------------------
