@@ -78,7 +78,8 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
         raise _refuse(path, f"is a dangling symbolic link (to {os.readlink(path)!r})")
     existing = _nearest_existing(path)
     if not existing.is_dir():
-        raise _refuse(path, f"{str(existing)!r} is not a folder, so nothing can be created below it")
+        raise _refuse(path, "exists and is not a folder" if existing == path.absolute()
+                      else f"{str(existing)!r} is not a folder, so nothing can be created below it")
     if _read_only(existing):
         raise _refuse(path, f"{str(existing)!r} is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -10,9 +10,14 @@ file and the machine can tell: a refusal here is bad input (exit 2) and leaves n
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from ptycho_torch.config import ConfigError, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.npz_data import DataError, GridLinesData
+
+
+# Set by torchrun (WORLD_SIZE), SLURM (SLURM_NTASKS) or by hand for Lightning (MASTER_ADDR + NODE_RANK).
+MULTI_NODE_LAUNCHERS = ("WORLD_SIZE", "SLURM_NTASKS", "MASTER_ADDR")
 
 
 def check_machine(execution: PyTorchExecutionConfig) -> None:
@@ -29,6 +34,10 @@ def check_machine(execution: PyTorchExecutionConfig) -> None:
             problems.append(Problem("devices", execution.devices, f"only {visible} GPU(s) visible on this machine"))
     if accelerator == "mps" and not torch.backends.mps.is_available():
         problems.append(Problem("accelerator", accelerator, "MPS is not available on this machine; use cpu"))
+    if execution.num_nodes > 1 and not any(name in os.environ for name in MULTI_NODE_LAUNCHERS):
+        problems.append(Problem("num_nodes", execution.num_nodes,
+                                "several nodes need a launcher that starts every node (torchrun, SLURM, or "
+                                "MASTER_ADDR and NODE_RANK set on each); without one the run waits forever"))
     if execution.logger_backend == "tensorboard" and not _importable("tensorboard", "tensorboardX"):
         problems.append(Problem("logger_backend", "tensorboard",
                                 "needs the tensorboard package (pip install tensorboard), or use csv"))

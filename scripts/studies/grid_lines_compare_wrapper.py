@@ -115,9 +115,9 @@ def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: b
 
     plans = [plan_of(cfg) for cfg in rows]
     data = None
-    for plan in plans:
-        data = workflow.prepare(plan, data, check_folder=False)
     check_output_dir(output_dir, overwrite)
+    for plan in plans:  # each row's folder too: a file where runs/<architecture> goes is refused now
+        data = workflow.prepare(plan, data)
     layout = comparison_layout(ARCHITECTURES)
     check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
     with claimed(output_dir, overwrite, layout) as out:

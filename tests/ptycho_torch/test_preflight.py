@@ -47,6 +47,17 @@ def test_mps_is_refused_where_it_is_missing(monkeypatch):
     assert err.value.fields == ("accelerator",)
 
 
+def test_several_nodes_need_a_launcher(monkeypatch):
+    for name in preflight.MULTI_NODE_LAUNCHERS:
+        monkeypatch.delenv(name, raising=False)
+    preflight.check_machine(PyTorchExecutionConfig(num_nodes=1))
+    with pytest.raises(ConfigError) as err:
+        preflight.check_machine(PyTorchExecutionConfig(strategy="ddp", num_nodes=2))
+    assert err.value.fields == ("num_nodes",) and err.value.problems[0].value == 2
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    preflight.check_machine(PyTorchExecutionConfig(strategy="ddp", num_nodes=2))
+
+
 def test_the_tensorboard_logger_needs_its_package(monkeypatch):
     import importlib.util
 

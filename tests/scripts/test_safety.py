@@ -402,6 +402,16 @@ def test_a_bug_is_not_disguised_as_an_exit_status(error):
         run_command(work)
 
 
+def test_the_wrapper_checks_every_rows_folder_before_writing(tmp_path, capsys):
+    out = tmp_path / "compare"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "fno").write_text("a file where a row's folder goes")
+    before = sorted(out.rglob("*"))
+    argv = [*TINY["wrapper"], "--architectures", "cnn,fno", "--output-dir", str(out), "--overwrite"]
+    assert exit_status("wrapper", argv) == 2
+    assert "runs/fno" in capsys.readouterr().err and sorted(out.rglob("*")) == before
+
+
 # --- honest outcomes ----------------------------------------------------------------------------------------
 
 def test_a_diverged_run_writes_its_artifacts_records_null_scores_and_exits_3(tmp_path, capsys):
