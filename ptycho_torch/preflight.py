@@ -3,7 +3,7 @@
 Settings are validated when the configs are built; this adds what only the data files, the probe
 file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
     check_machine(execution)             the accelerator and the logger package exist here
-    check_data(training, train, test)    patterns for a batch, and a validation split when needed
+    check_data(training, train)          patterns for a batch, and a validation split when needed
     check_simulation(sim)                the probe file, and the pattern count the simulation will give
 """
 
@@ -65,12 +65,10 @@ def check_pattern_count(training: TrainingConfig, count: int, source: str) -> No
             "scheduler=ReduceLROnPlateau needs a validation loss; use more patterns or another scheduler")])
 
 
-def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesData,
-               sources: tuple[str, str] = ("the train data", "the test data")) -> None:
-    """Given data: a train split that trains (see check_pattern_count) and a test split to score."""
-    check_pattern_count(training, len(train.diffraction), sources[0])
-    if len(test.diffraction) < 1:
-        raise DataError(sources[1], "diffraction", "at least one pattern", "none")
+def check_data(training: TrainingConfig, train: GridLinesData, source: str = "the train data") -> None:
+    """Given data: a train split that trains (see check_pattern_count). A test split always holds
+    its objects' complete raster (the NPZ contract), so it is never empty."""
+    check_pattern_count(training, len(train.diffraction), source)
 
 
 def check_probe_file(sim: SimulationConfig) -> None:

@@ -61,8 +61,8 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     if data is None and plan.train_npz is not None:
         data = load_or_simulate(plan, None)
     if data is not None:
-        sources = (str(plan.train_npz), str(plan.test_npz)) if plan.train_npz is not None else None
-        preflight.check_data(plan.training, *data, *([sources] if sources else []))
+        source = "the train data" if plan.train_npz is None else str(plan.train_npz)
+        preflight.check_data(plan.training, data[0], source)
     else:
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:
