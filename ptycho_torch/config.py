@@ -204,6 +204,7 @@ FIELD_RULES: dict[str, Rule] = {
     "fno_cnn_blocks": integer(0, 32),
     "probe_mask": Boolean(),
     "probe_mask_diameter": Optional(real(0.0, lo_open=True)),
+    "gridsize": integer(1, 2),
     # training
     "seed": integer(0, MAX_SEED),
     "epochs": integer(1),
@@ -383,6 +384,7 @@ class ModelConfig(Validated):
     fno_cnn_blocks: int = 2  # refiner convolutions after the spectral blocks (fno)
     probe_mask: bool = False  # multiply the probe by a centred disk before illumination
     probe_mask_diameter: float | None = None  # disk diameter in pixels; None = N
+    gridsize: int = 1  # groups of gridsize^2 neighbouring patterns predicted together and merged (1 or 2)
 
 
 FIELD_RULES["model"] = Instance(ModelConfig)  # TrainingConfig.model: the nested model settings

@@ -1,5 +1,9 @@
 """Batches of diffraction patterns (and ground-truth patches) for training and validation.
 
+At gridsize 1 an item is one pattern; at gridsize 2 it is one group of C neighbouring patterns
+(``overlap.group_members``) with their offsets on the group's canvas, and the split below is over
+groups (a pattern can sit in a train group and a validation group: they share neighbours).
+
 The train split is divided into train/validation by ``val_fraction`` with a generator seeded by
 ``seed``; shuffling uses its own seeded generator, so the data order is reproducible. Under DDP
 Lightning swaps in a DistributedSampler, which gives each rank a disjoint share.
@@ -14,6 +18,25 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.npz_data import GridLinesData
+
+
+class GroupDataset(Dataset):
+    """Groups of C patterns: (C, N, N) diffraction, amplitude and phase, and (C, 2) canvas offsets."""
+
+    def __init__(self, data: GridLinesData, gridsize: int):
+        from ptycho_torch.overlap import group_members, group_offsets
+
+        self.patterns = PatternDataset(data)
+        groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
+        self.groups = torch.from_numpy(groups)
+        self.offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2) int64
+
+    def __len__(self) -> int:
+        return self.groups.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        members = self.groups[index]  # (C,)
+        return {**self.patterns[members], "offsets": self.offsets[index]}
 
 
 class PatternDataset(Dataset):
@@ -44,7 +67,8 @@ class GridLinesDataModule(L.LightningDataModule):
         super().__init__()
         self.training = training
         self.execution = execution
-        patterns = PatternDataset(train)
+        gridsize = training.model.gridsize
+        patterns = PatternDataset(train) if gridsize == 1 else GroupDataset(train, gridsize)
         train_idx, val_idx = split_indices(len(patterns), training.val_fraction, training.seed)
         self.train_set = Subset(patterns, train_idx)
         self.val_set = Subset(patterns, val_idx) if val_idx else None

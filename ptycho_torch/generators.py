@@ -1,5 +1,10 @@
 """Generator networks: measured diffraction amplitude (B, N, N) -> complex object patch O (B, N, N).
 
+At gridsize g the C = g^2 patterns of a group enter together as channels, (B, C, N, N), and C
+patches come out, (B, C, N, N) complex: the network sees its neighbours' patterns (PtychoPINN's
+overlap constraint then merges the C patches, see ``overlap``). At C = 1 the layers, their
+initialization and the output are exactly the single-pattern network.
+
 Plain ``nn.Module``s that know nothing of Lightning, the physics or the loss. One registry,
 ``GENERATORS``, holds the architectures named in ``config.ARCHITECTURES``:
 
@@ -33,8 +38,8 @@ MIN_HYBRID_SIZE = 8  # hybrid stages stop downsampling at 8x8 (modes there are c
 MAX_CHANNEL_DOUBLINGS = 3  # channels double per level up to 8x the base, then stay
 
 
-def normalize_amplitude(amplitude: torch.Tensor, N: int) -> torch.Tensor:
-    """(B, N, N) or (B, 1, N, N) amplitude -> (B, 1, N, N) float32 log1p(amplitude).
+def normalize_amplitude(amplitude: torch.Tensor, N: int, channels: int = 1) -> torch.Tensor:
+    """(B, N, N) or (B, C, N, N) amplitude -> (B, C, N, N) float32 log1p(amplitude), C = ``channels``.
 
     Diffraction amplitudes span orders of magnitude (the central peak against the
     speckle), so log1p compresses that range into something a network can read. It is
@@ -44,26 +49,28 @@ def normalize_amplitude(amplitude: torch.Tensor, N: int) -> torch.Tensor:
     """
     if amplitude.ndim == 3:
         amplitude = amplitude.unsqueeze(1)  # (B, 1, N, N)
-    if amplitude.ndim != 4 or amplitude.shape[1] != 1 or tuple(amplitude.shape[-2:]) != (N, N):
-        raise ValueError(f"amplitude must be (B, {N}, {N}) or (B, 1, {N}, {N}), got {tuple(amplitude.shape)}")
-    return torch.log1p(amplitude.float().clamp_min(0.0))  # (B, 1, N, N) float32
+    if amplitude.ndim != 4 or amplitude.shape[1] != channels or tuple(amplitude.shape[-2:]) != (N, N):
+        raise ValueError(f"amplitude must be (B, {N}, {N}) or (B, {channels}, {N}, {N}), got {tuple(amplitude.shape)}")
+    return torch.log1p(amplitude.float().clamp_min(0.0))  # (B, C, N, N) float32
 
 
 class ComplexHead(nn.Module):
-    """(B, C, n, n) features -> (B, n, n) complex64 object, by ``generator_output_mode``."""
+    """(B, F, n, n) features -> (B, P, n, n) complex64 patches, by ``generator_output_mode``."""
 
-    def __init__(self, in_channels: int, output_mode: str):
+    def __init__(self, in_channels: int, output_mode: str, patches: int = 1):
         super().__init__()
         if output_mode not in ("amp_phase", "real_imag"):
             raise ValueError(f"generator_output_mode={output_mode!r}: must be amp_phase or real_imag")
         self.output_mode = output_mode
-        self.project = nn.Conv2d(in_channels, 2, kernel_size=1)  # channel 0 / 1: amp / phase or re / im
+        self.patches = patches
+        # channels [0, P) / [P, 2P): amp / phase (or re / im) of each patch
+        self.project = nn.Conv2d(in_channels, 2 * patches, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        first, second = self.project(features).float().unbind(dim=1)  # 2 x (B, n, n) float32
+        first, second = self.project(features).float().split(self.patches, dim=1)  # 2 x (B, P, n, n) float32
         if self.output_mode == "amp_phase":
-            return torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, n, n) complex64
-        return torch.complex(first, second)  # (B, n, n) complex64
+            return torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, P, n, n) complex64
+        return torch.complex(first, second)  # (B, P, n, n) complex64
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -154,12 +161,20 @@ class Generator(nn.Module):
     def __init__(self, cfg: ModelConfig, body: nn.Module, body_channels: int):
         super().__init__()
         self.N = cfg.N
+        self.group = group_size(cfg)
         self.body = body
-        self.head = ComplexHead(body_channels, cfg.generator_output_mode)
+        self.head = ComplexHead(body_channels, cfg.generator_output_mode, self.group)
 
     def forward(self, amplitude: torch.Tensor) -> torch.Tensor:
-        x = normalize_amplitude(amplitude, self.N)  # (B, 1, N, N) float32
-        return self.head(self.body(x))  # (B, N, N) complex64
+        """gridsize 1: (B, N, N) -> (B, N, N) complex64; gridsize 2: (B, C, N, N) -> (B, C, N, N)."""
+        x = normalize_amplitude(amplitude, self.N, self.group)  # (B, C, N, N) float32
+        patches = self.head(self.body(x))  # (B, C, N, N) complex64
+        return patches[:, 0] if self.group == 1 else patches
+
+
+def group_size(cfg: ModelConfig) -> int:
+    """C = gridsize^2 patterns per group: the generator's input and output channels."""
+    return cfg.gridsize ** 2
 
 
 class CNNGenerator(Generator):
@@ -167,7 +182,7 @@ class CNNGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         channels = pyramid_channels(cfg.cnn_channels, halvings(cfg.N, MIN_CNN_SIZE))
-        encoder = [conv_block(1, channels[0])]
+        encoder = [conv_block(group_size(cfg), channels[0])]
         for k in range(1, len(channels)):
             encoder += [nn.AvgPool2d(2), conv_block(channels[k - 1], channels[k])]  # (B, C_k, n/2, n/2)
         super().__init__(cfg, nn.Sequential(*encoder, ConvDecoder(channels)), channels[0])
@@ -178,7 +193,7 @@ class FNOGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         width = cfg.fno_width
-        layers: list[nn.Module] = [nn.Conv2d(1, width, 1)]
+        layers: list[nn.Module] = [nn.Conv2d(group_size(cfg), width, 1)]
         layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
         for _ in range(cfg.fno_cnn_blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
@@ -190,7 +205,7 @@ class HybridGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         downsamples = halvings(cfg.N, MIN_HYBRID_SIZE, most=cfg.fno_blocks)
-        layers: list[nn.Module] = [nn.Conv2d(1, cfg.fno_width, 1)]
+        layers: list[nn.Module] = [nn.Conv2d(group_size(cfg), cfg.fno_width, 1)]
         size = cfg.N
         for stage in range(cfg.fno_blocks):
             layers.append(SpectralBlock(cfg.fno_width, min(cfg.fno_modes, size // 2)))

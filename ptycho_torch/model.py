@@ -25,6 +25,7 @@ from ptycho_torch.interrupts import deferred
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
 from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler
 from ptycho_torch.outcome import NonFiniteGradientError
+from ptycho_torch.overlap import merge_and_reextract, overlap_weights
 from ptycho_torch.physics import apply_probe_mask, forward_amplitude
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "grad_norm_preclip", "grad_norm_postclip", "skipped")
@@ -40,6 +41,8 @@ class PtychoPINN(L.LightningModule):
         if model.probe_mask:  # the physics of pinn training sees the masked probe (supervised never looks)
             probe = apply_probe_mask(probe, model.probe_mask_diameter)
         self.register_buffer("probe", probe.to(torch.complex64))  # (N, N) complex64
+        if model.gridsize > 1:  # the overlap constraint's merge weights (none at gridsize 1: same state as before)
+            self.register_buffer("overlap_weights", overlap_weights(self.probe), persistent=False)  # (N, N) real
         self.history: list[dict] = []  # one row per optimizer step (HISTORY_COLUMNS)
         self.nonfinite_skips = 0
         self.optimizer_steps = 0
@@ -50,11 +53,21 @@ class PtychoPINN(L.LightningModule):
     # --- forward and loss ------------------------------------------------------------------
 
     def forward(self, diffraction: torch.Tensor) -> torch.Tensor:
-        """Object patches (B, N, N) complex64 from measured amplitudes (B, N, N)."""
+        """Object patches (B, N, N) complex64 from measured amplitudes (B, N, N); at gridsize 2,
+        (B, C, N, N) -> (B, C, N, N), the generator's raw patches (see ``consistent_patches``)."""
         return self.generator(diffraction)
 
+    def consistent_patches(self, diffraction: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """The patches the physics sees: at gridsize 2 the group's patches merged on its canvas and
+        re-extracted (the overlap constraint); at gridsize 1 the generator's output."""
+        obj = self(diffraction)
+        if offsets is None:
+            return obj
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return merge_and_reextract(obj.to(torch.complex64), offsets, self.overlap_weights)  # (B, C, N, N)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        obj = self(batch["diffraction"])
+        obj = self.consistent_patches(batch["diffraction"], batch.get("offsets"))
         with torch.autocast(device_type=self.device.type, enabled=False):  # FFT and losses in fp32
             obj = obj.to(torch.complex64)
             if self.cfg.model.training_procedure == "pinn":

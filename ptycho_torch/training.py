@@ -19,6 +19,7 @@ from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_sh
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
+from ptycho_torch.overlap import group_members, group_offsets
 from ptycho_torch.trainer import build_trainer
 
 
@@ -66,10 +67,28 @@ def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) ->
     """Object patches (M, N, N) complex64 for every pattern of ``data``, in file order.
 
     A plain loop in this process, not ``trainer.predict``: under DDP that would shard the patterns
-    across ranks, and stitching on rank 0 needs all of them.
+    across ranks, and stitching on rank 0 needs all of them. At gridsize 2 every group is predicted
+    and merged as in training, and a pattern's patch is the mean over the groups that hold it.
     """
     module.eval()
     patterns = torch.from_numpy(data.diffraction)  # (M, N, N) float32
-    batches = [module(patterns[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
-               for i in range(0, len(patterns), batch_size)]
-    return torch.cat(batches)  # (M, N, N) complex64
+    gridsize = module.cfg.model.gridsize
+    if gridsize == 1:
+        batches = [module(patterns[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
+                   for i in range(0, len(patterns), batch_size)]
+        return torch.cat(batches)  # (M, N, N) complex64
+    groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
+    offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2)
+    groups = torch.from_numpy(groups)
+    merged = [module.consistent_patches(patterns[groups[i:i + batch_size]].to(module.device),
+                                        offsets[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
+              for i in range(0, len(groups), batch_size)]
+    return mean_per_pattern(torch.cat(merged), groups, len(patterns))  # (M, N, N) complex64
+
+
+def mean_per_pattern(group_patches: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
+    """(G, C, N, N) patches of groups -> (count, N, N): each pattern's mean over the groups holding it."""
+    flat = groups.flatten()  # (G*C,)
+    total = group_patches.new_zeros(count, *group_patches.shape[-2:]).index_add_(0, flat, group_patches.flatten(0, 1))
+    held = torch.bincount(flat, minlength=count).clamp_min(1).to(total.real.dtype)  # (count,)
+    return total / held[:, None, None]

@@ -61,6 +61,8 @@ class TorchRunnerConfig(Validated):
     fno_cnn_blocks: int = setting(2, to=M, help="refiner 3x3 convolutions after the fno blocks")
     probe_mask: bool = setting(False, to=M, help="multiply the probe by a centred disk in the forward model")
     probe_mask_diameter: float | None = setting(None, to=M, help="probe mask diameter in pixels; none = N")
+    gridsize: int = setting(1, to=M, help="1: each pattern alone; 2: groups of 2x2 neighbouring patterns are "
+                                          "predicted together and merged on one canvas (overlap constraint)")
     # --- training ---
     seed: int = setting(0, to=T, help="seed for weights, data order and the validation split")
     epochs: int = setting(30, to=T, help="training epochs (>= 1)")

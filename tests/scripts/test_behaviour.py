@@ -272,6 +272,8 @@ CASES = [
     Case("N", network, 16, 32, dict(architecture="hybrid", fno_blocks=2, fno_modes=2)),  # downsampling stages
     Case("generator_output_mode", short_fit, "amp_phase", "real_imag"),
     Case("cnn_channels", short_fit, 2, 4),
+    Case("gridsize", short_fit, 1, 2),  # groups merged on a shared canvas in the loss
+    Case("gridsize", network, 1, 2, dict(architecture="fno")),  # the group's patterns as channels
     Case("fno_modes", short_fit, 2, 4, FNO),
     Case("fno_width", short_fit, 4, 8, FNO),
     Case("fno_blocks", short_fit, 1, 2, FNO),

@@ -1,0 +1,130 @@
+"""The overlap constraint (PtychoPINN, gridsize 2): neighbouring patterns share one object canvas.
+
+Groups. At gridsize g, C = g^2 patterns of one object form a group. On a complete raster scan
+(every test file, every simulation) the groups are all g x g blocks of neighbouring positions,
+(n_rows - g + 1) (n_cols - g + 1) per object, so an interior pattern sits in up to C groups. Any
+other scan groups each pattern with its C - 1 nearest neighbours of the same object (one group
+per pattern). Members are listed row-major (by row, then column).
+
+Canvas. A group's canvas starts at the smallest row and column of its members' top-left corners;
+member k sits at ``offsets[k] = coords[k] - origin`` (row, col), the same coordinates the
+simulator cut the patches with. Its side is N + the largest offset (N + stride on a raster).
+
+Merge. Overlap-weighted mean of the member patches, each weighted by w (N, N) >= 0, the probe
+intensity (light carries the information):
+
+    canvas(x) = sum_k w(x - o_k) O_k(x - o_k) / sum_k w(x - o_k)   where the denominator > WEIGHT_FLOOR
+
+Numerator and denominator are built from the same weights on the same support, so every canvas
+value is a convex combination of patch values (never larger than the largest input magnitude);
+pixels the weights do not reach stay 0. Re-extracting the members' windows from the canvas gives
+patches that agree wherever they overlap. Batched: one scatter-add and one gather, no Python loop
+over groups or patches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+WEIGHT_FLOOR = 1e-6  # relative to the largest weight: below it a canvas pixel counts as uncovered
+
+
+# --- groups (numpy, at load time) ------------------------------------------------------------------
+
+def group_members(coords: np.ndarray, image_index: np.ndarray, gridsize: int) -> np.ndarray:
+    """(G, C) int64 indices into the patterns: the groups described in the module docstring."""
+    if gridsize == 1:
+        return np.arange(len(coords), dtype=np.int64)[:, None]  # (M, 1)
+    groups = []
+    for image in np.unique(image_index):
+        members = np.flatnonzero(image_index == image)
+        groups.append(_raster_blocks(coords, members, gridsize) if _is_raster(coords[members])
+                      else _nearest_groups(coords, members, gridsize ** 2))
+    return np.concatenate(groups).astype(np.int64)  # (G, C)
+
+
+def _is_raster(points: np.ndarray) -> bool:
+    """A complete grid with one step per axis and at least two positions along each."""
+    rows, cols = np.unique(points[:, 0]), np.unique(points[:, 1])
+    steps = [np.unique(np.diff(axis)) for axis in (rows, cols)]
+    return (len(rows) >= 2 and len(cols) >= 2 and all(len(step) == 1 for step in steps)
+            and len(points) == len(rows) * len(cols) and len(np.unique(points, axis=0)) == len(points))
+
+
+def _raster_blocks(coords: np.ndarray, members: np.ndarray, g: int) -> np.ndarray:
+    points = coords[members]
+    rows, cols = np.unique(points[:, 0]), np.unique(points[:, 1])
+    grid = np.empty((len(rows), len(cols)), dtype=np.int64)  # pattern index at (row i, col j)
+    grid[np.searchsorted(rows, points[:, 0]), np.searchsorted(cols, points[:, 1])] = members
+    windows = np.lib.stride_tricks.sliding_window_view(grid, (g, g))  # (n_r - g + 1, n_c - g + 1, g, g)
+    return windows.reshape(-1, g * g)  # (G, C), row-major inside each block
+
+
+def _nearest_groups(coords: np.ndarray, members: np.ndarray, C: int) -> np.ndarray:
+    if len(members) < C:
+        raise ValueError(f"an object has {len(members)} scan positions; groups of {C} need at least {C}")
+    points = coords[members].astype(np.float64)
+    distance = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))  # (m, m)
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :C]  # (m, C): itself first
+    groups = members[nearest]
+    order = np.lexsort((coords[groups][..., 1], coords[groups][..., 0]), axis=-1)  # row-major per group
+    return np.take_along_axis(groups, order, axis=1)
+
+
+def group_offsets(coords: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(G, C, 2) int64: each member's top-left corner relative to its group's canvas origin."""
+    corners = coords[groups]  # (G, C, 2)
+    return corners - corners.min(axis=1, keepdims=True)
+
+
+# --- merge and re-extract (torch, batched, differentiable) -------------------------------------------
+
+def canvas_side(offsets: torch.Tensor, N: int) -> int:
+    return N + int(offsets.max()) if offsets.numel() else N
+
+
+def _flat_indices(offsets: torch.Tensor, N: int, side: int) -> torch.Tensor:
+    """(B, C*N*N) positions on a flattened (side, side) canvas of every pixel of every member patch."""
+    ramp = torch.arange(N, device=offsets.device)
+    rows = offsets[..., 0, None, None] + ramp[:, None]  # (B, C, N, 1)
+    cols = offsets[..., 1, None, None] + ramp[None, :]  # (B, C, 1, N)
+    return (rows * side + cols).flatten(1)  # (B, C*N*N)
+
+
+def merge_patches(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+                  side: int | None = None) -> torch.Tensor:
+    """Overlap-weighted mean of the group's patches on its canvas.
+
+    patches (B, C, N, N) complex, offsets (B, C, 2) int64 (row, col), weights (N, N) real >= 0.
+    Returns (B, side, side) complex; uncovered pixels are 0.
+    """
+    B, C, N, _ = patches.shape
+    side = canvas_side(offsets, N) if side is None else side
+    index = _flat_indices(offsets, N, side)  # (B, C*N*N)
+    w = weights.to(patches.real.dtype).expand(B, C, N, N)  # (B, C, N, N)
+    weighted = torch.view_as_real(patches * w).flatten(1, 3)  # (B, C*N*N, 2): re, im
+    numerator = weighted.new_zeros(B, side * side, 2).scatter_add_(1, index[..., None].expand(-1, -1, 2), weighted)
+    denominator = w.new_zeros(B, side * side).scatter_add_(1, index, w.flatten(1))  # (B, side*side)
+    covered = denominator > WEIGHT_FLOOR * weights.max()
+    safe = torch.where(covered, denominator, torch.ones_like(denominator))  # one support for both
+    mean = torch.view_as_complex(numerator / safe[..., None]) * covered  # (B, side*side) complex
+    return mean.reshape(B, side, side)
+
+
+def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> torch.Tensor:
+    """The members' N x N windows of the canvas: (B, side, side), (B, C, 2) -> (B, C, N, N)."""
+    B, side, _ = canvas.shape
+    C = offsets.shape[1]
+    index = _flat_indices(offsets, N, side)  # (B, C*N*N)
+    return canvas.reshape(B, side * side).gather(1, index).reshape(B, C, N, N)
+
+
+def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Patches made consistent through their shared canvas: (B, C, N, N) -> (B, C, N, N)."""
+    return extract_from_canvas(merge_patches(patches, offsets, weights), offsets, patches.shape[-1])
+
+
+def overlap_weights(probe: torch.Tensor) -> torch.Tensor:
+    """The merge weights: the probe intensity |P|^2 (N, N), real."""
+    return probe.abs().square()
