@@ -149,3 +149,25 @@ def _mean(values: list[float | None]) -> float | None:
         return None
     value = float(np.mean(values))
     return value if math.isfinite(value) else None
+
+
+def phase_seam_ratio(recons: np.ndarray, truths: np.ndarray, stride: int) -> float | None:
+    """How much more the phase error jumps across stitching seams than inside the stitched crops.
+
+    e = angle(recon * conj(truth)) per pixel (a global offset cancels); a jump is |wrap(e[x+1] - e[x])|
+    between neighbours along rows and along columns. Seams lie between crops (every ``stride``
+    pixels); the ratio is the mean seam jump over the mean jump between neighbours of one crop.
+    1 = seams invisible; patches with their own phase offsets give > 1. None when not finite or
+    when the region has no seam.
+    """
+    if not np.all(np.isfinite(recons)) or recons.shape[-1] <= stride:
+        return None
+    error = np.angle(recons * np.conj(truths))  # (I, H, W)
+    seam, inside = [], []
+    for axis in (-1, -2):
+        jumps = np.abs(wrap(np.diff(error, axis=axis)))  # (I, H, W-1) or (I, H-1, W)
+        at_seam = (np.arange(jumps.shape[axis]) + 1) % stride == 0  # between pixel k*stride - 1 and k*stride
+        seam.append(np.compress(at_seam, jumps, axis=axis).ravel())
+        inside.append(np.compress(~at_seam, jumps, axis=axis).ravel())
+    inside_mean = float(np.concatenate(inside).mean())
+    return float(np.concatenate(seam).mean() / inside_mean) if inside_mean > 0 else None

@@ -3,7 +3,7 @@
 Settings are validated when the configs are built; this adds what only the data files, the probe
 file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
     check_machine(execution)             the accelerator and the logger package exist here
-    check_data(training, train)          patterns for a batch, and a validation split when needed
+    check_data(training, train, test)    patterns for a batch, a validation split when needed, groups
     check_simulation(sim)                the probe file, and the pattern count the simulation will give
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+
+import numpy as np
 
 from ptycho_torch.config import ConfigError, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.npz_data import DataError, GridLinesData
@@ -65,10 +67,31 @@ def check_pattern_count(training: TrainingConfig, count: int, source: str) -> No
             "scheduler=ReduceLROnPlateau needs a validation loss; use more patterns or another scheduler")])
 
 
-def check_data(training: TrainingConfig, train: GridLinesData, source: str = "the train data") -> None:
-    """Given data: a train split that trains (see check_pattern_count). A test split always holds
-    its objects' complete raster (the NPZ contract), so it is never empty."""
-    check_pattern_count(training, len(train.diffraction), source)
+def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesData,
+               sources: tuple[str, str] = ("the train data", "the test data")) -> None:
+    """Given data: a train split that trains (see check_pattern_count), and both splits groupable at
+    the gridsize. A test split always holds its objects' complete raster (the NPZ contract)."""
+    check_groups(training, train.coords, train.image_index, sources[0])
+    check_groups(training, test.coords, test.image_index, sources[1])
+    check_pattern_count(training, _item_count(training, train.coords, train.image_index), sources[0])
+
+
+def check_groups(training: TrainingConfig, coords, image_index, source: str) -> None:
+    """At gridsize > 1 every object needs enough scan positions to form its groups."""
+    from ptycho_torch.overlap import group_members
+
+    try:
+        group_members(coords, image_index, training.model.gridsize)
+    except ValueError as err:
+        raise ConfigError("model settings for this data", [
+            Problem("gridsize", training.model.gridsize, f"{err} ({source})")]) from None
+
+
+def _item_count(training: TrainingConfig, coords, image_index) -> int:
+    """Training items: patterns at gridsize 1, groups otherwise."""
+    from ptycho_torch.overlap import group_members
+
+    return len(group_members(coords, image_index, training.model.gridsize))
 
 
 def check_probe_file(sim: SimulationConfig) -> None:
@@ -84,5 +107,10 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     from ptycho_torch.simulation import scan_grid
 
     check_probe_file(sim)
-    count = sim.n_train_images * len(scan_grid(sim, sim.train_stride))
-    check_pattern_count(training, count, "the simulated train split")
+    for split, images, stride in (("train", sim.n_train_images, sim.train_stride),
+                                  ("test", sim.n_test_images, sim.test_stride)):
+        grid = scan_grid(sim, stride)  # (m, 2) per object
+        coords, image_index = np.tile(grid, (images, 1)), np.repeat(np.arange(images), len(grid))
+        check_groups(training, coords, image_index, f"the simulated {split} split")
+        if split == "train":
+            check_pattern_count(training, _item_count(training, coords, image_index), "the simulated train split")

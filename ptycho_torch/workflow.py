@@ -61,8 +61,8 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     if data is None and plan.train_npz is not None:
         data = load_or_simulate(plan, None)
     if data is not None:
-        source = "the train data" if plan.train_npz is None else str(plan.train_npz)
-        preflight.check_data(plan.training, data[0], source)
+        files = plan.train_npz is not None
+        preflight.check_data(plan.training, *data, *([(str(plan.train_npz), str(plan.test_npz))] if files else []))
     else:
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:
@@ -137,7 +137,7 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     pictures describe what ran.
     """
     from ptycho_torch import artifacts, plots
-    from ptycho_torch.metrics import score_objects
+    from ptycho_torch.metrics import phase_seam_ratio, score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
     from ptycho_torch.outcome import run_status
     from ptycho_torch.training import parameter_digest
@@ -151,6 +151,7 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
                                 weights_changed=parameter_digest(module) != trained.initial_digest)
     metrics = {"status": status, "status_reason": reason, "architecture": architecture,
                **score_objects(recons, test_data.YY_ground_truth),
+               "phase_seam_ratio": phase_seam_ratio(recons, test_data.YY_ground_truth, test_data.metadata["stride"]),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)

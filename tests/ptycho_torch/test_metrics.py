@@ -292,3 +292,18 @@ def test_scores_are_plain_floats_that_repeat_bitwise():
     assert first == second
     assert all(type(v) is float for v in all_values(first))
     assert torch.get_default_dtype() == torch.float32  # scoring leaves torch's global state alone
+
+
+# --- the seam ratio -------------------------------------------------------------------------------------
+
+def test_the_seam_ratio_sees_per_crop_phase_offsets_and_nothing_else():
+    from ptycho_torch.metrics import phase_seam_ratio
+
+    rng = np.random.default_rng(3)
+    truth = np.exp(1j * rng.uniform(-1, 1, (1, 32, 32))).astype(np.complex64)
+    smooth_error = np.exp(1j * 0.01 * rng.normal(size=truth.shape))
+    assert abs(phase_seam_ratio(truth * smooth_error, truth, 8) - 1) < 0.2  # no seams to see
+    offsets = np.kron(rng.uniform(-1, 1, (4, 4)), np.ones((8, 8)))[None]  # one phase offset per 8 x 8 crop
+    assert phase_seam_ratio(truth * smooth_error * np.exp(1j * offsets), truth, 8) > 5
+    assert phase_seam_ratio(truth * np.nan, truth, 8) is None
+    assert phase_seam_ratio(truth, truth, 32) is None  # one crop: no seam

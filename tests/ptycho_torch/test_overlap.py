@@ -1,0 +1,284 @@
+"""Oracles for the overlap constraint: every reassembly step against the object itself.
+
+Each oracle compares the real code path (grouping, merge, re-extraction, the training loss, the
+inference and stitching path) with an answer that a wrong merge cannot reproduce: the object the
+patches were cut from. Each is shown to go red on a deliberately broken merge or stitch (a
+translation sign flip, swapped row/col, a denominator without the numerator's support, patches
+tiled as if they did not overlap).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptycho_torch import overlap
+from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.model import PtychoPINN
+from ptycho_torch.overlap import extract_from_canvas, group_members, group_offsets, merge_patches
+from ptycho_torch.probe import ideal_probe
+from ptycho_torch.reconstruction import stitch_objects
+from ptycho_torch.scan import extract_patches, raster_positions
+from ptycho_torch.simulation import far_field, simulate_split
+from ptycho_torch.training import predict_patches
+from tests.helpers import examples
+
+ORACLE_RUNS = settings(max_examples=examples(40), deadline=None)
+
+
+@dataclasses.dataclass
+class Scan:
+    obj: np.ndarray  # (S, S) complex64, random and not symmetric
+    coords: np.ndarray  # (M, 2) as the simulator cuts patches
+    patches: np.ndarray  # (M, N, N)
+    groups: np.ndarray  # (G, C)
+    offsets: np.ndarray  # (G, C, 2)
+    weights: torch.Tensor  # (N, N) the real merge weights (probe intensity)
+    N: int
+
+
+@st.composite
+def scans(draw, gridsizes=(1, 2), raster: bool = True):
+    N = draw(st.sampled_from([16, 32]))
+    stride = draw(st.integers(1, N // 2) if N == 16 else st.sampled_from([2, 4, 8, 16]))
+    steps = draw(st.integers(1 if raster else 2, 4))
+    gridsize = draw(st.sampled_from(gridsizes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    size = N + stride * steps
+    obj = (rng.uniform(0.1, 1.0, (size, size)) * np.exp(1j * rng.uniform(-3, 3, (size, size)))).astype(np.complex64)
+    coords = raster_positions(size, N, stride)
+    if not raster:  # an irregular scan: jittered positions, one dropped
+        coords = np.clip(coords + rng.integers(-1, 2, coords.shape), 0, size - N)[1:]
+    image_index = np.zeros(len(coords), dtype=np.int64)
+    groups = group_members(coords, image_index, gridsize)
+    weights = overlap.overlap_weights(torch.from_numpy(ideal_probe(N, draw(st.sampled_from([0.0, 1.0])))))
+    return Scan(obj, coords, extract_patches(obj, coords, N), groups, group_offsets(coords, groups), weights, N)
+
+
+def merged(scan: Scan, merge=merge_patches) -> tuple[torch.Tensor, torch.Tensor]:
+    """(canvas (G, side, side), coverage (G, side, side) bool) of the groups' true patches."""
+    patches = torch.from_numpy(scan.patches[scan.groups])  # (G, C, N, N)
+    offsets = torch.from_numpy(scan.offsets)
+    side = overlap.canvas_side(offsets, scan.N)
+    canvas = merge(patches, offsets, scan.weights, side)
+    coverage = merge(torch.ones_like(patches), offsets, scan.weights, side).abs() > 0.5
+    return canvas, coverage
+
+
+# --- broken merges, kept as tests that the oracles can fail -----------------------------------------
+
+def merge_sign_flipped(patches, offsets, weights, side):
+    """Translates each patch the wrong way (mirrored within the canvas)."""
+    return merge_patches(patches, offsets.amax(dim=1, keepdim=True) - offsets, weights, side)
+
+
+def merge_axes_swapped(patches, offsets, weights, side):
+    """Reads (row, col) as (col, row)."""
+    return merge_patches(patches, offsets.flip(-1), weights, side)
+
+
+def merge_unmasked_denominator(patches, offsets, weights, side):
+    """Numerator over every weighted pixel, denominator only where the weight passes a threshold (then
+    floored): the two supports differ, and the dim periphery is divided by the floor."""
+    B, C, N, _ = patches.shape
+    index = overlap._flat_indices(offsets, N, side)
+    w = weights.expand(B, C, N, N)
+    numerator = torch.zeros(B, side * side, dtype=patches.dtype).index_put_(
+        (torch.arange(B)[:, None].expand_as(index), index), (patches * w).flatten(1), accumulate=True)
+    bright = w * (w > 0.1 * weights.max())
+    denominator = torch.zeros(B, side * side).scatter_add_(1, index, bright.flatten(1))
+    return (numerator / denominator.clamp_min(1e-3 * float(weights.max()))).reshape(B, side, side)
+
+
+# --- oracle 1: consistent patches are a fixed point of merge + re-extract ----------------------------------
+
+def fixed_point_error(scan: Scan, merge=merge_patches) -> float:
+    canvas, coverage = merged(scan, merge)
+    offsets = torch.from_numpy(scan.offsets)
+    back = extract_from_canvas(canvas, offsets, scan.N)  # (G, C, N, N)
+    covered = extract_from_canvas(coverage.to(torch.complex64), offsets, scan.N).real > 0.5
+    truth = torch.from_numpy(scan.patches[scan.groups])
+    return float(((back - truth).abs() * covered).max())
+
+
+@ORACLE_RUNS
+@given(scans())
+def test_merge_then_reextract_returns_consistent_patches(scan):
+    assert fixed_point_error(scan) < 1e-5
+
+
+@ORACLE_RUNS
+@given(scans(gridsizes=(2,), raster=False))
+def test_the_fixed_point_holds_on_irregular_scans(scan):
+    assert fixed_point_error(scan) < 1e-5
+
+
+# --- oracle 2: the canvas is the object's own region at the group's position --------------------------------
+
+def canvas_error(scan: Scan, merge=merge_patches) -> float:
+    canvas, coverage = merged(scan, merge)
+    side = canvas.shape[-1]
+    origins = scan.coords[scan.groups].min(axis=1)  # (G, 2) the canvas's top-left in the object
+    padded = np.pad(scan.obj, ((0, side), (0, side)))
+    regions = np.stack([padded[r:r + side, c:c + side] for r, c in origins])  # (G, side, side)
+    return float(((canvas - torch.from_numpy(regions)).abs() * coverage).max())
+
+
+@ORACLE_RUNS
+@given(scans())
+def test_the_merged_canvas_is_the_objects_region_at_the_groups_position(scan):
+    assert canvas_error(scan) < 1e-5
+
+
+# --- oracle 3: no amplification: a constant stays constant, nothing exceeds the inputs ----------------------
+
+def amplification(scan: Scan, merge=merge_patches) -> tuple[float, float]:
+    """(largest deviation from a constant object's value, largest merged magnitude / largest input magnitude)
+    for a constant object and for unrelated random patches."""
+    value = np.complex64(0.6 * np.exp(0.4j))
+    constant = dataclasses.replace(scan, patches=np.full_like(scan.patches, value))
+    canvas, coverage = merged(constant, merge)
+    deviation = float(((canvas - torch.tensor(value)).abs() * coverage).max())
+    noise = np.random.default_rng(0).normal(size=scan.patches.shape) + 1j * np.random.default_rng(1).normal(
+        size=scan.patches.shape)
+    unrelated = dataclasses.replace(scan, patches=noise.astype(np.complex64))
+    canvas, _ = merged(unrelated, merge)
+    return deviation, float(canvas.abs().max() / np.abs(noise).max())
+
+
+@ORACLE_RUNS
+@given(scans())
+def test_merging_never_amplifies(scan):
+    deviation, ratio = amplification(scan)
+    assert deviation < 1e-5 and ratio <= 1 + 1e-5
+
+
+# --- the broken variants go red -------------------------------------------------------------------------
+
+FIXED = dict(gridsizes=(2,))
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(scans(**FIXED))
+def test_a_translation_sign_flip_breaks_the_canvas_oracle(scan):
+    assert canvas_error(scan, merge_sign_flipped) > 1e-2
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(scans(**FIXED))
+def test_swapped_axes_break_the_canvas_oracle(scan):
+    assert canvas_error(scan, merge_axes_swapped) > 1e-2
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(scans(**FIXED))
+def test_an_unmasked_denominator_breaks_the_amplification_oracle(scan):
+    deviation, ratio = amplification(scan, merge_unmasked_denominator)
+    assert deviation > 1e-2 or ratio > 1.01
+
+
+# --- oracles 4 and 5: the real training loss and the real inference + stitching path --------------------------
+
+SIM = SimulationConfig(N=16, object_size=48, n_lines=12, n_train_images=1, n_test_images=1, train_stride=4,
+                       test_stride=8, set_phi=True, nphotons=1e12, probe_defocus=1.0, data_seed=5)
+
+
+def noise_free(split: str):
+    """A simulated split whose diffraction is the simulator's own noise-free far field."""
+    stride = SIM.train_stride if split == "train" else SIM.test_stride
+    probe = ideal_probe(SIM.N, SIM.probe_defocus)
+    data = simulate_split(SIM, 1, stride, np.random.default_rng(5), probe, split=split)
+    clean = far_field(data.objectGuess, data.coords, data.image_index, probe)  # (M, N, N)
+    return dataclasses.replace(data, diffraction=clean)
+
+
+class PatchesFromIndex(PtychoPINN):
+    """The real module with its generator replaced by a lookup: the pattern's index rides in pixel (0, 0)."""
+
+    candidate: torch.Tensor  # (M, N, N) complex64
+
+    def forward(self, diffraction):
+        index = diffraction[..., 0, 0].long()  # (B,) or (B, C)
+        return self.candidate[index]
+
+
+def indexed(data):
+    marked = data.diffraction.copy()
+    marked[:, 0, 0] = np.arange(len(marked))
+    return dataclasses.replace(data, diffraction=marked)
+
+
+def module_for(gridsize: int, data, candidate: np.ndarray) -> PatchesFromIndex:
+    training = TrainingConfig(model=ModelConfig(N=SIM.N, gridsize=gridsize, cnn_channels=2), torch_loss_mode="mae")
+    module = PatchesFromIndex(training, torch.from_numpy(data.probeGuess))
+    module.candidate = torch.from_numpy(candidate.astype(np.complex64))
+    return module
+
+
+def training_loss(gridsize: int, data, candidate_object: np.ndarray) -> float:
+    """The real loss (module.loss on the datamodule's own items) of the patches cut from a candidate object."""
+    from ptycho_torch.datamodule import GroupDataset, PatternDataset
+
+    candidate = extract_patches(candidate_object, data.coords, SIM.N, data.image_index)
+    module = module_for(gridsize, data, candidate)
+    dataset = PatternDataset(indexed(data)) if gridsize == 1 else GroupDataset(indexed(data), gridsize)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
+    clean = torch.from_numpy(data.diffraction)
+    members = dataset.groups if gridsize > 1 else torch.arange(len(clean))
+    batch["diffraction"] = _with_index(clean[members], batch["diffraction"])
+    return float(module.loss(batch))
+
+
+def _with_index(clean: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
+    """The clean patterns for the loss, with the index kept where the lookup reads it."""
+    out = clean.clone()
+    out[..., 0, 0] = marked[..., 0, 0]
+    return out
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_the_true_object_has_the_lowest_training_loss(gridsize):
+    data = noise_free("train")
+    obj = data.objectGuess  # (1, S, S)
+    twin = np.conj(obj[:, ::-1, ::-1])  # conj(O(-r))
+    candidates = {
+        "flat": np.full_like(obj, np.abs(obj).mean()),
+        "shifted by one pixel": np.roll(obj, 1, axis=-1),
+        "twin": twin,
+    }
+    true_loss = training_loss(gridsize, data, obj)
+    for name, candidate in candidates.items():
+        assert true_loss < training_loss(gridsize, data, candidate), name
+
+
+def stitched_error(gridsize: int, tile=None) -> float:
+    data = noise_free("test")
+    truth = extract_patches(data.objectGuess, data.coords, SIM.N, data.image_index)  # (M, N, N)
+    module = module_for(gridsize, data, truth)
+    patches = predict_patches(module, indexed(data), batch_size=5).numpy()
+    stitched = stitch_objects(patches, data) if tile is None else tile(patches, data)
+    ground = data.YY_ground_truth
+    return max(float(np.abs(np.abs(stitched) - np.abs(ground)).mean()),
+               float(np.abs(np.angle(stitched * np.conj(ground))).mean()))
+
+
+def tiled_without_overlap(patches: np.ndarray, data) -> np.ndarray:
+    """The checkerboard bug: whole patches laid side by side as if the scan did not overlap."""
+    n = int(round(np.sqrt(len(patches))))
+    side = data.YY_ground_truth.shape[-1]
+    tiles = patches.reshape(n, n, SIM.N, SIM.N).swapaxes(1, 2).reshape(n * SIM.N, n * SIM.N)
+    return tiles[None, :side, :side]
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_true_patches_through_inference_and_stitching_give_back_the_object(gridsize):
+    assert stitched_error(gridsize) < 1e-5
+
+
+def test_a_flat_tiled_stitch_breaks_the_stitching_oracle():
+    assert stitched_error(2, tiled_without_overlap) > 1e-2
