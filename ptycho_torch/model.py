@@ -25,7 +25,7 @@ from ptycho_torch.interrupts import deferred
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
 from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler
 from ptycho_torch.outcome import NonFiniteGradientError
-from ptycho_torch.overlap import merge_and_reextract, overlap_weights
+from ptycho_torch.overlap import extract_from_canvas, merge_with_weight, overlap_weights
 from ptycho_torch.physics import apply_probe_mask, forward_amplitude
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "grad_norm_preclip", "grad_norm_postclip", "skipped")
@@ -60,11 +60,16 @@ class PtychoPINN(L.LightningModule):
     def consistent_patches(self, diffraction: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
         """The patches the physics sees: at gridsize 2 the group's patches merged on its canvas and
         re-extracted (the overlap constraint); at gridsize 1 the generator's output."""
-        obj = self(diffraction)
         if offsets is None:
-            return obj
+            return self(diffraction)
+        canvas, _ = self.group_canvas(diffraction, offsets)
+        return extract_from_canvas(canvas, offsets, diffraction.shape[-1])  # (B, C, N, N)
+
+    def group_canvas(self, diffraction: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gridsize 2: the group's merged canvas (B, side, side) complex64 and its weight (B, side, side)."""
+        obj = self(diffraction)  # (B, C, N, N)
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return merge_and_reextract(obj.to(torch.complex64), offsets, self.overlap_weights)  # (B, C, N, N)
+            return merge_with_weight(obj.to(torch.complex64), offsets, self.overlap_weights)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         obj = self.consistent_patches(batch["diffraction"], batch.get("offsets"))

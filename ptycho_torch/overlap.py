@@ -99,6 +99,12 @@ def merge_patches(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.T
     patches (B, C, N, N) complex, offsets (B, C, 2) int64 (row, col), weights (N, N) real >= 0.
     Returns (B, side, side) complex; uncovered pixels are 0.
     """
+    return merge_with_weight(patches, offsets, weights, side)[0]
+
+
+def merge_with_weight(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+                      side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(canvas (B, side, side) complex, its weight (B, side, side) real: 0 where uncovered)."""
     B, C, N, _ = patches.shape
     side = canvas_side(offsets, N) if side is None else side
     index = _flat_indices(offsets, N, side)  # (B, C*N*N)
@@ -109,7 +115,7 @@ def merge_patches(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.T
     covered = denominator > WEIGHT_FLOOR * weights.max()
     safe = torch.where(covered, denominator, torch.ones_like(denominator))  # one support for both
     mean = torch.view_as_complex(numerator / safe[..., None]) * covered  # (B, side*side) complex
-    return mean.reshape(B, side, side)
+    return mean.reshape(B, side, side), (denominator * covered).reshape(B, side, side)
 
 
 def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> torch.Tensor:
@@ -120,11 +126,35 @@ def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> 
     return canvas.reshape(B, side * side).gather(1, index).reshape(B, C, N, N)
 
 
-def merge_and_reextract(patches: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Patches made consistent through their shared canvas: (B, C, N, N) -> (B, C, N, N)."""
-    return extract_from_canvas(merge_patches(patches, offsets, weights), offsets, patches.shape[-1])
-
-
 def overlap_weights(probe: torch.Tensor) -> torch.Tensor:
     """The merge weights: the probe intensity |P|^2 (N, N), real."""
     return probe.abs().square()
+
+
+# --- inference: group canvases -> whole objects (numpy) ----------------------------------------------------
+
+def assemble_objects(canvases: np.ndarray, canvas_weights: np.ndarray, origins: np.ndarray,
+                     group_image: np.ndarray, object_shape: tuple[int, int, int]) -> np.ndarray:
+    """Whole objects (I, H, W) from group canvases (G, side, side) placed at ``origins`` (G, 2).
+
+    A group's canvas is determined up to one constant phase (the far field cannot see it), and
+    neighbouring groups may carry different ones: averaging them as they are would cancel amplitude
+    where they overlap. So groups are added in raster order, each first turned by the phase that best
+    matches what is already assembled under it (the weighted mean of conj(canvas) x assembled over
+    the overlap), then averaged with the canvas weights. Consistent canvases need no turn (phase 0).
+    """
+    numerator = np.zeros(object_shape, dtype=np.complex128)
+    weight = np.zeros(object_shape, dtype=np.float64)
+    side = canvases.shape[-1]
+    for g in np.lexsort((origins[:, 1], origins[:, 0], group_image)):
+        image, (row, col) = group_image[g], origins[g]
+        region = (image, slice(row, row + side), slice(col, col + side))
+        w = canvas_weights[g][: numerator[region].shape[0], : numerator[region].shape[1]]
+        canvas = canvases[g][: w.shape[0], : w.shape[1]]
+        assembled = numerator[region] / np.maximum(weight[region], 1e-30)  # 0 where nothing yet
+        agreement = np.sum(np.minimum(weight[region], w) * assembled * np.conj(canvas))
+        turned = canvas * (np.exp(1j * np.angle(agreement)) if abs(agreement) > 0 else 1.0)
+        numerator[region] += w * turned
+        weight[region] += w
+    covered = weight > 0
+    return np.where(covered, numerator / np.where(covered, weight, 1.0), 0).astype(np.complex64)

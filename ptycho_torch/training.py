@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
-from ptycho_torch.overlap import group_members, group_offsets
+from ptycho_torch.overlap import assemble_objects, group_members, group_offsets
+from ptycho_torch.scan import extract_patches
 from ptycho_torch.trainer import build_trainer
 
 
@@ -68,7 +70,8 @@ def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) ->
 
     A plain loop in this process, not ``trainer.predict``: under DDP that would shard the patterns
     across ranks, and stitching on rank 0 needs all of them. At gridsize 2 every group is predicted
-    and merged as in training, and a pattern's patch is the mean over the groups that hold it.
+    and merged as in training, the group canvases are assembled into whole objects (phase-aligned
+    weighted mean, ``overlap.assemble_objects``), and each pattern's patch is cut from its object.
     """
     module.eval()
     patterns = torch.from_numpy(data.diffraction)  # (M, N, N) float32
@@ -79,16 +82,19 @@ def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) ->
         return torch.cat(batches)  # (M, N, N) complex64
     groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
     offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2)
-    groups = torch.from_numpy(groups)
-    merged = [module.consistent_patches(patterns[groups[i:i + batch_size]].to(module.device),
-                                        offsets[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
-              for i in range(0, len(groups), batch_size)]
-    return mean_per_pattern(torch.cat(merged), groups, len(patterns))  # (M, N, N) complex64
+    side = data.N + int(offsets.max())
+    canvases, weights = zip(*[_padded_canvas(module, patterns[groups[i:i + batch_size]], offsets[i:i + batch_size], side)
+                              for i in range(0, len(groups), batch_size)])
+    origins = data.coords[groups].min(axis=1)  # (G, 2)
+    extent = data.coords.max(axis=0) + data.N  # (2,) rows, cols of the scanned objects
+    objects = assemble_objects(np.concatenate(canvases), np.concatenate(weights), origins,
+                               data.image_index[groups[:, 0]], (int(data.image_index.max()) + 1, *extent))
+    return torch.from_numpy(extract_patches(objects, data.coords, data.N, data.image_index))  # (M, N, N)
 
 
-def mean_per_pattern(group_patches: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
-    """(G, C, N, N) patches of groups -> (count, N, N): each pattern's mean over the groups holding it."""
-    flat = groups.flatten()  # (G*C,)
-    total = group_patches.new_zeros(count, *group_patches.shape[-2:]).index_add_(0, flat, group_patches.flatten(0, 1))
-    held = torch.bincount(flat, minlength=count).clamp_min(1).to(total.real.dtype)  # (count,)
-    return total / held[:, None, None]
+def _padded_canvas(module: PtychoPINN, diffraction: torch.Tensor, offsets: torch.Tensor, side: int):
+    """One batch of group canvases and weights as numpy, padded to a common side."""
+    canvas, weight = module.group_canvas(diffraction.to(module.device), offsets.to(module.device))
+    pad = side - canvas.shape[-1]
+    return (np.pad(canvas.to(torch.complex64).cpu().numpy(), ((0, 0), (0, pad), (0, pad))),
+            np.pad(weight.float().cpu().numpy(), ((0, 0), (0, pad), (0, pad))))

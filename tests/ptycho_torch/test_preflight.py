@@ -127,3 +127,26 @@ FINE = np.ones((1, 4, 4), np.complex64)
 def test_a_run_is_ok_only_when_it_trained_and_stayed_finite(recons, losses, val, steps, changed, expected):
     status, reason = run_status(recons, losses, val, steps_applied=steps, weights_changed=changed)
     assert status == expected and (reason is None) == (expected == OK)
+
+
+# --- gridsize 2: every object must form groups, and the plateau split counts groups -------------------------
+
+GRIDSIZE2 = dataclasses.replace(TRAINING, model=ModelConfig(N=16, gridsize=2))
+
+
+@pytest.mark.parametrize("split, strides", [("train", (16, 8)), ("test", (8, 16))])
+def test_gridsize_2_needs_groupable_scans_in_both_splits(split, strides):
+    """A 24 px object scanned at stride 16 by N=16 has one position: nothing to group it with."""
+    sim = dataclasses.replace(TINY_SIMULATION, object_size=24, train_stride=strides[0], test_stride=strides[1],
+                              n_train_images=1, n_test_images=1)
+    preflight.check_simulation(TRAINING, sim)  # one pattern alone is fine at gridsize 1
+    with pytest.raises(ConfigError) as err:
+        preflight.check_simulation(GRIDSIZE2, sim)
+    assert err.value.problems[0].field == "gridsize" and f"simulated {split}" in str(err.value)
+
+
+def test_the_plateau_split_counts_groups_at_gridsize_2():
+    two_by_two = dataclasses.replace(TINY_SIMULATION, object_size=24, train_stride=8, n_train_images=1)  # 4 patterns
+    preflight.check_simulation(dataclasses.replace(PLATEAU), two_by_two)
+    with pytest.raises(ConfigError):  # 4 patterns make one 2 x 2 group: nothing left to hold out
+        preflight.check_simulation(dataclasses.replace(PLATEAU, model=ModelConfig(N=16, gridsize=2)), two_by_two)

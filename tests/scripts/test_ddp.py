@@ -24,10 +24,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
+def ddp_run(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    single = [*TINY, "--grad-clip", str(CLIP), "--accelerator", "cpu", "--output-dir", str(out)]
+    single = [*TINY, "--grad-clip", str(CLIP), "--accelerator", "cpu", "--output-dir", str(out),
+              "--gridsize", str(request.param)]
     argv = [*single, "--strategy", "ddp", "--devices", "2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                f"--master-port={free_port()}", "-m", "scripts.studies.grid_lines_torch_runner", *argv]

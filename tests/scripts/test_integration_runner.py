@@ -20,10 +20,11 @@ def assert_clip_evidence(rows: list[dict], clip: float) -> None:
     assert any(float(r["grad_norm_preclip"]) > clip for r in rows), "the clip never bit"
 
 
-def test_runner_cli_clips_every_step(tmp_path, evidence, capsys):
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_runner_cli_clips_every_step(tmp_path, evidence, capsys, gridsize):
     clip = 1e-3
     assert runner.main([*TINY, "--output-dir", str(tmp_path / "run"), "--grad-clip", str(clip),
-                        "--log-grad-norm"]) == 0
+                        "--log-grad-norm", "--gridsize", str(gridsize)]) == 0
     assert "results in" in capsys.readouterr().out
     run = tmp_path / "run"
     evidence.keep(run)
@@ -33,21 +34,24 @@ def test_runner_cli_clips_every_step(tmp_path, evidence, capsys):
     assert (run / "checkpoints" / "last.ckpt").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["gradient_clip_val"] == config["execution"]["gradient_clip_val"] == clip
+    assert config["training"]["model"]["gridsize"] == gridsize
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["mean"]["amplitude"]["ssim"] <= 1 and metrics["mean"]["phase"]["ssim"] is not None
 
 
-def test_wrapper_torch_grad_clip_reaches_every_architecture(tmp_path, evidence):
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_wrapper_torch_grad_clip_reaches_every_architecture(tmp_path, evidence, gridsize):
     clip = 1e-3
     out = tmp_path / "compare"
     assert wrapper.main([*TINY_WRAPPER, "--architectures", "cnn,fno", "--output-dir", str(out),
-                         "--torch-grad-clip", str(clip), "--torch-grad-clip-algorithm", "norm"]) == 0
+                         "--torch-grad-clip", str(clip), "--torch-grad-clip-algorithm", "norm",
+                         "--torch-gridsize", str(gridsize)]) == 0
     evidence.keep(out)
     for arch in ("cnn", "fno"):
         evidence.keep(out / "runs" / arch, arch)
         assert_clip_evidence(history(out / "runs" / arch), clip)
         config = json.loads((out / "runs" / arch / "config.json").read_text())
-        assert config["training"]["model"]["architecture"] == arch
+        assert config["training"]["model"]["architecture"] == arch and config["training"]["model"]["gridsize"] == gridsize
     with open(out / "metrics_table.csv", newline="") as handle:
         assert [r["architecture"] for r in csv.DictReader(handle)] == ["cnn", "fno"]
     assert (out / "comparison.png").stat().st_size > 0 and "| cnn |" in (out / "metrics_table.md").read_text()
