@@ -282,3 +282,46 @@ def test_true_patches_through_inference_and_stitching_give_back_the_object(grids
 
 def test_a_flat_tiled_stitch_breaks_the_stitching_oracle():
     assert stitched_error(2, tiled_without_overlap) > 1e-2
+
+
+# --- assembling group canvases: each group's free constant phase must not cancel amplitude -------------------
+
+def turned_canvases(scan: Scan, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The true groups' canvases, each turned by its own random constant phase, with weights and origins."""
+    patches = torch.from_numpy(scan.patches[scan.groups])
+    canvas, weight = overlap.merge_with_weight(patches, torch.from_numpy(scan.offsets), scan.weights)
+    turns = np.exp(1j * np.random.default_rng(seed).uniform(-np.pi, np.pi, len(canvas)))[:, None, None]
+    return canvas.numpy() * turns, weight.numpy(), scan.coords[scan.groups].min(axis=1)
+
+
+def assembly_error(scan: Scan, seed: int, assemble=overlap.assemble_objects) -> float:
+    """Largest error of the assembled object against the truth, after removing one global phase."""
+    canvases, weights, origins = turned_canvases(scan, seed)
+    shape = (1, *scan.obj.shape)
+    obj = assemble(canvases, weights, origins, np.zeros(len(canvases), dtype=np.int64), shape)[0]
+    covered = np.abs(obj) > 0
+    turn = np.exp(1j * np.angle(np.sum(obj[covered] * np.conj(scan.obj[covered]))))
+    return float(np.abs(obj * np.conj(turn) - scan.obj)[covered].max())
+
+
+def assemble_without_alignment(canvases, weights, origins, group_image, shape):
+    """The plain weighted mean of the canvases, each group's phase as it comes."""
+    numerator, total = np.zeros(shape, np.complex128), np.zeros(shape)
+    side = canvases.shape[-1]
+    for canvas, weight, (row, col) in zip(canvases, weights, origins):
+        numerator[0, row:row + side, col:col + side] += weight * canvas
+        total[0, row:row + side, col:col + side] += weight
+    return np.where(total > 0, numerator / np.where(total > 0, total, 1), 0)
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(scans(gridsizes=(2,)), st.integers(0, 1000))
+def test_assembled_groups_give_the_object_up_to_one_global_phase(scan, seed):
+    assert assembly_error(scan, seed) < 1e-4
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(scans(gridsizes=(2,)), st.integers(0, 1000))
+def test_assembly_without_phase_alignment_breaks_the_assembly_oracle(scan, seed):
+    if len(scan.groups) > 1:  # one group alone has nothing to disagree with
+        assert assembly_error(scan, seed, assemble_without_alignment) > 1e-2
