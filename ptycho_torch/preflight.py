@@ -107,10 +107,9 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     from ptycho_torch.simulation import scan_grid
 
     check_probe_file(sim)
-    for split, images, stride in (("train", sim.n_train_images, sim.train_stride),
-                                  ("test", sim.n_test_images, sim.test_stride)):
-        grid = scan_grid(sim, stride)  # (m, 2) per object
-        coords, image_index = np.tile(grid, (images, 1)), np.repeat(np.arange(images), len(grid))
-        check_groups(training, coords, image_index, f"the simulated {split} split")
-        if split == "train":
-            check_pattern_count(training, _item_count(training, coords, image_index), "the simulated train split")
+    grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
+                                                                  ("test", sim.test_stride))}
+    for split, grid in grids.items():  # (m, 2): every object of a split has this scan
+        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split")
+    per_object = _item_count(training, grids["train"], np.zeros(len(grids["train"]), dtype=np.int64))
+    check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

@@ -88,6 +88,7 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("model.py", "self.trainer.strategy"): "Lightning's Trainer.strategy object",
     ("trainer.py", "trainer.strategy"): "Lightning's Trainer.strategy object (StopOnSignal)",
     ("reconstruction.py", "data.N"): "GridLinesData.N, the patch side of the arrays",
+    ("training.py", "data.N"): "GridLinesData.N, the patch side of the arrays (gridsize 2 inference)",
 }
 
 FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py")

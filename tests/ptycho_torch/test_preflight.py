@@ -142,7 +142,8 @@ def test_gridsize_2_needs_groupable_scans_in_both_splits(split, strides):
     preflight.check_simulation(TRAINING, sim)  # one pattern alone is fine at gridsize 1
     with pytest.raises(ConfigError) as err:
         preflight.check_simulation(GRIDSIZE2, sim)
-    assert err.value.problems[0].field == "gridsize" and f"simulated {split}" in str(err.value)
+    assert err.value.problems[0].field == "gridsize" and err.value.problems[0].value == 2
+    assert f"simulated {split}" in str(err.value)
 
 
 def test_the_plateau_split_counts_groups_at_gridsize_2():
