@@ -325,3 +325,18 @@ def test_assembled_groups_give_the_object_up_to_one_global_phase(scan, seed):
 def test_assembly_without_phase_alignment_breaks_the_assembly_oracle(scan, seed):
     if len(scan.groups) > 1:  # one group alone has nothing to disagree with
         assert assembly_error(scan, seed, assemble_without_alignment) > 1e-2
+
+
+def test_a_gridsize_1_run_never_enters_the_overlap_code(tmp_path, monkeypatch):
+    """Gridsize 1 stays the single-pattern pipeline: no grouping, merge or assembly runs."""
+    from ptycho_torch import datamodule, model, training
+    from scripts.studies import grid_lines_torch_runner as runner
+    from tests.helpers import TINY_ARGV
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("overlap code ran at gridsize 1")
+
+    for module, name in ((model, "merge_with_weight"), (training, "assemble_objects"), (training, "group_members"),
+                         (datamodule, "GroupDataset")):
+        monkeypatch.setattr(module, name, refuse)
+    assert runner.main([*TINY_ARGV, "--gridsize", "1", "--output-dir", str(tmp_path / "run")]) == 0
