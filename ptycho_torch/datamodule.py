@@ -23,11 +23,11 @@ from ptycho_torch.npz_data import GridLinesData
 class GroupDataset(Dataset):
     """Groups of C patterns: (C, N, N) diffraction, amplitude and phase, and (C, 2) canvas offsets."""
 
-    def __init__(self, data: GridLinesData, gridsize: int):
+    def __init__(self, data: GridLinesData, gridsize: int, spacing: int | None = None):
         from ptycho_torch.overlap import group_members, group_offsets
 
         self.patterns = PatternDataset(data)
-        groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
+        groups = group_members(data.coords, data.image_index, gridsize, spacing)  # (G, C)
         self.groups = torch.from_numpy(groups)
         self.offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2) int64
 
@@ -63,12 +63,13 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
 
 
 class GridLinesDataModule(L.LightningDataModule):
-    def __init__(self, train: GridLinesData, training: TrainingConfig, execution: PyTorchExecutionConfig):
+    def __init__(self, train: GridLinesData, training: TrainingConfig, execution: PyTorchExecutionConfig,
+                 group_spacing: int | None = None):
         super().__init__()
         self.training = training
         self.execution = execution
         gridsize = training.model.gridsize
-        patterns = PatternDataset(train) if gridsize == 1 else GroupDataset(train, gridsize)
+        patterns = PatternDataset(train) if gridsize == 1 else GroupDataset(train, gridsize, group_spacing)
         train_idx, val_idx = split_indices(len(patterns), training.val_fraction, training.seed)
         self.train_set = Subset(patterns, train_idx)
         self.val_set = Subset(patterns, val_idx) if val_idx else None

@@ -1,8 +1,10 @@
 """The overlap constraint (PtychoPINN, gridsize 2): neighbouring patterns share one object canvas.
 
 Groups. At gridsize g, C = g^2 patterns of one object form a group. On a complete raster scan
-(every test file, every simulation) the groups are all g x g blocks of neighbouring positions,
-(n_rows - g + 1) (n_cols - g + 1) per object, so an interior pattern sits in up to C groups. Any
+(every test file, every simulation) the groups are all g x g blocks of positions k raster steps
+apart, (n_rows - k (g - 1)) (n_cols - k (g - 1)) per object, so an interior pattern sits in up to C
+groups. k = 1 on the test split; on the train split k makes the members as far apart as the test
+split's (train stride 4, test stride 8: k = 2), so the network learns the geometry it is tested on. Any
 other scan groups each pattern with its C - 1 nearest neighbours of the same object (one group
 per pattern). Members are listed row-major (by row, then column).
 
@@ -32,14 +34,21 @@ WEIGHT_FLOOR = 1e-6  # relative to the largest weight: below it a canvas pixel c
 
 # --- groups (numpy, at load time) ------------------------------------------------------------------
 
-def group_members(coords: np.ndarray, image_index: np.ndarray, gridsize: int) -> np.ndarray:
-    """(G, C) int64 indices into the patterns: the groups described in the module docstring."""
+def group_members(coords: np.ndarray, image_index: np.ndarray, gridsize: int,
+                  spacing: int | None = None) -> np.ndarray:
+    """(G, C) int64 indices into the patterns: the groups described in the module docstring.
+
+    ``spacing`` (pixels) sets how far apart a raster group's members are: the nearest multiple of
+    the raster step (at least one step). The network learns how neighbours at that distance relate,
+    so training groups must have the spacing the test groups have (the test raster's step); None =
+    adjacent positions.
+    """
     if gridsize == 1:
         return np.arange(len(coords), dtype=np.int64)[:, None]  # (M, 1)
     groups = []
     for image in np.unique(image_index):
         members = np.flatnonzero(image_index == image)
-        groups.append(_raster_blocks(coords, members, gridsize) if _is_raster(coords[members])
+        groups.append(_raster_blocks(coords, members, gridsize, spacing) if _is_raster(coords[members])
                       else _nearest_groups(coords, members, gridsize ** 2))
     return np.concatenate(groups).astype(np.int64)  # (G, C)
 
@@ -52,12 +61,15 @@ def _is_raster(points: np.ndarray) -> bool:
             and len(points) == len(rows) * len(cols) and len(np.unique(points, axis=0)) == len(points))
 
 
-def _raster_blocks(coords: np.ndarray, members: np.ndarray, g: int) -> np.ndarray:
+def _raster_blocks(coords: np.ndarray, members: np.ndarray, g: int, spacing: int | None) -> np.ndarray:
     points = coords[members]
     rows, cols = np.unique(points[:, 0]), np.unique(points[:, 1])
     grid = np.empty((len(rows), len(cols)), dtype=np.int64)  # pattern index at (row i, col j)
     grid[np.searchsorted(rows, points[:, 0]), np.searchsorted(cols, points[:, 1])] = members
-    windows = np.lib.stride_tricks.sliding_window_view(grid, (g, g))  # (n_r - g + 1, n_c - g + 1, g, g)
+    step = int(rows[1] - rows[0])
+    k = 1 if spacing is None else max(1, min(round(spacing / step), (min(grid.shape) - 1) // (g - 1)))
+    span = (g - 1) * k + 1  # grid positions a block spans per axis
+    windows = np.lib.stride_tricks.sliding_window_view(grid, (span, span))[..., ::k, ::k]  # (.., .., g, g)
     return windows.reshape(-1, g * g)  # (G, C), row-major inside each block
 
 

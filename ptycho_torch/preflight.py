@@ -71,27 +71,28 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
                sources: tuple[str, str] = ("the train data", "the test data")) -> None:
     """Given data: a train split that trains (see check_pattern_count), and both splits groupable at
     the gridsize. A test split always holds its objects' complete raster (the NPZ contract)."""
-    check_groups(training, train.coords, train.image_index, sources[0])
+    spacing = test.metadata["stride"]  # training groups take the test groups' spacing
+    check_groups(training, train.coords, train.image_index, sources[0], spacing)
     check_groups(training, test.coords, test.image_index, sources[1])
-    check_pattern_count(training, _item_count(training, train.coords, train.image_index), sources[0])
+    check_pattern_count(training, _item_count(training, train.coords, train.image_index, spacing), sources[0])
 
 
-def check_groups(training: TrainingConfig, coords, image_index, source: str) -> None:
+def check_groups(training: TrainingConfig, coords, image_index, source: str, spacing: int | None = None) -> None:
     """At gridsize > 1 every object needs enough scan positions to form its groups."""
     from ptycho_torch.overlap import group_members
 
     try:
-        group_members(coords, image_index, training.model.gridsize)
+        group_members(coords, image_index, training.model.gridsize, spacing)
     except ValueError as err:
         raise ConfigError("model settings for this data", [
             Problem("gridsize", training.model.gridsize, f"{err} ({source})")]) from None
 
 
-def _item_count(training: TrainingConfig, coords, image_index) -> int:
+def _item_count(training: TrainingConfig, coords, image_index, spacing: int | None = None) -> int:
     """Training items: patterns at gridsize 1, groups otherwise."""
     from ptycho_torch.overlap import group_members
 
-    return len(group_members(coords, image_index, training.model.gridsize))
+    return len(group_members(coords, image_index, training.model.gridsize, spacing))
 
 
 def check_probe_file(sim: SimulationConfig) -> None:
@@ -109,7 +110,10 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     check_probe_file(sim)
     grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
                                                                   ("test", sim.test_stride))}
+    spacings = {"train": sim.test_stride, "test": None}  # training groups take the test groups' spacing
     for split, grid in grids.items():  # (m, 2): every object of a split has this scan
-        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split")
-    per_object = _item_count(training, grids["train"], np.zeros(len(grids["train"]), dtype=np.int64))
+        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split",
+                     spacings[split])
+    per_object = _item_count(training, grids["train"], np.zeros(len(grids["train"]), dtype=np.int64),
+                             sim.test_stride)
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

@@ -35,14 +35,17 @@ class TrainedModel:
 
 def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_data: GridLinesData,
           output_dir: Path, *, plugins: Sequence[Any] = (), callbacks: Sequence[Any] = (),
-          module_class: type[PtychoPINN] = PtychoPINN) -> TrainedModel:
-    """Fit the PINN on ``train_data``; refuses to start when shared settings disagree."""
+          module_class: type[PtychoPINN] = PtychoPINN, group_spacing: int | None = None) -> TrainedModel:
+    """Fit the PINN on ``train_data``; refuses to start when shared settings disagree.
+
+    ``group_spacing``: at gridsize 2, how far apart (pixels) a training group's members are; the
+    workflow passes the test split's stride (see ``overlap.group_members``)."""
     check_shared_fields(training, execution)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         module = build_module(training, train_data.probeGuess, module_class)
         initial_digest = parameter_digest(module)
-        data = GridLinesDataModule(train_data, training, execution)
+        data = GridLinesDataModule(train_data, training, execution, group_spacing)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
         trainer.fit(module, datamodule=data)
     finally:

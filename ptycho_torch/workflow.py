@@ -103,7 +103,7 @@ def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
-    trained = train(plan.training, plan.execution, train_data, out)
+    trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"])
     if trained.trainer.world_size > 1:
         write_rank_record(trained, out / "ranks")
     return write_results(out, plan.execution, trained, test_data) if main_rank else None
