@@ -1,8 +1,9 @@
 """Batches of diffraction patterns (and ground-truth patches) for training and validation.
 
 At gridsize 1 an item is one pattern; at gridsize 2 it is one group of C neighbouring patterns
-(``overlap.group_members``) with their offsets on the group's canvas, and the split below is over
-groups (a pattern can sit in a train group and a validation group: they share neighbours).
+(``overlap.group_members``, members ``group_spacing`` pixels apart) with their offsets on the group's
+canvas, and the split below is over groups (a pattern can sit in a train group and a validation
+group: they share neighbours).
 
 The train split is divided into train/validation by ``val_fraction`` with a generator seeded by
 ``seed``; shuffling uses its own seeded generator, so the data order is reproducible. Under DDP

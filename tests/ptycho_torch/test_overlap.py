@@ -340,3 +340,17 @@ def test_a_gridsize_1_run_never_enters_the_overlap_code(tmp_path, monkeypatch):
                          (datamodule, "GroupDataset")):
         monkeypatch.setattr(module, name, refuse)
     assert runner.main([*TINY_ARGV, "--gridsize", "1", "--output-dir", str(tmp_path / "run")]) == 0
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(3, 8))
+def test_raster_groups_are_spaced_as_asked(step, multiple, positions):
+    """Members sit ``spacing`` apart (the nearest multiple of the raster step that fits the raster)."""
+    N = 16
+    coords = raster_positions(N + step * (positions - 1), N, step)
+    groups = group_members(coords, np.zeros(len(coords), dtype=np.int64), 2, spacing=step * multiple)
+    k = min(multiple, positions - 1)
+    assert len(groups) == (positions - k) ** 2
+    offsets = group_offsets(coords, groups)
+    assert np.array_equal(offsets, np.broadcast_to([[0, 0], [0, k * step], [k * step, 0], [k * step, k * step]],
+                                                   offsets.shape))

@@ -151,3 +151,12 @@ def test_the_plateau_split_counts_groups_at_gridsize_2():
     preflight.check_simulation(dataclasses.replace(PLATEAU), two_by_two)
     with pytest.raises(ConfigError):  # 4 patterns make one 2 x 2 group: nothing left to hold out
         preflight.check_simulation(dataclasses.replace(PLATEAU, model=ModelConfig(N=16, gridsize=2)), two_by_two)
+
+
+def test_training_groups_take_the_test_splits_spacing():
+    """Train raster 3 x 3 at stride 4: members 4 apart give 4 groups, 8 apart (test stride 8) one."""
+    plateau2 = dataclasses.replace(PLATEAU, model=ModelConfig(N=16, gridsize=2))
+    sim = dataclasses.replace(TINY_SIMULATION, object_size=24, train_stride=4, test_stride=4, n_train_images=1)
+    preflight.check_simulation(plateau2, sim)
+    with pytest.raises(ConfigError):
+        preflight.check_simulation(plateau2, dataclasses.replace(sim, test_stride=8))
