@@ -72,17 +72,18 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
     """Given data: a train split that trains (see check_pattern_count), and both splits groupable at
     the gridsize. A test split always holds its objects' complete raster (the NPZ contract)."""
     spacing = test.metadata["stride"]  # training groups take the test groups' spacing
-    check_groups(training, train.coords, train.image_index, sources[0], spacing)
+    check_groups(training, train.coords, train.image_index, sources[0])
     check_groups(training, test.coords, test.image_index, sources[1])
     check_pattern_count(training, _item_count(training, train.coords, train.image_index, spacing), sources[0])
 
 
-def check_groups(training: TrainingConfig, coords, image_index, source: str, spacing: int | None = None) -> None:
-    """At gridsize > 1 every object needs enough scan positions to form its groups."""
+def check_groups(training: TrainingConfig, coords, image_index, source: str) -> None:
+    """At gridsize > 1 every object needs enough scan positions to form its groups (at any spacing:
+    a raster group's spacing shrinks to fit, see ``overlap.group_members``)."""
     from ptycho_torch.overlap import group_members
 
     try:
-        group_members(coords, image_index, training.model.gridsize, spacing)
+        group_members(coords, image_index, training.model.gridsize)
     except ValueError as err:
         raise ConfigError("model settings for this data", [
             Problem("gridsize", training.model.gridsize, f"{err} ({source})")]) from None
@@ -110,10 +111,9 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     check_probe_file(sim)
     grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
                                                                   ("test", sim.test_stride))}
-    spacings = {"train": sim.test_stride, "test": None}  # training groups take the test groups' spacing
     for split, grid in grids.items():  # (m, 2): every object of a split has this scan
-        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split",
-                     spacings[split])
+        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split")
+    # training groups take the test groups' spacing (overlap.group_members), which sets their number
     per_object = _item_count(training, grids["train"], np.zeros(len(grids["train"]), dtype=np.int64),
                              sim.test_stride)
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")
