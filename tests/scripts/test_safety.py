@@ -189,10 +189,13 @@ def test_an_interrupted_overwrite_never_leaves_files_of_two_runs(tmp_path):
     previous = tmp_path / "previous"
     assert exit_status("runner", [*TINY["runner"], "--epochs", "1", "--output-dir", str(previous)]) == 0
     (previous / "notes.txt").write_text("the user's")
-    moments = {  # when to stop the overwriting run
-        "removing": lambda out: not (out / "config.json").exists(),
-        "new record written": lambda out: (out / "config.json").stat().st_mtime_ns > cut,
-        "training": lambda out: (out / "checkpoints" / "last.ckpt").exists(),
+    def newer(path: Path) -> bool:
+        return path.stat().st_mtime_ns >= cut
+
+    moments = {  # when to stop the overwriting run (each condition stays true once reached)
+        "removing": lambda out: not (out / "config.json").exists() or newer(out / "config.json"),
+        "new record written": lambda out: newer(out / "config.json"),
+        "training": lambda out: newer(out / "checkpoints" / "last.ckpt"),
     }
     for moment, reached in moments.items():
         out = tmp_path / moment.replace(" ", "_")
