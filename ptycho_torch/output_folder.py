@@ -59,6 +59,11 @@ def _refuse(path: Path, rule: str) -> OutputDirError:
     return OutputDirError(f"output_dir={str(path)!r}: {rule}")
 
 
+def _not_empty(path: Path) -> OutputDirError:
+    return _refuse(path, "folder is not empty; pass --overwrite to replace the previous run's files "
+                         "(other files are kept) or choose a new folder")
+
+
 # --- checks that touch nothing ---------------------------------------------------------------
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -85,8 +90,7 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _refuse(path, f"no permission to write in {str(existing)!r}")
     if existing == path.absolute() and _entries(existing) and not overwrite:
-        raise _refuse(path, "folder is not empty; pass --overwrite to replace the previous run's files "
-                            "(other files are kept) or choose a new folder")
+        raise _not_empty(path)
 
 
 def check_inputs_survive(path: Path, overwrite: bool, layout: Layout, inputs: Mapping[str, Path | None]) -> None:
@@ -333,8 +337,7 @@ def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], No
     try:
         remove_temporaries(path, layout)
         if _entries(path, layout) and not overwrite:
-            raise _refuse(path, "folder is not empty; pass --overwrite to replace the previous run's files "
-                                "(other files are kept) or choose a new folder")
+            raise _not_empty(path)
         if overwrite:
             _, kept = remove_previous_run(path, layout)
             if kept:

@@ -76,9 +76,10 @@ def _raster_blocks(coords: np.ndarray, members: np.ndarray, g: int, spacing: int
 def _nearest_groups(coords: np.ndarray, members: np.ndarray, C: int) -> np.ndarray:
     if len(members) < C:
         raise ValueError(f"an object has {len(members)} scan positions; groups of {C} need at least {C}")
+    from scipy.spatial import cKDTree
+
     points = coords[members].astype(np.float64)
-    distance = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))  # (m, m)
-    nearest = np.argsort(distance, axis=1, kind="stable")[:, :C]  # (m, C): itself first
+    _, nearest = cKDTree(points).query(points, k=C)  # (m, C), itself first; no (m, m) distance matrix
     groups = members[nearest]
     order = np.lexsort((coords[groups][..., 1], coords[groups][..., 0]), axis=-1)  # row-major per group
     return np.take_along_axis(groups, order, axis=1)

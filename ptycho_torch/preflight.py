@@ -3,7 +3,7 @@
 Settings are validated when the configs are built; this adds what only the data files, the probe
 file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
     check_machine(execution)             the accelerator and the logger package exist here
-    check_data(training, train, test)    patterns for a batch, a validation split when needed, groups
+    check_data(training, train, test)    groups, patterns for a batch, a validation split when needed
     check_simulation(sim)                the probe file, and the pattern count the simulation will give
 """
 
@@ -72,28 +72,21 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
     """Given data: a train split that trains (see check_pattern_count), and both splits groupable at
     the gridsize. A test split always holds its objects' complete raster (the NPZ contract)."""
     spacing = test.metadata["stride"]  # training groups take the test groups' spacing
-    check_groups(training, train.coords, train.image_index, sources[0])
-    check_groups(training, test.coords, test.image_index, sources[1])
-    check_pattern_count(training, _item_count(training, train.coords, train.image_index, spacing), sources[0])
+    items = training_items(training, train.coords, train.image_index, sources[0], spacing)
+    training_items(training, test.coords, test.image_index, sources[1])
+    check_pattern_count(training, items, sources[0])
 
 
-def check_groups(training: TrainingConfig, coords, image_index, source: str) -> None:
-    """At gridsize > 1 every object needs enough scan positions to form its groups (at any spacing:
-    a raster group's spacing shrinks to fit, see ``overlap.group_members``)."""
+def training_items(training: TrainingConfig, coords, image_index, source: str, spacing: int | None = None) -> int:
+    """How many items the scan gives (patterns at gridsize 1, groups otherwise); refuses a scan whose
+    objects cannot be grouped (too few positions: a raster group's spacing shrinks to fit)."""
     from ptycho_torch.overlap import group_members
 
     try:
-        group_members(coords, image_index, training.model.gridsize)
+        return len(group_members(coords, image_index, training.model.gridsize, spacing))
     except ValueError as err:
         raise ConfigError("model settings for this data", [
             Problem("gridsize", training.model.gridsize, f"{err} ({source})")]) from None
-
-
-def _item_count(training: TrainingConfig, coords, image_index, spacing: int | None = None) -> int:
-    """Training items: patterns at gridsize 1, groups otherwise."""
-    from ptycho_torch.overlap import group_members
-
-    return len(group_members(coords, image_index, training.model.gridsize, spacing))
 
 
 def check_probe_file(sim: SimulationConfig) -> None:
@@ -111,9 +104,9 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     check_probe_file(sim)
     grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
                                                                   ("test", sim.test_stride))}
-    for split, grid in grids.items():  # (m, 2): every object of a split has this scan
-        check_groups(training, grid, np.zeros(len(grid), dtype=np.int64), f"the simulated {split} split")
+    one_object = {split: np.zeros(len(grid), dtype=np.int64) for split, grid in grids.items()}  # same scan for all
     # training groups take the test groups' spacing (overlap.group_members), which sets their number
-    per_object = _item_count(training, grids["train"], np.zeros(len(grids["train"]), dtype=np.int64),
-                             sim.test_stride)
+    per_object = training_items(training, grids["train"], one_object["train"], "the simulated train split",
+                                sim.test_stride)
+    training_items(training, grids["test"], one_object["test"], "the simulated test split")
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

@@ -20,7 +20,7 @@ from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_sh
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
-from ptycho_torch.overlap import assemble_objects, group_members, group_offsets
+from ptycho_torch.overlap import assemble_objects, canvas_side, group_members, group_offsets
 from ptycho_torch.scan import extract_patches
 from ptycho_torch.trainer import build_trainer
 
@@ -85,7 +85,7 @@ def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) ->
         return torch.cat(batches)  # (M, N, N) complex64
     groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
     offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2)
-    side = data.N + int(offsets.max())
+    side = canvas_side(offsets, data.N)
     canvases, weights = zip(*[_padded_canvas(module, patterns[groups[i:i + batch_size]], offsets[i:i + batch_size], side)
                               for i in range(0, len(groups), batch_size)])
     origins = data.coords[groups].min(axis=1)  # (G, 2)

@@ -61,8 +61,9 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     if data is None and plan.train_npz is not None:
         data = load_or_simulate(plan, None)
     if data is not None:
-        files = plan.train_npz is not None
-        preflight.check_data(plan.training, *data, *([(str(plan.train_npz), str(plan.test_npz))] if files else []))
+        given = plan.train_npz is not None  # else the wrapper's shared simulation
+        sources = (str(plan.train_npz), str(plan.test_npz)) if given else ("the train data", "the test data")
+        preflight.check_data(plan.training, *data, sources)
     else:
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:

@@ -203,6 +203,14 @@ def test_frc50_is_scale_free(seed, scale):
 
 # --- undefined scores are null, with a reason ---------------------------------------------------
 
+def scores_with_one_pixel(seed: int, pixel: tuple[int, int], value: complex) -> dict:
+    """The scores of the true object with one pixel set to ``value``."""
+    truth = grid_lines_truth(seed)
+    recon = truth.astype(np.complex128)
+    recon[pixel] = value
+    return score(recon, truth)
+
+
 NONFINITE_VALUES = {"nan": complex(np.nan, 0), "inf": complex(np.inf, 0), "minus_inf": complex(-np.inf, 0),
                     "nan_imaginary": complex(0, np.nan), "inf_imaginary": complex(1, np.inf)}
 
@@ -211,10 +219,7 @@ NONFINITE_VALUES = {"nan": complex(np.nan, 0), "inf": complex(np.inf, 0), "minus
 @SCORING
 @given(seed=seeds, pixel=st.tuples(st.integers(0, SIDE - 1), st.integers(0, SIDE - 1)))
 def test_a_non_finite_reconstruction_scores_null_in_every_metric_with_the_reason(bad, seed, pixel):
-    truth = grid_lines_truth(seed)
-    recon = truth.astype(np.complex128)
-    recon[pixel] = bad
-    scores = score(recon, truth)
+    scores = scores_with_one_pixel(seed, pixel, bad)
     assert all_values(scores) == [None] * 8
     assert scores["amplitude"]["reason"] == scores["phase"]["reason"] == NONFINITE
 
@@ -224,10 +229,7 @@ def test_a_non_finite_reconstruction_scores_null_in_every_metric_with_the_reason
 @given(seed=seeds, pixel=st.tuples(st.integers(0, SIDE - 1), st.integers(0, SIDE - 1)))
 def test_a_finite_reconstruction_with_an_odd_pixel_is_not_nulled(good, seed, pixel):
     """The control for the rule above: only non-finite values null the scores."""
-    truth = grid_lines_truth(seed)
-    recon = truth.astype(np.complex128)
-    recon[pixel] = good
-    scores = score(recon, truth)
+    scores = scores_with_one_pixel(seed, pixel, good)
     assert all(v is not None and math.isfinite(v) for v in all_values(scores))
     assert "reason" not in scores["amplitude"] and "reason" not in scores["phase"]
 
