@@ -457,3 +457,19 @@ def test_the_comparison_table_carries_each_rows_status_and_a_failed_row_exits_3(
     assert table[0].split(",")[:2] == ["architecture", "status"]
     assert [row.split(",")[1] for row in table[1:]] == ["untrained", "untrained"]
     assert "| status |" in (out / "metrics_table.md").read_text()
+
+
+def test_gridsize_2_refuses_a_test_file_it_cannot_group_naming_it(tmp_path, capsys):
+    import dataclasses
+
+    from ptycho_torch.simulation import simulate_splits, write_dataset
+    from tests.helpers import TINY_SIMULATION
+
+    write_dataset(simulate_splits(TINY_SIMULATION), tmp_path / "good")
+    write_dataset(simulate_splits(dataclasses.replace(TINY_SIMULATION, object_size=16)), tmp_path / "single")
+    argv = ["--train-npz", str(tmp_path / "good" / "train.npz"), "--test-npz", str(tmp_path / "single" / "test.npz"),
+            "--gridsize", "2", "--output-dir", str(tmp_path / "out")]
+    assert exit_status("runner", [*TINY["runner"], *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--gridsize=2" in err[-1] and str(tmp_path / "single" / "test.npz") in err[-1]
+    assert not (tmp_path / "out").exists()
