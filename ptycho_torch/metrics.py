@@ -42,6 +42,7 @@ ALIGNMENT = {
 CHANNELS = ("amplitude", "phase")
 METRICS = ("mae", "psnr", "ssim", "frc50")
 NONFINITE = "reconstruction is not finite (NaN or inf), so no metric is defined"
+SSIM_WINDOW = 11  # torchmetrics' default Gaussian window, in pixels
 CONSTANT_AMPLITUDE = "ground-truth amplitude is constant (no range), so amplitude PSNR/SSIM/FRC are undefined"
 CONSTANT_PHASE = "ground-truth phase is constant (no range), so phase PSNR/SSIM/FRC are undefined"
 CONSTANT_RANGE = 1e-6  # a ground-truth channel with a smaller value range counts as constant
@@ -100,16 +101,27 @@ def psnr(recon: np.ndarray, truth: np.ndarray, data_range: float) -> float:
     return PSNR_CAP_DB if mse == 0 else min(10 * math.log10(data_range**2 / mse), PSNR_CAP_DB)
 
 
-def _image_metrics(recon: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    data_range = float(truth.max() - truth.min())
+def ssim(recon: np.ndarray, truth: np.ndarray, data_range: float) -> float | None:
+    """torchmetrics' SSIM; None for an image smaller than its Gaussian window (no window fits)."""
+    if min(truth.shape) < SSIM_WINDOW:
+        return None
     p = torch.from_numpy(recon.astype(np.float64))[None, None]  # (1, 1, H, W)
     t = torch.from_numpy(truth.astype(np.float64))[None, None]
-    return {
+    return float(structural_similarity_index_measure(p, t, data_range=data_range, kernel_size=SSIM_WINDOW))
+
+
+def _image_metrics(recon: np.ndarray, truth: np.ndarray) -> dict[str, float | str | None]:
+    data_range = float(truth.max() - truth.min())
+    metrics = {
         "mae": float(np.abs(recon - truth).mean()),
         "psnr": psnr(recon, truth, data_range),
-        "ssim": float(structural_similarity_index_measure(p, t, data_range=data_range)),
+        "ssim": ssim(recon, truth, data_range),
         "frc50": frc50(recon, truth),
     }
+    if metrics["ssim"] is None:
+        metrics["reason"] = f"the scored image ({truth.shape[0]}x{truth.shape[1]} px) is smaller than the " \
+                            f"{SSIM_WINDOW} px SSIM window, so SSIM is undefined"
+    return metrics
 
 
 def _undefined(reason: str) -> dict:

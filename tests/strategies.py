@@ -347,6 +347,7 @@ RUNNABLE_EXECUTION = {
     "precision": st.sampled_from(C.PRECISIONS),
     "deterministic": st.booleans(),
     "num_workers": st.just(0),
+    "num_threads": st.integers(0, 2),
     "infer_batch_size": st.integers(1, 64),
     "enable_progress_bar": st.just(False),
     "enable_checkpointing": st.booleans(),

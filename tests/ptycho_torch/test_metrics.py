@@ -309,3 +309,13 @@ def test_the_seam_ratio_sees_per_crop_phase_offsets_and_nothing_else():
     assert phase_seam_ratio(truth * smooth_error * np.exp(1j * offsets), truth, 8) > 5
     assert phase_seam_ratio(truth * np.nan, truth, 8) is None
     assert phase_seam_ratio(truth, truth, 32) is None  # one crop: no seam
+
+
+def test_an_image_smaller_than_the_ssim_window_has_null_ssim_with_a_reason_and_the_other_scores():
+    truth = np.linspace(0.2, 1.0, 8 * 8).reshape(8, 8)  # 8 px < the 11 px window
+    recon = truth * np.exp(0.1j)
+    amplitude = score(recon, truth.astype(np.complex128))["amplitude"]
+    assert amplitude["ssim"] is None and "SSIM window" in amplitude["reason"]
+    assert amplitude["mae"] == pytest.approx(0.0, abs=1e-12) and amplitude["psnr"] is not None
+    big = np.linspace(0.2, 1.0, 11 * 11).reshape(11, 11)
+    assert score(big.astype(np.complex128), big.astype(np.complex128))["amplitude"]["ssim"] == pytest.approx(1.0)

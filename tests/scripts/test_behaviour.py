@@ -210,6 +210,27 @@ def prediction_batches(cfg: TorchRunnerConfig, files: Files) -> tuple:
     return tuple(sizes)
 
 
+def fit_threads(cfg: TorchRunnerConfig, files: Files) -> int:
+    """torch's intra-op thread count while the model trains."""
+    training, execution = setup_torch_configs(cfg)
+    seen: list[int] = []
+    module_class = type("ThreadsSeen", (PtychoPINN,), {"on_train_start": lambda self: seen.append(torch.get_num_threads())})
+    with restored_determinism():
+        train(training, execution, train_split(cfg), files.tmp_path / "fit", module_class=module_class)
+    return seen[0]
+
+
+def prediction_threads(cfg: TorchRunnerConfig, files: Files) -> tuple:
+    """torch's intra-op thread count while the test split is predicted."""
+    training, execution = setup_torch_configs(cfg)
+    test = splits_of(cfg)["test"]
+    module = build_module(training, test.probeGuess)
+    seen: set[int] = set()
+    module.register_forward_pre_hook(lambda *_: seen.add(torch.get_num_threads()))
+    workflow.reconstruct(module, test, execution)
+    return tuple(sorted(seen))
+
+
 def simulation_progress(cfg: TorchRunnerConfig, files: Files) -> bool:
     """Whether simulating the data for a run shows a progress bar."""
     stderr = io.StringIO()
@@ -253,7 +274,8 @@ class Case:
 REACHES = {short_fit: ("model", "training"), network: ("model",), initial_weights: ("training",), validation_split: ("training",),
            data_order: ("training",), simulated: ("simulation",), built_trainer: ("execution",),
            loaders: ("training", "execution"), prediction_batches: ("execution",),
-           simulation_progress: ("execution",), loaded_data: ("runner",), run_outcome: ("runner",)}
+           simulation_progress: ("execution",), loaded_data: ("runner",), run_outcome: ("runner",),
+           fit_threads: ("execution",), prediction_threads: ("execution",)}
 PLATEAU = dict(scheduler="ReduceLROnPlateau", plateau_threshold=1.0, plateau_patience=0, epochs=3)
 FNO = dict(architecture="fno")
 N32 = dict(object_size=64, train_stride=8, test_stride=16)
@@ -333,6 +355,8 @@ CASES = [
     Case("precision", built_trainer, "32-true", "bf16-mixed"),
     Case("deterministic", built_trainer, True, False),
     Case("num_workers", loaders, 0, 1),
+    Case("num_threads", fit_threads, 1, 2),
+    Case("num_threads", prediction_threads, 1, 2),
     Case("infer_batch_size", loaders, 4, 8),
     Case("infer_batch_size", prediction_batches, 4, 8),
     Case("enable_progress_bar", built_trainer, True, False),

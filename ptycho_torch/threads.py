@@ -1,0 +1,98 @@
+"""How many intra-op threads torch uses: the cores this process may run on that other work leaves free.
+
+torch starts with one thread per core of the machine. That is right on an idle machine and
+badly wrong on a shared one: every parallel region waits for its slowest thread, and a thread
+that shares a core with another busy process is descheduled half the time (a spectral step
+measured 5x slower beside one busy process on two cores). The automatic count is
+
+    min(cores in this process's affinity mask - cores other processes keep busy, OMP_NUM_THREADS)
+    // processes this run starts on the machine (DDP ranks),  at least 1
+
+where "busy" is sampled from /proc/stat over a short interval when the run starts (this
+process's own CPU time subtracted). Runs started together (a sweep's jobs) cannot see each
+other yet and must be given their share explicitly (``num_threads``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over the sample
+_chosen: list[int] = []  # the counts chosen by the enclosing ``intra_op_threads`` contexts
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) ticks summed over ``cpus`` from /proc/stat; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            lines = stat.read().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
+    """Cores of this process's affinity mask that other processes kept busy over ``seconds``."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    first, own_first, start = _cpu_ticks(cpus), time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    last, own_last, elapsed = _cpu_ticks(cpus), time.process_time(), time.monotonic() - start
+    if first is None or last is None or last[1] <= first[1]:
+        return 0.0
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    others = (last[0] - first[0]) / ticks_per_second - (own_last - own_first)
+    return max(0.0, others / elapsed)
+
+
+def environment_limit() -> int | None:
+    """OMP_NUM_THREADS when it is a positive integer: the user's own cap."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def auto_threads(processes: int = 1) -> int:
+    """The automatic thread count for each of ``processes`` processes of one run (module docstring)."""
+    free = usable_cores() - round(busy_cores())
+    limit = environment_limit()
+    if limit is not None:
+        free = min(free, limit)
+    return max(1, free // max(1, processes))
+
+
+@contextmanager
+def intra_op_threads(num_threads: int, processes: int = 1) -> Iterator[int]:
+    """torch's intra-op threads set for the block (0 = automatic), restored after it.
+
+    Inside another such block an automatic count reuses the enclosing block's choice (one
+    sample of the machine per run); an explicit count always applies.
+    """
+    count = num_threads if num_threads > 0 else (_chosen[-1] if _chosen else auto_threads(processes))
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    _chosen.append(count)
+    try:
+        yield count
+    finally:
+        _chosen.pop()
+        torch.set_num_threads(before)

@@ -1,0 +1,96 @@
+"""The intra-op thread count: automatic choice from free cores, explicit counts, restored afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ptycho_torch import threads
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A pretend machine: ``machine(cores, busy)`` fixes what the sampling functions report."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def set_machine(cores: int, busy: float) -> None:
+        monkeypatch.setattr(threads, "usable_cores", lambda: cores)
+        monkeypatch.setattr(threads, "busy_cores", lambda seconds=threads.SAMPLE_SECONDS: busy)
+    return set_machine
+
+
+@pytest.mark.parametrize(("cores", "busy", "processes", "expected"), [
+    (2, 0.0, 1, 2),  # idle machine: every core
+    (2, 0.9, 1, 1),  # one core kept busy by another process: the other one
+    (2, 0.3, 1, 2),  # a little background noise does not cost a core
+    (8, 3.4, 1, 5),
+    (8, 0.0, 2, 4),  # two DDP ranks share the free cores
+    (8, 3.0, 2, 2),
+    (2, 2.0, 1, 1),  # nothing free: still one thread
+    (2, 0.0, 4, 1),  # more ranks than cores: one each
+])
+def test_auto_threads_are_the_free_cores_shared_among_the_run_processes(machine, cores, busy, processes, expected):
+    machine(cores, busy)
+    assert threads.auto_threads(processes) == expected
+
+
+def test_auto_threads_respect_omp_num_threads(machine, monkeypatch):
+    machine(8, 0.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.auto_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert threads.auto_threads() == 8
+
+
+def test_busy_cores_exclude_this_process_own_work(monkeypatch):
+    """Ticks spent by this process (its own threads, startup) are not other work."""
+    readings = iter([(1000, 5000), (1100, 5020)])  # 100 busy ticks over the sample, i.e. 1 s at 100 Hz
+    clock = iter([10.0, 11.0])  # ... all of it this process's own CPU time
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda cpus: next(readings))
+    monkeypatch.setattr(threads.time, "process_time", lambda: next(clock))
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
+    monotonic = iter([0.0, 1.0])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: next(monotonic))
+    assert threads.busy_cores() == pytest.approx(0.0)
+
+
+def test_a_busy_process_is_seen_as_a_busy_core():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        seen = max(threads.busy_cores(0.3) for _ in range(3))  # other load may add, never subtract
+    finally:
+        busy.kill()
+        busy.wait()
+    assert seen >= 0.6
+
+
+def test_explicit_count_applies_inside_and_the_previous_count_returns_after():
+    before = torch.get_num_threads()
+    with threads.intra_op_threads(1) as count:
+        assert count == 1 and torch.get_num_threads() == 1
+        with threads.intra_op_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_automatic_count_inside_a_run_reuses_the_run_choice(machine):
+    machine(2, 0.0)
+    with threads.intra_op_threads(0) as outer:
+        machine(2, 1.0)  # the machine got busier: an inner automatic block does not sample again
+        with threads.intra_op_threads(0) as inner:
+            assert inner == outer == 2 == torch.get_num_threads()
+
+
+def test_count_is_restored_when_the_block_raises():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with threads.intra_op_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
