@@ -36,12 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.datamodule import GroupDataset, PatternDataset
-from ptycho_torch.generators import compiled
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.optimization import build_optimizer
 from ptycho_torch.probe import ideal_probe
 from ptycho_torch.simulation import simulate_split
-from ptycho_torch.threads import auto_threads
 
 aten = torch.ops.aten
 MATMUL_SIZE = 1024
@@ -112,6 +110,8 @@ class Variant:
         torch.manual_seed(0)
         self.module = PtychoPINN(cfg, torch.from_numpy(ideal_probe(cfg.model.N, 1.0)))
         if compile_generator:
+            from ptycho_torch.generators import compiled
+
             self.module.generator = compiled(self.module.generator)
         self.optimizer = build_optimizer(self.module.parameters(), cfg)
 
@@ -150,6 +150,11 @@ def busy_process() -> subprocess.Popen:
 
 def contended(variants: list[Variant], steps: int, repeats: int, fixed_threads: int) -> dict[str, tuple[int, float, float]]:
     """Per variant: (auto threads, step time with them, step time with ``fixed_threads``), one core busy."""
+    try:
+        from ptycho_torch.cpu_settings import auto_threads
+    except ImportError:  # a checkout from before the thread setting (a baseline): torch's own default
+        auto_threads = torch.get_num_threads
+
     busy = busy_process()
     try:
         time.sleep(1.0)  # let the busy process reach the scheduler's steady state
@@ -199,6 +204,7 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time each variant with compile=True")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
     pairs = parse_variants(args.variants)
     variants = [Variant(a, g) for a, g in pairs]
     if args.compile:

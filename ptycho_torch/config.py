@@ -429,7 +429,7 @@ class PyTorchExecutionConfig(Validated):
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (fp16 AMP with a GradScaler)
     deterministic: bool = True  # torch deterministic algorithms
     num_workers: int = 0  # DataLoader worker processes
-    num_threads: int = 0  # torch intra-op threads per process; 0 = automatic (ptycho_torch.threads)
+    num_threads: int = 0  # torch intra-op threads per process; 0 = automatic (ptycho_torch.cpu_settings)
     infer_batch_size: int = 64  # batch size for predicting the test split
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True

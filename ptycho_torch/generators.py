@@ -68,16 +68,29 @@ class ComplexHead(nn.Module):
         self.project = nn.Conv2d(in_channels, 2 * patches, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        first, second = self.project(features).float().split(self.patches, dim=1)  # 2 x (B, P, n, n) float32
+        # back to the plain layout: the physics, the overlap merge and the losses index patches by pixel
+        first, second = self.project(features).float().contiguous().split(self.patches, dim=1)  # 2 x (B, P, n, n)
         if self.output_mode == "amp_phase":
             return torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, P, n, n) complex64
         return torch.complex(first, second)  # (B, P, n, n) complex64
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+class InputConv2d(nn.Conv2d):
+    """The convolution that reads the C = gridsize^2 input patterns, answering in channels_last.
+
+    Every layer runs in channels_last (``Generator``), but at C = 1 the input and this layer's
+    weight are contiguous in both layouts, and oneDNN then answers in the plain one, which
+    would make every later layer convert back and forth.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous(memory_format=torch.channels_last)
+
+
+def conv_block(in_channels: int, out_channels: int, first: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
     """Two 3x3 convolutions with GELU; the spatial size is kept."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GELU(),
+        first(in_channels, out_channels, 3, padding=1), nn.GELU(),
         nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.GELU(),
     )
 
@@ -154,11 +167,16 @@ class Generator(nn.Module):
         self.group = group_size(cfg)
         self.body = body
         self.head = ComplexHead(body_channels, cfg.generator_output_mode, self.group)
+        # channels_last throughout: oneDNN's convolutions are faster in it (cnn step 19.5 -> 15 ms
+        # on this CPU), and the spectral convolution works in it natively
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                layer.to(memory_format=torch.channels_last)
 
     def forward(self, amplitude: torch.Tensor) -> torch.Tensor:
         """gridsize 1: (B, N, N) -> (B, N, N) complex64; gridsize 2: (B, C, N, N) -> (B, C, N, N)."""
         x = normalize_amplitude(amplitude, self.N, self.group)  # (B, C, N, N) float32
-        patches = self.head(self.body(x))  # (B, C, N, N) complex64
+        patches = self.head(self.body(x.contiguous(memory_format=torch.channels_last)))  # (B, C, N, N) complex64
         return patches[:, 0] if self.group == 1 else patches
 
 
@@ -172,7 +190,7 @@ class CNNGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         channels = pyramid_channels(cfg.cnn_channels, halvings(cfg.N, MIN_CNN_SIZE))
-        encoder = [conv_block(group_size(cfg), channels[0])]
+        encoder = [conv_block(group_size(cfg), channels[0], first=InputConv2d)]
         for k in range(1, len(channels)):
             encoder += [nn.AvgPool2d(2), conv_block(channels[k - 1], channels[k])]  # (B, C_k, n/2, n/2)
         super().__init__(cfg, nn.Sequential(*encoder, ConvDecoder(channels)), channels[0])
@@ -183,7 +201,7 @@ class FNOGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         width = cfg.fno_width
-        layers: list[nn.Module] = [nn.Conv2d(group_size(cfg), width, 1)]
+        layers: list[nn.Module] = [InputConv2d(group_size(cfg), width, 1)]
         layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
         for _ in range(cfg.fno_cnn_blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
@@ -195,7 +213,7 @@ class HybridGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         downsamples = halvings(cfg.N, MIN_HYBRID_SIZE, most=cfg.fno_blocks)
-        layers: list[nn.Module] = [nn.Conv2d(group_size(cfg), cfg.fno_width, 1)]
+        layers: list[nn.Module] = [InputConv2d(group_size(cfg), cfg.fno_width, 1)]
         size = cfg.N
         for stage in range(cfg.fno_blocks):
             layers.append(SpectralBlock(cfg.fno_width, min(cfg.fno_modes, size // 2)))

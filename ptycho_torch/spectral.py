@@ -70,35 +70,36 @@ def _transforms(height: int, width: int, m: int, dtype: torch.dtype, device: tor
 
 
 def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) real -> (K, B, C) complex: ``columns`` (2m, W) along W, ``rows`` (2m, H) along H.
+    """(B, H, W, C) real -> (K, B, C) complex: ``columns`` (2m, W) along W, ``rows`` (2m, H) along H.
 
     With the analysis matrices this is rfft2 on the kept modes; with the adjoint synthesis
     matrices it is the adjoint of ``_synthesise``."""
-    batch, channels, height, width = x.shape
+    batch, height, width, channels = x.shape
     m = columns.shape[0] // 2
-    along_columns = (x.reshape(-1, width) @ columns.T).view(batch, channels, height, m, 2)  # (re, im) last
-    by_row = torch.view_as_complex(along_columns).permute(2, 3, 0, 1).reshape(height, m * batch * channels)
+    along_columns = torch.matmul(columns, x.view(batch * height, width, channels))  # (B H, 2m, C)
+    by_row = along_columns.view(batch, height, m, 2, channels).permute(1, 2, 0, 4, 3).contiguous()
+    by_row = torch.view_as_complex(by_row).view(height, m * batch * channels)  # (H, m B C)
     return (rows @ by_row).view(-1, batch, channels)  # (2m, m B C) = (K, B, C)
 
 
 def _synthesise(modes: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """(K, B, C) complex -> (B, C, H, W) real: ``rows`` (H, 2m) along H, ``columns`` (W, 2m) along W.
+    """(K, B, C) complex -> (B, H, W, C) real: ``rows`` (H, 2m) along H, ``columns`` (W, 2m) along W.
 
     With the synthesis matrices this is irfft2 of the kept modes (0 elsewhere); with the adjoint
     analysis matrices it is the adjoint of ``_analyse``."""
     _, batch, channels = modes.shape
     height, width, m = rows.shape[0], columns.shape[0], columns.shape[1] // 2
     by_row = (rows @ modes.view(2 * m, m * batch * channels)).view(height, m, batch, channels)  # complex
-    by_column = torch.view_as_real(by_row).permute(2, 3, 0, 1, 4).reshape(-1, 2 * m)  # (B C H, 2m)
-    return (by_column @ columns.T).view(batch, channels, height, width)
+    by_column = torch.view_as_real(by_row).permute(2, 0, 1, 4, 3).reshape(batch * height, 2 * m, channels)
+    return torch.matmul(columns, by_column).view(batch, height, width, channels)
 
 
 class _SpectralConv(torch.autograd.Function):
-    """x (B, in, H, W) real, weight (out, 2m, m, in, 2) real -> (B, out, H, W)."""
+    """x (B, H, W, in) real, weight (out, 2m, m, in, 2) real -> (B, H, W, out)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
-        height, width = x.shape[-2:]
+        height, width = x.shape[1:3]
         forward, adjoint = _transforms(height, width, modes, x.dtype, x.device)
         out_channels, in_channels = weight.shape[0], weight.shape[3]
         stored = torch.view_as_complex(weight).view(out_channels, -1, in_channels)  # (out, K, in)
@@ -130,4 +131,5 @@ def spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Te
     """(B, in, H, W) real, weight (out, 2m, m, in, 2) real (re, im) of x's dtype -> (B, out, H, W)."""
     height, width = x.shape[-2:]
     check_modes(modes, height, width)
-    return _SpectralConv.apply(x.contiguous(), weight, modes)
+    channels_last = x.permute(0, 2, 3, 1).contiguous()  # no copy when x is channels_last already
+    return _SpectralConv.apply(channels_last, weight, modes).permute(0, 3, 1, 2)  # channels_last (B, out, H, W)

@@ -7,6 +7,7 @@ collects that folder alone, so it never imports torch or the training code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,11 @@ def tiny_data(tiny_npz):
 
     train_path, test_path = tiny_npz
     return load_npz(train_path, "train"), load_npz(test_path, "test")
+
+
+# The automatic thread count (ptycho_torch.cpu_settings) honours this cap: every run a test starts,
+# in this process or a child, uses one thread, for the reason below.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

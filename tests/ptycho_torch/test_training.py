@@ -87,7 +87,8 @@ def test_fp16_amp_clips_the_unscaled_gradients(tiny_data, tmp_path):
 
 class NaNGradients(PtychoPINN):
     def on_before_optimizer_step(self, optimizer):
-        next(self.parameters()).grad.view(-1)[0] = float("nan")
+        grad = next(self.parameters()).grad
+        grad[(0,) * grad.ndim] = float("nan")
         super().on_before_optimizer_step(optimizer)
 
 

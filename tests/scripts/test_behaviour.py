@@ -128,7 +128,8 @@ class NaNOnce(PtychoPINN):
 
     def on_before_optimizer_step(self, optimizer):
         if self.optimizer_steps == 1:
-            next(self.parameters()).grad.view(-1)[0] = float("inf")
+            grad = next(self.parameters()).grad
+            grad[(0,) * grad.ndim] = float("inf")
         super().on_before_optimizer_step(optimizer)
 
 

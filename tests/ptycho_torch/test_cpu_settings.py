@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from ptycho_torch import threads
+from ptycho_torch import cpu_settings as threads
 
 
 @pytest.fixture
@@ -94,3 +94,40 @@ def test_count_is_restored_when_the_block_raises():
         with threads.intra_op_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_denormals_are_flushed_inside_the_block_and_the_previous_mode_returns_after():
+    tiny = torch.tensor([1e-30])
+    before = threads.denormals_flushed()
+    with threads.flushed_denormals():
+        assert float(tiny * 1e-9) == 0.0
+    assert threads.denormals_flushed() == before
+    torch.set_flush_denormal(False)
+    try:
+        assert float(tiny * 1e-9) > 0.0  # subnormal results survive outside the block
+        with threads.flushed_denormals():
+            assert threads.denormals_flushed()
+        assert not threads.denormals_flushed()
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def test_training_flushes_denormals_and_restores_the_mode(tmp_path, tiny_data):
+    from lightning.pytorch.callbacks import Callback
+
+    from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+    from ptycho_torch.generators import tiny_model_config
+    from ptycho_torch.training import train
+
+    seen = []
+
+    class Probe(Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(threads.denormals_flushed())
+
+    training = TrainingConfig(model=tiny_model_config("cnn"), epochs=1, batch_size=4, val_fraction=0.0)
+    execution = PyTorchExecutionConfig(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
+    torch.set_flush_denormal(False)
+    train(training, execution, tiny_data[0], tmp_path, callbacks=[Probe()])
+    assert seen and all(seen)
+    assert not threads.denormals_flushed()
