@@ -241,8 +241,3 @@ def tiny_model_config(architecture: str, N: int = 16, **overrides) -> ModelConfi
     """A ModelConfig for a small, fast model (tests, smoke runs); ``overrides`` win."""
     sizes = dict(cnn_channels=4, fno_modes=min(4, N // 2), fno_width=8, fno_blocks=2, fno_cnn_blocks=1)
     return ModelConfig(architecture=architecture, N=N, **{**sizes, **overrides})
-
-
-def compiled(generator: Generator) -> nn.Module:
-    """``generator`` run through ``torch.compile`` (same parameters, same state-dict keys)."""
-    return torch.compile(generator)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from ptycho_torch import cpu_settings as threads
+from ptycho_torch import cpu_settings
 
 
 @pytest.fixture
@@ -18,8 +18,8 @@ def machine(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     def set_machine(cores: int, busy: float) -> None:
-        monkeypatch.setattr(threads, "usable_cores", lambda: cores)
-        monkeypatch.setattr(threads, "busy_cores", lambda seconds=threads.SAMPLE_SECONDS: busy)
+        monkeypatch.setattr(cpu_settings, "usable_cores", lambda: cores)
+        monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: busy)
     return set_machine
 
 
@@ -35,35 +35,35 @@ def machine(monkeypatch):
 ])
 def test_auto_threads_are_the_free_cores_shared_among_the_run_processes(machine, cores, busy, processes, expected):
     machine(cores, busy)
-    assert threads.auto_threads(processes) == expected
+    assert cpu_settings.auto_threads(processes) == expected
 
 
 def test_auto_threads_respect_omp_num_threads(machine, monkeypatch):
     machine(8, 0.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads.auto_threads() == 3
+    assert cpu_settings.auto_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
-    assert threads.auto_threads() == 8
+    assert cpu_settings.auto_threads() == 8
 
 
 def test_busy_cores_exclude_this_process_own_work(monkeypatch):
     """Ticks spent by this process (its own threads, startup) are not other work."""
     readings = iter([(1000, 5000), (1100, 5020)])  # 100 busy ticks over the sample, i.e. 1 s at 100 Hz
     clock = iter([10.0, 11.0])  # ... all of it this process's own CPU time
-    monkeypatch.setattr(threads, "_cpu_ticks", lambda cpus: next(readings))
-    monkeypatch.setattr(threads.time, "process_time", lambda: next(clock))
-    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(cpu_settings, "_cpu_ticks", lambda cpus: next(readings))
+    monkeypatch.setattr(cpu_settings.time, "process_time", lambda: next(clock))
+    monkeypatch.setattr(cpu_settings.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(cpu_settings.os, "sysconf", lambda name: 100)
     monotonic = iter([0.0, 1.0])
-    monkeypatch.setattr(threads.time, "monotonic", lambda: next(monotonic))
-    assert threads.busy_cores() == pytest.approx(0.0)
+    monkeypatch.setattr(cpu_settings.time, "monotonic", lambda: next(monotonic))
+    assert cpu_settings.busy_cores() == pytest.approx(0.0)
 
 
 def test_a_busy_process_is_seen_as_a_busy_core():
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        seen = max(threads.busy_cores(0.3) for _ in range(3))  # other load may add, never subtract
+        seen = max(cpu_settings.busy_cores(0.3) for _ in range(3))  # other load may add, never subtract
     finally:
         busy.kill()
         busy.wait()
@@ -72,9 +72,9 @@ def test_a_busy_process_is_seen_as_a_busy_core():
 
 def test_explicit_count_applies_inside_and_the_previous_count_returns_after():
     before = torch.get_num_threads()
-    with threads.intra_op_threads(1) as count:
+    with cpu_settings.intra_op_threads(1) as count:
         assert count == 1 and torch.get_num_threads() == 1
-        with threads.intra_op_threads(2):
+        with cpu_settings.intra_op_threads(2):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
@@ -82,32 +82,32 @@ def test_explicit_count_applies_inside_and_the_previous_count_returns_after():
 
 def test_automatic_count_inside_a_run_reuses_the_run_choice(machine):
     machine(2, 0.0)
-    with threads.intra_op_threads(0) as outer:
+    with cpu_settings.intra_op_threads(0) as outer:
         machine(2, 1.0)  # the machine got busier: an inner automatic block does not sample again
-        with threads.intra_op_threads(0) as inner:
+        with cpu_settings.intra_op_threads(0) as inner:
             assert inner == outer == 2 == torch.get_num_threads()
 
 
 def test_count_is_restored_when_the_block_raises():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError):
-        with threads.intra_op_threads(1):
+        with cpu_settings.intra_op_threads(1):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
 
 
 def test_denormals_are_flushed_inside_the_block_and_the_previous_mode_returns_after():
     tiny = torch.tensor([1e-30])
-    before = threads.denormals_flushed()
-    with threads.flushed_denormals():
+    before = cpu_settings.denormals_flushed()
+    with cpu_settings.flushed_denormals():
         assert float(tiny * 1e-9) == 0.0
-    assert threads.denormals_flushed() == before
+    assert cpu_settings.denormals_flushed() == before
     torch.set_flush_denormal(False)
     try:
         assert float(tiny * 1e-9) > 0.0  # subnormal results survive outside the block
-        with threads.flushed_denormals():
-            assert threads.denormals_flushed()
-        assert not threads.denormals_flushed()
+        with cpu_settings.flushed_denormals():
+            assert cpu_settings.denormals_flushed()
+        assert not cpu_settings.denormals_flushed()
     finally:
         torch.set_flush_denormal(before)
 
@@ -123,11 +123,11 @@ def test_training_flushes_denormals_and_restores_the_mode(tmp_path, tiny_data):
 
     class Probe(Callback):
         def on_train_batch_start(self, *args):
-            seen.append(threads.denormals_flushed())
+            seen.append(cpu_settings.denormals_flushed())
 
     training = TrainingConfig(model=tiny_model_config("cnn"), epochs=1, batch_size=4, val_fraction=0.0)
     execution = PyTorchExecutionConfig(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
     torch.set_flush_denormal(False)
     train(training, execution, tiny_data[0], tmp_path, callbacks=[Probe()])
     assert seen and all(seen)
-    assert not threads.denormals_flushed()
+    assert not cpu_settings.denormals_flushed()
