@@ -23,9 +23,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
+
+from ptycho_torch.config import PyTorchExecutionConfig
 
 SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over the sample
 _chosen: list[int] = []  # the counts chosen by the enclosing ``intra_op_threads`` contexts
@@ -90,7 +92,7 @@ def intra_op_threads(num_threads: int, processes: int = 1) -> Iterator[int]:
     """torch's intra-op threads set for the block (0 = automatic), restored after it.
 
     Inside another such block an automatic count reuses the enclosing block's choice (one
-    sample of the machine per run); an explicit count always applies.
+    sample of the machine); an explicit count always applies.
     """
     count = num_threads if num_threads > 0 else (_chosen[-1] if _chosen else auto_threads(processes))
     before = torch.get_num_threads()
@@ -101,6 +103,11 @@ def intra_op_threads(num_threads: int, processes: int = 1) -> Iterator[int]:
     finally:
         _chosen.pop()
         torch.set_num_threads(before)
+
+
+def run_threads(execution: PyTorchExecutionConfig) -> AbstractContextManager[int]:
+    """``intra_op_threads`` for a run: its ``num_threads``, shared among the processes of its devices."""
+    return intra_op_threads(execution.num_threads, processes=execution.devices)
 
 
 def denormals_flushed() -> bool:

@@ -23,7 +23,7 @@ from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
 from ptycho_torch.overlap import assemble_objects, canvas_side, group_members, group_offsets
 from ptycho_torch.scan import extract_patches
-from ptycho_torch.cpu_settings import flushed_denormals, intra_op_threads
+from ptycho_torch.cpu_settings import flushed_denormals, run_threads
 from ptycho_torch.trainer import build_trainer
 
 
@@ -49,7 +49,7 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
         initial_digest = parameter_digest(module)
         data = GridLinesDataModule(train_data, training, execution, group_spacing)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
-        with intra_op_threads(execution.num_threads, processes=execution.devices), flushed_denormals():
+        with run_threads(execution), flushed_denormals():
             trainer.fit(module, datamodule=data)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)

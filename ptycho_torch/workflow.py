@@ -98,19 +98,16 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
 
 def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:
     from ptycho_torch import artifacts
-    from ptycho_torch.cpu_settings import flushed_denormals, intra_op_threads
     from ptycho_torch.training import train
 
     out = plan.output_dir
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
-    execution = plan.execution
-    with intra_op_threads(execution.num_threads, processes=execution.devices), flushed_denormals():  # for the whole run
-        trained = train(plan.training, execution, train_data, out, group_spacing=test_data.metadata["stride"])
-        if trained.trainer.world_size > 1:
-            write_rank_record(trained, out / "ranks")
-        return write_results(out, execution, trained, test_data) if main_rank else None
+    trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"])
+    if trained.trainer.world_size > 1:
+        write_rank_record(trained, out / "ranks")
+    return write_results(out, plan.execution, trained, test_data) if main_rank else None
 
 
 def write_rank_record(trained, folder: Path) -> None:
@@ -127,11 +124,11 @@ def write_rank_record(trained, folder: Path) -> None:
 
 def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
     """Stitched test objects (I, H, W) complex64, predicted in batches of ``infer_batch_size``."""
+    from ptycho_torch.cpu_settings import flushed_denormals, run_threads
     from ptycho_torch.reconstruction import stitch_objects
-    from ptycho_torch.cpu_settings import flushed_denormals, intra_op_threads
     from ptycho_torch.training import predict_patches
 
-    with intra_op_threads(execution.num_threads, processes=execution.devices), flushed_denormals():
+    with run_threads(execution), flushed_denormals():
         patches = predict_patches(module, test_data, execution.infer_batch_size).numpy()  # (M, N, N) complex64
     return stitch_objects(patches, test_data)  # (I, H, W) complex64
 

@@ -131,3 +131,14 @@ def test_training_flushes_denormals_and_restores_the_mode(tmp_path, tiny_data):
     train(training, execution, tiny_data[0], tmp_path, callbacks=[Probe()])
     assert seen and all(seen)
     assert not cpu_settings.denormals_flushed()
+
+
+@pytest.mark.parametrize(("num_threads", "devices", "expected"), [(0, 1, 4), (0, 2, 2), (3, 1, 3), (3, 2, 3)])
+def test_a_run_uses_its_num_threads_or_shares_the_free_cores_among_its_devices(machine, num_threads, devices,
+                                                                               expected):
+    from ptycho_torch.config import PyTorchExecutionConfig
+
+    machine(4, 0.0)
+    execution = PyTorchExecutionConfig(num_threads=num_threads, devices=devices, strategy="ddp" if devices > 1 else "auto")
+    with cpu_settings.run_threads(execution) as count:
+        assert count == expected == torch.get_num_threads()
