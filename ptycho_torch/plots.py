@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import numpy as np  # noqa: E402
 
 from ptycho_torch.artifacts import atomic_file  # noqa: E402
 from ptycho_torch.metrics import align_amplitude, align_phase  # noqa: E402
+
+CLIP_LINE_RANGE = 1e6  # the clip is drawn as a line when at most this many times the largest norm shown
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -57,7 +60,12 @@ def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None
         ax_norm.semilogy([r["step"] for r in logged], [r["grad_norm_postclip"] for r in logged], ".", label="post-clip")
     if clip_val:
         note = "" if algorithm == "norm" else f" ({algorithm} bounds elements/units, not this norm)"
-        ax_norm.axhline(clip_val, color="k", linestyle="--", label=f"clip = {clip_val:g}{note}")
+        label = f"clip = {clip_val:g}{note}"
+        largest = max((r["grad_norm_preclip"] for r in logged if math.isfinite(r["grad_norm_preclip"])), default=1.0)
+        if clip_val <= CLIP_LINE_RANGE * largest:
+            ax_norm.axhline(clip_val, color="k", linestyle="--", label=label)
+        else:  # a line at, say, 1e308 would stretch the axis past what its ticks can be computed for
+            ax_norm.text(0.5, 0.95, f"{label}: above every norm shown", transform=ax_norm.transAxes, ha="center")
     ax_norm.set(title=f"global gradient L2 norm (clip: {algorithm if clip_val else 'off'})", xlabel="optimizer step")
     ax_norm.legend()
     return _save(fig, path)

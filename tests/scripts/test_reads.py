@@ -12,10 +12,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, reject, strategies as st
 
 from ptycho_torch import simulation, workflow
-from ptycho_torch.config import RunSettings, active_settings
+from ptycho_torch.config import ConfigError, RunSettings, active_settings
 from ptycho_torch.probe import ideal_probe
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of
 from tests.helpers import TRAINING_RUNS, recording
@@ -52,7 +52,11 @@ def probe_file(tmp_path_factory):
 def test_every_active_setting_is_read_during_a_run(data, tiny_npz, probe_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("reads") / "run"
     cfg = data.draw(tiny_runner_configs(out, *tiny_npz, probe_npz=probe_file))
-    assert unread_settings(cfg) == []
+    try:
+        missing = unread_settings(cfg)
+    except ConfigError:
+        reject()  # refused for this data before the run starts (e.g. nothing to validate on): nothing ran
+    assert missing == []
 
 
 def ignoring(cfg, name: str, value):
