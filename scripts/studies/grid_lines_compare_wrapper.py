@@ -23,7 +23,8 @@ from typing import Any
 from ptycho_torch.config import ARCHITECTURES, ConfigError
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of, resolved_json
 from scripts.studies.runner_cli import (
-    add_setting_arguments, config_error_message, new_parser, nonempty_path, outcome_status, run_command,
+    add_config_argument, add_setting_arguments, config_error_message, new_parser, nonempty_path, outcome_status,
+    run_command, settings_given,
 )
 from scripts.studies.runner_fields import flag_of, route_of
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="allow writing into a non-empty output folder")
     parser.add_argument("--dry-run", action="store_true", help="print each row's resolved configs as JSON and exit")
+    add_config_argument(parser)  # its architecture, output_dir and overwrite are the wrapper's own: ignored
     data = parser.add_argument_group("dataset settings")
     add_setting_arguments(data, TorchRunnerConfig, [f for f in _fields() if not is_torch_setting(f)])
     torch_group = parser.add_argument_group("runner settings for every architecture (--torch-<runner flag>)")
@@ -74,7 +76,8 @@ def parse_rows(argv: Sequence[str] | None) -> tuple[list[TorchRunnerConfig], arg
     unknown = [a for a in architectures if a not in ARCHITECTURES]
     if unknown or not architectures or len(set(architectures)) != len(architectures):
         parser.error(f"--architectures={ns.architectures!r}: must be distinct names from {','.join(ARCHITECTURES)}")
-    given = {k: v for k, v in vars(ns).items() if k not in ("architectures", "output_dir", "overwrite", "dry_run")}
+    given = settings_given(parser, ns, TorchRunnerConfig, command_only=("architectures", "dry_run", *WRAPPER_OWNED),
+                           ignored=WRAPPER_OWNED)
     rows = []
     try:
         for arch in architectures:

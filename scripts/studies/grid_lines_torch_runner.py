@@ -29,7 +29,8 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
-    add_grouped_settings, build_config, new_parser, outcome_status, run_command, setting_flags,
+    add_config_argument, add_grouped_settings, build_config, new_parser, outcome_status, run_command, setting_flags,
+    settings_given,
 )
 from scripts.studies.runner_fields import SHARED, route_of, setting
 
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--dry-run] [--output-dir PATH] [--grad-clip FLOAT] [other settings; see below]")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved configs as JSON and exit without touching the disk")
+    add_config_argument(parser)
     add_grouped_settings(parser, TorchRunnerConfig, dataclasses.fields(TorchRunnerConfig))
     return parser
 
@@ -206,7 +208,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     """Parse argv into a validated config; bad input exits 2 with the flag named."""
     parser = build_parser()
     namespace = parser.parse_args(argv)
-    given = {k: v for k, v in vars(namespace).items() if k != "dry_run"}
+    given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run",))
     return build_config(parser, TorchRunnerConfig, given, check=resolve_configs), namespace
 
 

@@ -109,7 +109,30 @@ def setting_flags(cls: type, flag_prefix: str = "--") -> dict[str, str]:
 
 def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
     """A ConfigError restated with CLI flags instead of field names."""
+    flags = {"config": "--config", **flags}  # a settings file's own problems (config_file)
     return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=nonempty_path, default=None, metavar="PATH",
+                        help="JSON file of runner settings (names as in config.json), or a run's config.json; "
+                             "flags given on the command line override it")
+
+
+def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespace, cls: type,
+                   command_only: tuple[str, ...], ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of ``--config`` (if given) overridden by the flags given; ``command_only``
+    namespace entries are not settings, ``ignored`` names of the file are dropped."""
+    from scripts.studies.config_file import read_settings
+
+    given = {k: v for k, v in vars(namespace).items() if k not in (*command_only, "config")}
+    if namespace.config is None:
+        return given
+    try:
+        from_file = read_settings(namespace.config, cls, ignored)
+    except ConfigError as err:
+        parser.error(config_error_message(err, {}))
+    return {**from_file, **given}
 
 
 def build_config(parser: argparse.ArgumentParser, cls: type, given: dict[str, Any],
@@ -144,13 +167,15 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
     128 + signal (143 / 130); a failed read or write -> one line, 1. ``work`` returns 0 or, for
     a run that finished but diverged or never trained, FAILED_RUN.
     """
-    from ptycho_torch.interrupts import Interrupted, signals_interrupt
+    from ptycho_torch.interrupts import Interrupted, deferred, signals_interrupt
     from ptycho_torch.npz_data import DataError
     from ptycho_torch.outcome import NonFiniteGradientError
     from ptycho_torch.output_folder import OutputDirError
 
     try:
         with signals_interrupt():
+            with deferred():  # a signal inside torch's first import would cut its C++ set-up short (SIGABRT)
+                import torch  # noqa: F401
             return work()
     except ConfigError as err:
         return _fail(config_error_message(err, flags) if flags is not None else str(err), REFUSED)

@@ -1,0 +1,60 @@
+"""Runner settings from a JSON file (``--config PATH``), merged under the command-line flags.
+
+The file is either a plain mapping of runner field names to values, or a run's own config.json
+(its ``runner`` section is used), so that a recorded run can be run again. Values are JSON's:
+paths are strings, ``null`` is none. Unknown names are refused, each with the closest valid
+name; the values then pass the same rules as flags (``TorchRunnerConfig`` validates them).
+Torch-free, like the rest of the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch.config import ConfigError, Problem
+
+RUN_RECORD_SECTION = "runner"  # where a run's config.json keeps the runner settings
+CONFIG_FLAG = "--config"
+
+
+def _refused(path: Path, rule: str) -> ConfigError:
+    return ConfigError("config file", [Problem("config", str(path), rule)])
+
+
+def _path_fields(cls: type) -> set[str]:
+    hints = typing.get_type_hints(cls)
+    return {f.name for f in dataclasses.fields(cls) if Path in (hints[f.name], *typing.get_args(hints[f.name]))}
+
+
+def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings in ``path`` for ``cls``'s fields (``ignored`` names dropped), ready for ``cls(**...)``.
+
+    Raises ConfigError (one problem, field ``config``) for an unreadable or malformed file, a
+    top level that is not a mapping, and unknown names."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise _refused(path, f"cannot be read ({err.strerror or err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _refused(path, f"is not JSON ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get(RUN_RECORD_SECTION), dict):
+        data = data[RUN_RECORD_SECTION]  # a run's config.json
+    if not isinstance(data, dict):
+        raise _refused(path, "must hold a JSON object of setting names and values (or a run's config.json)")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        raise _refused(path, "; ".join(_unknown(key, names) for key in unknown))
+    paths = _path_fields(cls)
+    return {key: Path(value) if key in paths and isinstance(value, str) else value
+            for key, value in data.items() if key not in ignored}
+
+
+def _unknown(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")

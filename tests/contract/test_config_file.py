@@ -1,0 +1,78 @@
+"""``--config PATH``: runner settings from a JSON file (plain or a run's config.json), flags on top."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+
+from ptycho_torch.config import to_jsonable
+from scripts.studies import grid_lines_compare_wrapper as wrapper
+from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, main, parse_config, resolved_json
+from tests.helpers import examples
+from tests.strategies import runner_configs
+
+
+def written(folder: Path, content) -> Path:
+    path = folder / "settings.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+@settings(max_examples=examples(100))
+@given(cfg=runner_configs())
+def test_a_config_json_read_back_gives_the_same_runner_config(cfg):
+    with tempfile.TemporaryDirectory() as folder:
+        for content in (resolved_json(cfg), to_jsonable(cfg)):  # a run's config.json, and a plain mapping
+            read, _ = parse_config(["--config", str(written(Path(folder), content))])
+            assert read == cfg
+
+
+def test_flags_given_override_the_file_and_the_rest_comes_from_it(tmp_path, capsys):
+    path = written(tmp_path, {"epochs": 3, "learning_rate": 0.01, "gradient_clip_val": 0.5})
+    assert main(["--config", str(path), "--epochs", "5", "--dry-run"]) == 0
+    runner = json.loads(capsys.readouterr().out)["runner"]
+    assert (runner["epochs"], runner["learning_rate"], runner["gradient_clip_val"]) == (5, 0.01, 0.5)
+    assert runner["batch_size"] == TorchRunnerConfig().batch_size  # neither file nor flag: the default
+
+
+def test_unknown_names_are_refused_each_with_the_closest_valid_name(tmp_path, capsys):
+    path = written(tmp_path, {"lerning_rate": 0.1, "epochs": 2, "zzz": 1})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--config=" in err and "Traceback" not in err
+    assert "'lerning_rate' (did you mean 'learning_rate'?)" in err and "unknown setting 'zzz'" in err
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "is not JSON"),
+    ("[1, 2]", "must hold a JSON object"),
+    ('"text"', "must hold a JSON object"),
+    ('{"epochs": 0}', "--epochs=0: must be"),  # values pass the flags' rules
+    ('{"grad_clip": 1.0}', "did you mean"),  # a flag alias is not a setting name
+], ids=["malformed", "list", "string", "bad value", "alias"])
+def test_bad_files_exit_2_naming_the_problem(tmp_path, capsys, content, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(written(tmp_path, content)), "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and words in err and "Traceback" not in err
+
+
+def test_a_missing_file_exits_2_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(tmp_path / "absent.json"), "--dry-run"])
+    assert exit_info.value.code == 2 and "absent.json" in capsys.readouterr().err
+
+
+def test_the_wrapper_takes_a_run_config_but_keeps_its_own_architectures_and_folder(tmp_path):
+    recorded = resolved_json(TorchRunnerConfig(architecture="fno", epochs=4, output_dir=Path("elsewhere"),
+                                               overwrite=True, fno_modes=6))
+    rows, _ = wrapper.parse_rows(["--config", str(written(tmp_path, recorded)), "--architectures", "cnn,hybrid",
+                                  "--output-dir", str(tmp_path / "cmp"), "--torch-epochs", "2"])
+    assert [r.architecture for r in rows] == ["cnn", "hybrid"]
+    assert all(r.epochs == 2 and r.fno_modes == 6 and not r.overwrite for r in rows)
+    assert rows[0].output_dir == tmp_path / "cmp" / "runs" / "cnn"
