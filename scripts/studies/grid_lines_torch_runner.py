@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from typing import Any
 from ptycho_torch.config import (
     ACCELERATORS, ARCHITECTURES, CLIP_ALGORITHMS, GENERATOR_OUTPUT_MODES, LOGGER_BACKENDS,
     LOSS_MODES, NONFINITE_POLICIES, OPTIMIZERS, PRECISIONS, SCHEDULERS, STRATEGIES,
-    TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
-    TrainingConfig, Validated, to_jsonable,
+    TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, RunSettings, SimulationConfig,
+    TrainingConfig, Validated, inert_settings, to_jsonable,
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
@@ -170,19 +170,40 @@ def resolved_json(cfg: TorchRunnerConfig) -> dict[str, Any]:
         name: to_jsonable(resolved[name]) for name in ("training", "execution", "simulation")}
 
 
-def plan_of(cfg: TorchRunnerConfig) -> RunPlan:
-    """The library's view of a run: resolved configs plus the runner-only settings."""
+def inert_runner_settings(cfg: TorchRunnerConfig) -> dict[str, str]:
+    """Runner fields that cannot change this run (every config they reach ignores them), with why."""
     resolved = resolve_configs(cfg)
+    inert = inert_settings(RunSettings(resolved["training"], resolved["execution"], resolved["simulation"],
+                                       simulated=cfg.train_npz is None))
+    found = {}
+    for f in dataclasses.fields(cfg):
+        places = [f"{destination}.{f.name}" for destination in route_of(f).to if destination != "runner"]
+        if places and all(place in inert for place in places):
+            found[f.name] = inert[places[0]]
+    return found
+
+
+def ignored_given(cfg: TorchRunnerConfig, given: Iterable[str]) -> dict[str, str]:
+    """The settings the user gave (flags or --config) that have no effect in this run, with why."""
+    given = set(given)
+    return {name: why for name, why in inert_runner_settings(cfg).items() if name in given}
+
+
+def plan_of(cfg: TorchRunnerConfig, given: Iterable[str] = ()) -> RunPlan:
+    """The library's view of a run: resolved configs plus the runner-only settings. config.json
+    records, under ``ignored_settings``, the ``given`` settings that cannot act in this run."""
+    resolved = resolve_configs(cfg)
+    record = resolved_json(cfg) | {"ignored_settings": ignored_given(cfg, given)}
     return RunPlan(training=resolved["training"], execution=resolved["execution"],
                    simulation=resolved["simulation"], train_npz=cfg.train_npz, test_npz=cfg.test_npz,
-                   output_dir=cfg.output_dir, overwrite=cfg.overwrite, record=resolved_json(cfg))
+                   output_dir=cfg.output_dir, overwrite=cfg.overwrite, record=record)
 
 
-def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None) -> dict[str, Any] | None:
+def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None, given: Iterable[str] = ()) -> dict[str, Any] | None:
     """Run the pipeline (``ptycho_torch.workflow.run``) for one runner config."""
     from ptycho_torch import workflow
 
-    return workflow.run(plan_of(cfg), data=data)
+    return workflow.run(plan_of(cfg, given), data=data)
 
 
 # --- command line (derived from the declarations by runner_cli) ------------------------------
@@ -209,15 +230,23 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     parser = build_parser()
     namespace = parser.parse_args(argv)
     given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run",))
+    namespace.given = tuple(given)  # the settings the user gave (flags and --config), for the inert warnings
     return build_config(parser, TorchRunnerConfig, given, check=resolve_configs), namespace
+
+
+def warn_ignored(ignored: dict[str, str], flags: dict[str, str], cfg: Any) -> None:
+    """One line per given setting that cannot act in this run (its flag, value and why)."""
+    for name, why in ignored.items():
+        print(f"warning: {flags[name]}={getattr(cfg, name)!r} has no effect in this run: {why}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, namespace = parse_config(argv)
+    warn_ignored(ignored_given(cfg, namespace.given), runner_flags(), cfg)
     if namespace.dry_run:
         print(json.dumps(resolved_json(cfg), indent=2))
         return 0
-    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg)), runner_flags())
+    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg, given=namespace.given)), runner_flags())
 
 
 def report(cfg: TorchRunnerConfig, metrics: dict[str, Any] | None) -> int:
