@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ARCHITECTURES, ConfigError
-from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of, resolved_json
+from scripts.studies.grid_lines_torch_runner import (
+    TorchRunnerConfig, ignored_given, plan_of, resolved_json, warn_ignored,
+)
 from scripts.studies.runner_cli import (
     add_config_argument, add_setting_arguments, config_error_message, new_parser, nonempty_path, outcome_status,
     run_command, settings_given,
@@ -78,6 +80,7 @@ def parse_rows(argv: Sequence[str] | None) -> tuple[list[TorchRunnerConfig], arg
         parser.error(f"--architectures={ns.architectures!r}: must be distinct names from {','.join(ARCHITECTURES)}")
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=("architectures", "dry_run", *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
+    ns.given = tuple(given)  # the settings the user gave (flags and --config), for the inert warnings
     rows = []
     try:
         for arch in architectures:
@@ -109,14 +112,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: bool) -> list[dict[str, Any]]:
-    """Check every row, claim ``output_dir``, share one dataset, run each row, write the tables."""
+def ignored_by_every_row(rows: list[TorchRunnerConfig], given: Sequence[str]) -> dict[str, str]:
+    """Given settings that no architecture of the comparison can use (fno sizes for cnn rows alone)."""
+    per_row = [ignored_given(cfg, given) for cfg in rows]
+    return {name: why for name, why in per_row[0].items() if all(name in ignored for ignored in per_row)}
+
+
+def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: bool,
+                   given: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Check every row, claim ``output_dir``, share one dataset, run each row, write the tables.
+    Each row's config.json records the ``given`` settings that cannot act in that row."""
     import numpy as np
 
     from ptycho_torch import artifacts, plots, workflow
     from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
 
-    plans = [plan_of(cfg) for cfg in rows]
+    plans = [plan_of(cfg, given) for cfg in rows]
     data = None
     check_output_dir(output_dir, overwrite)
     for plan in plans:  # each row's folder too: a file where runs/<architecture> goes is refused now
@@ -139,10 +150,11 @@ def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: b
 
 def main(argv: Sequence[str] | None = None) -> int:
     rows, ns = parse_rows(argv)
+    warn_ignored(ignored_by_every_row(rows, ns.given), wrapper_flags(), rows[0])
     if ns.dry_run:
         print(json.dumps([resolved_json(cfg) for cfg in rows], indent=2))
         return 0
-    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite), ns.output_dir),
+    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite, ns.given), ns.output_dir),
                        wrapper_flags())
 
 

@@ -57,3 +57,15 @@ def test_a_setting_that_reaches_several_configs_is_inert_only_when_all_of_them_i
     assert inert["n_lines"] == "the data come from the NPZ files"  # simulation only
     assert "N" not in inert  # the simulation ignores N, but the model is built with it
     assert "N" not in inert_runner_settings(TorchRunnerConfig())
+
+
+def test_the_wrapper_warns_only_of_settings_no_architecture_of_the_comparison_can_use(capsys):
+    from scripts.studies import grid_lines_compare_wrapper as wrapper
+
+    assert wrapper.main(["--architectures", "cnn,fno", "--torch-fno-modes", "4", "--torch-momentum", "0.3",
+                         "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert lines == ["warning: --torch-momentum=0.3 has no effect in this run: only sgd uses momentum"]
+    rows, ns = wrapper.parse_rows(["--architectures", "cnn,fno", "--torch-fno-modes", "4"])
+    assert [plan_of(cfg, ns.given).record["ignored_settings"] for cfg in rows] == [
+        {"fno_modes": "only fno and hybrid are spectral"}, {}]  # each run records its own
