@@ -14,7 +14,7 @@ import difflib
 import json
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ptycho_torch.config import ConfigError, Problem
 
@@ -31,8 +31,14 @@ def _path_fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if Path in (hints[f.name], *typing.get_args(hints[f.name]))}
 
 
-def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The settings in ``path`` for ``cls``'s fields (``ignored`` names dropped), ready for ``cls(**...)``.
+class FileSettings(NamedTuple):
+    values: dict[str, Any]  # ready for cls(**values)
+    given: set[str]  # the names the user chose: every name of a plain mapping; of a run's config.json,
+    # which spells out every setting, those that differ from the default
+
+
+def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileSettings:
+    """The settings in ``path`` for ``cls``'s fields (``ignored`` names dropped).
 
     Raises ConfigError (one problem, field ``config``) for an unreadable or malformed file, a
     top level that is not a mapping, and unknown names."""
@@ -42,7 +48,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> dict[
         raise _refused(path, f"cannot be read ({err.strerror or err})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _refused(path, f"is not JSON ({err})") from None
-    if isinstance(data, dict) and isinstance(data.get(RUN_RECORD_SECTION), dict):
+    recorded = isinstance(data, dict) and isinstance(data.get(RUN_RECORD_SECTION), dict)
+    if recorded:
         data = data[RUN_RECORD_SECTION]  # a run's config.json
     if not isinstance(data, dict):
         raise _refused(path, "must hold a JSON object of setting names and values (or a run's config.json)")
@@ -51,8 +58,11 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> dict[
     if unknown:
         raise _refused(path, "; ".join(_unknown(key, names) for key in unknown))
     paths = _path_fields(cls)
-    return {key: Path(value) if key in paths and isinstance(value, str) else value
-            for key, value in data.items() if key not in ignored}
+    values = {key: Path(value) if key in paths and isinstance(value, str) else value
+              for key, value in data.items() if key not in ignored}
+    defaults = cls()
+    given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}
+    return FileSettings(values, given)
 
 
 def _unknown(key: str, names: list[str]) -> str:

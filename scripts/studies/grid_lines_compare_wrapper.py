@@ -80,7 +80,6 @@ def parse_rows(argv: Sequence[str] | None) -> tuple[list[TorchRunnerConfig], arg
         parser.error(f"--architectures={ns.architectures!r}: must be distinct names from {','.join(ARCHITECTURES)}")
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=("architectures", "dry_run", *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
-    ns.given = tuple(given)  # the settings the user gave (flags and --config), for the inert warnings
     rows = []
     try:
         for arch in architectures:

@@ -230,7 +230,6 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     parser = build_parser()
     namespace = parser.parse_args(argv)
     given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run",))
-    namespace.given = tuple(given)  # the settings the user gave (flags and --config), for the inert warnings
     return build_config(parser, TorchRunnerConfig, given, check=resolve_configs), namespace
 
 

@@ -122,17 +122,20 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespace, cls: type,
                    command_only: tuple[str, ...], ignored: tuple[str, ...] = ()) -> dict[str, Any]:
     """The settings of ``--config`` (if given) overridden by the flags given; ``command_only``
-    namespace entries are not settings, ``ignored`` names of the file are dropped."""
+    namespace entries are not settings, ``ignored`` names of the file are dropped. Sets
+    ``namespace.given``: the names the user chose (flags, and see ``config_file.FileSettings``)."""
     from scripts.studies.config_file import read_settings
 
     given = {k: v for k, v in vars(namespace).items() if k not in (*command_only, "config")}
+    namespace.given = tuple(given)
     if namespace.config is None:
         return given
     try:
         from_file = read_settings(namespace.config, cls, ignored)
     except ConfigError as err:
         parser.error(config_error_message(err, {}))
-    return {**from_file, **given}
+    namespace.given = tuple(sorted(from_file.given | set(given)))
+    return {**from_file.values, **given}
 
 
 def build_config(parser: argparse.ArgumentParser, cls: type, given: dict[str, Any],

@@ -69,3 +69,11 @@ def test_the_wrapper_warns_only_of_settings_no_architecture_of_the_comparison_ca
     rows, ns = wrapper.parse_rows(["--architectures", "cnn,fno", "--torch-fno-modes", "4"])
     assert [plan_of(cfg, ns.given).record["ignored_settings"] for cfg in rows] == [
         {"fno_modes": "only fno and hybrid are spectral"}, {}]  # each run records its own
+
+
+def test_a_run_config_json_counts_as_given_only_where_it_differs_from_the_defaults(tmp_path, capsys):
+    recorded = TorchRunnerConfig(momentum=0.5, epochs=3)  # momentum chosen (inert under adam); epochs acts
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(plan_of(recorded, given=["momentum", "epochs"]).record))
+    assert warnings_of(["--config", str(path)], capsys)[0] == [
+        "warning: --momentum=0.5 has no effect in this run: only sgd uses momentum"]
