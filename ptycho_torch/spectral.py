@@ -9,17 +9,19 @@ definition written one mode at a time and check forward and backward against it.
 Why not autograd through rfft2, a complex einsum and irfft2: torch runs those per-mode products
 as a complex batched matmul over strided, conjugated views, one small matrix at a time with a
 copy of each (thousands of copies per step: 11 ms per layer fwd+bwd at the default size, most of
-an fno step), and both FFTs transform every row only to drop most of them. Here the columns
-go through rfft, the rows through a matrix product with the DFT matrix of the kept rows only,
-which leaves the modes contiguous and mode-major: (K, B, in) against (K, in, out) per mode. The
-backward pass is written out, and is the same layer again: with G = rfft2(grad) on the kept
-modes and c_k the weight irfft2 gives column k of the half spectrum (1 for column 0 and the
-Nyquist column, 2 for the others, which stand for their mirror images too),
+an fno step), and both FFTs transform every row and column only to drop most of them. Here both
+axes go through matrix products with the DFT matrices of exactly the kept columns and rows, in
+channels_last layout (B, H, W, C), which leaves the modes contiguous and mode-major: (K, B, in)
+against each mode's (in, out) matrix in one batched product. irfft2's weights c_k (1 for column 0
+and the Nyquist column, 2 for the others, which stand for their mirror images too) sit inside the
+column synthesis matrix, its normalization in both synthesis matrices (1/W and 1/H).
 
-    grad_x = irfft2( G W^H )             (the adjoint: the layer with W's conjugate transpose)
-    grad_W[o, k, i] = c_k / (H W) conj(X_i[k]) G_o[k]
+The backward pass is written out as the adjoint of each linear step in reverse order: analysis
+and synthesis are each other's adjoints with conjugate-transposed matrices (``_transforms``
+returns both sets), so with G = the adjoint of the synthesis applied to the incoming gradient,
 
-where the factors c_k / (H W) of the irfft2 adjoint cancel between the two halves of grad_x.
+    grad_x = adjoint of the analysis applied to  G W^H    (the layer again, with W^H per mode)
+    grad_W[o, k, i] = G_o[k] conj(X_i[k])
 """
 
 from __future__ import annotations
