@@ -64,8 +64,8 @@ def _complex_fft_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int
 
 
 def _real_fft_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
-    transforms, n = _fft_points(out_shape if len(out_shape) == len(input_shape) and
-                                math.prod(out_shape) > math.prod(input_shape) else input_shape, dim)
+    real_side = max(input_shape, out_shape, key=math.prod)  # r2c reads it, c2r writes it
+    transforms, n = _fft_points(real_side, dim)
     return int(transforms * 2.5 * n * math.log2(n))  # a real transform costs half a complex one
 
 

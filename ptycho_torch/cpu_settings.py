@@ -33,12 +33,16 @@ SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over
 _chosen: list[int] = []  # the counts chosen by the enclosing ``intra_op_threads`` contexts
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+def _affinity() -> set[int]:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    return len(_affinity())
 
 
 def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
@@ -61,7 +65,7 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
 
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     """Cores of this process's affinity mask that other processes kept busy over ``seconds``."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = _affinity()
     first, own_first, start = _cpu_ticks(cpus), time.process_time(), time.monotonic()
     time.sleep(seconds)
     last, own_last, elapsed = _cpu_ticks(cpus), time.process_time(), time.monotonic() - start

@@ -140,7 +140,7 @@ class SpectralConv2d(nn.Module):
         self.weight = nn.Parameter(drawn.permute(0, 2, 3, 1, 4).contiguous())  # (out, 2m, m, in, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # FFTs stay in float32 even under autocast: bf16 / fp16 FFTs are unsupported or lossy.
+        # The DFT products stay in float32 even under autocast: bf16 / fp16 spectra lose the small modes.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return spectral_conv(x.float(), self.weight.float(), self.modes)  # (B, out, h, w) float32
 

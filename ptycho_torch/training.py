@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
+from ptycho_torch.cpu_settings import flushed_denormals, run_threads
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
 from ptycho_torch.overlap import assemble_objects, canvas_side, group_members, group_offsets
 from ptycho_torch.scan import extract_patches
-from ptycho_torch.cpu_settings import flushed_denormals, run_threads
 from ptycho_torch.trainer import build_trainer
 
 

@@ -98,16 +98,18 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
 
 def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:
     from ptycho_torch import artifacts
+    from ptycho_torch.cpu_settings import run_threads
     from ptycho_torch.training import train
 
     out = plan.output_dir
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
-    trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"])
-    if trained.trainer.world_size > 1:
-        write_rank_record(trained, out / "ranks")
-    return write_results(out, plan.execution, trained, test_data) if main_rank else None
+    with run_threads(plan.execution):  # one automatic choice for the run: the fit and the prediction share it
+        trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"])
+        if trained.trainer.world_size > 1:
+            write_rank_record(trained, out / "ranks")
+        return write_results(out, plan.execution, trained, test_data) if main_rank else None
 
 
 def write_rank_record(trained, folder: Path) -> None:

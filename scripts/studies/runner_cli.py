@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ConfigError
+from scripts.studies.config_file import CONFIG_FLAG, read_settings
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 
 NONE_WORD = "none"
@@ -109,12 +110,12 @@ def setting_flags(cls: type, flag_prefix: str = "--") -> dict[str, str]:
 
 def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
     """A ConfigError restated with CLI flags instead of field names."""
-    flags = {"config": "--config", **flags}  # a settings file's own problems (config_file)
+    flags = {"config": CONFIG_FLAG, **flags}  # a settings file's own problems (config_file)
     return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=nonempty_path, default=None, metavar="PATH",
+    parser.add_argument(CONFIG_FLAG, type=nonempty_path, default=None, metavar="PATH",
                         help="JSON file of runner settings (names as in config.json), or a run's config.json; "
                              "flags given on the command line override it")
 
@@ -124,8 +125,6 @@ def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespac
     """The settings of ``--config`` (if given) overridden by the flags given; ``command_only``
     namespace entries are not settings, ``ignored`` names of the file are dropped. Sets
     ``namespace.given``: the names the user chose (flags, and see ``config_file.FileSettings``)."""
-    from scripts.studies.config_file import read_settings
-
     given = {k: v for k, v in vars(namespace).items() if k not in (*command_only, "config")}
     namespace.given = tuple(given)
     if namespace.config is None:
