@@ -466,6 +466,23 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def from_jsonable(cls: type, data: Mapping[str, Any]) -> Any:
+    """The config that ``to_jsonable`` wrote as ``data``, nested configs rebuilt and every value
+    validated again; names ``cls`` does not hold are refused (ConfigError naming them)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(cls.__name__, [Problem(cls.__name__, data, "must be a mapping of field names")])
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(cls.__name__, [Problem(name, data[name], "is not a field") for name in unknown])
+    values = dict(data)
+    for name, value in data.items():
+        rule = FIELD_RULES.get(name)
+        if isinstance(rule, Instance) and isinstance(value, Mapping):
+            values[name] = from_jsonable(rule.cls, value)
+    return cls(**values)
+
+
 def shared_field_names(a: type, b: type) -> tuple[str, ...]:
     """Names that two config classes both hold (the fields that must agree)."""
     names_b = {f.name for f in dataclasses.fields(b)}

@@ -6,8 +6,9 @@ canvas, and the split below is over groups (a pattern can sit in a train group a
 group: they share neighbours).
 
 The train split is divided into train/validation by ``val_fraction`` with a generator seeded by
-``seed``; shuffling uses its own seeded generator, so the data order is reproducible. Under DDP
-Lightning swaps in a DistributedSampler, which gives each rank a disjoint share.
+``seed``; each epoch's order is drawn from (``seed``, epoch) alone (``EpochShuffle``), so it is the
+same whether the run went through or was resumed at that epoch. Under DDP Lightning swaps in a
+DistributedSampler (also seeded per epoch), which gives each rank a disjoint share.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.npz_data import GridLinesData
@@ -63,6 +64,25 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+class EpochShuffle(RandomSampler):
+    """A permutation of the dataset drawn from (seed, epoch): no state carries over from one epoch
+    to the next. Lightning calls ``set_epoch`` before each epoch; a RandomSampler subclass, so that
+    Lightning still treats the loader as shuffled (a DistributedSampler under DDP)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        super().__init__(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        key = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        order = torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(int(key)))
+        return iter(order.tolist())
+
+
 class GridLinesDataModule(L.LightningDataModule):
     def __init__(self, train: GridLinesData, training: TrainingConfig, execution: PyTorchExecutionConfig,
                  group_spacing: int | None = None):
@@ -75,14 +95,13 @@ class GridLinesDataModule(L.LightningDataModule):
         self.train_set = Subset(patterns, train_idx)
         self.val_set = Subset(patterns, val_idx) if val_idx else None
 
-    def _loader(self, dataset: Dataset, batch_size: int, generator: torch.Generator | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochShuffle | None) -> DataLoader:
         workers = self.execution.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        order = torch.Generator().manual_seed(self.training.seed)  # the data order, reproducible per seed
-        return self._loader(self.train_set, self.training.batch_size, order)
+        return self._loader(self.train_set, self.training.batch_size, EpochShuffle(self.train_set, self.training.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, self.execution.infer_batch_size, None) if self.val_set else []

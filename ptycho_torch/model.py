@@ -14,12 +14,15 @@ optimization. Settings are read only from TrainingConfig, by attribute.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm, grads_finite
-from ptycho_torch.config import TrainingConfig, clipping_enabled
+from ptycho_torch.config import TrainingConfig, clipping_enabled, from_jsonable, to_jsonable
 from ptycho_torch.generators import build_generator
 from ptycho_torch.interrupts import deferred
 from ptycho_torch.losses import PINN_LOSSES, supervised_loss
@@ -29,11 +32,20 @@ from ptycho_torch.overlap import extract_from_canvas, merge_with_weight, overlap
 from ptycho_torch.physics import apply_probe_mask, forward_amplitude
 
 HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "grad_norm_preclip", "grad_norm_postclip", "skipped")
+RUN_STATE = "ptycho_run_state"  # the checkpoint entry holding the run's records (history, counters)
 
 
 class PtychoPINN(L.LightningModule):
-    def __init__(self, cfg: TrainingConfig, probe: torch.Tensor):
+    """``cfg`` is the resolved TrainingConfig, or its JSON form as a checkpoint stores it, so that
+    ``PtychoPINN.load_from_checkpoint(path)`` rebuilds the model without the runner."""
+
+    def __init__(self, cfg: TrainingConfig | Mapping[str, Any], probe: torch.Tensor):
         super().__init__()
+        if isinstance(cfg, Mapping):
+            cfg = from_jsonable(TrainingConfig, cfg)
+        probe = torch.as_tensor(probe).to(torch.complex64)
+        # Plain data only (JSON-like config, one tensor): checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"cfg": to_jsonable(cfg), "probe": probe.detach().cpu().clone()}, logger=False)
         self.automatic_optimization = False
         self.cfg = cfg
         model = cfg.model
@@ -160,6 +172,21 @@ class PtychoPINN(L.LightningModule):
             self._rows[i][k] = value
         self.history.extend(self._rows)
         self._rows = []
+
+    # --- checkpoints: the run's records travel with the weights ----------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_STATE] = {"history": list(self.history), "nonfinite_skips": self.nonfinite_skips,
+                                 "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RUN_STATE)
+        if state is None:
+            return
+        self.history = [dict(row) for row in state["history"]]
+        self.nonfinite_skips = state["nonfinite_skips"]
+        self.optimizer_steps = state["optimizer_steps"]
+        self.last_val_loss = state["last_val_loss"]
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.cfg)

@@ -2,6 +2,7 @@
 
     check_output_dir(path, overwrite)           no disk change; OutputDirError names the path and the rule
     with claimed(path, overwrite, RUN_LAYOUT):  create, claim, clean, then write
+    with claimed(path, False, RUN_LAYOUT, resume=True):  claim a run's own folder to continue it
 
 A claim is the file ``.run.lock`` (pid, host, start time), created atomically with its content
 (``link`` of a finished temporary file fails if the name exists) and held under ``flock`` for the
@@ -66,16 +67,17 @@ def _not_empty(path: Path) -> OutputDirError:
 
 # --- checks that touch nothing ---------------------------------------------------------------
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a path the run could not create or write, or a non-empty folder without ``overwrite``."""
+def check_output_dir(path: Path, overwrite: bool, *, resume: bool = False) -> None:
+    """Refuse a path the run could not create or write, or a non-empty folder without ``overwrite``
+    (a run continued in its own folder, ``resume``, keeps what is there)."""
     path = Path(path)
     try:
-        _check_output_dir(path, overwrite)
+        _check_output_dir(path, overwrite or resume)
     except OSError as err:  # a path the file system itself refuses to look at
         raise _refuse(path, f"cannot be used: {err.strerror or err}") from None
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> None:
+def _check_output_dir(path: Path, keep_content: bool) -> None:
     if not str(path).strip():
         raise _refuse(path, "must be a non-empty path")
     _check_name_lengths(path)
@@ -89,7 +91,7 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
         raise _refuse(path, f"{str(existing)!r} is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _refuse(path, f"no permission to write in {str(existing)!r}")
-    if existing == path.absolute() and _entries(existing) and not overwrite:
+    if existing == path.absolute() and _entries(existing) and not keep_content:
         raise _not_empty(path)
 
 
@@ -325,18 +327,22 @@ def _stderr(message: str) -> None:
 
 
 @contextlib.contextmanager
-def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], None] = _stderr) -> Iterator[Path]:
-    """Create and claim ``path`` for one run; with ``overwrite`` clear the previous run's artifacts first."""
+def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], None] = _stderr, *,
+            resume: bool = False) -> Iterator[Path]:
+    """Create and claim ``path`` for one run; with ``overwrite`` clear the previous run's artifacts first.
+
+    ``resume``: the folder holds the run being continued; its files stay, and a claim its killed
+    process left behind is taken over."""
     path = Path(path)
-    check_output_dir(path, overwrite)
+    check_output_dir(path, overwrite, resume=resume)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(path, overwrite, log)
+        fd = _acquire(path, overwrite or resume, log)
     except OSError as err:
         raise _refuse(path, f"cannot be created or claimed: {os.strerror(err.errno or errno.EIO)}") from None
     try:
         remove_temporaries(path, layout)
-        if _entries(path, layout) and not overwrite:
+        if _entries(path, layout) and not (overwrite or resume):
             raise _not_empty(path)
         if overwrite:
             _, kept = remove_previous_run(path, layout)

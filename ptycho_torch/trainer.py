@@ -3,26 +3,73 @@
 ``gradient_clip_val`` is never handed to the Trainer: under manual optimization Lightning
 raises inside ``fit()`` when it is set, and clipping is the model's job (see model.py).
 The shared-field guard runs first, on every rank, so that disagreeing configs never train.
+
+Checkpoints (``enable_checkpointing``) are written at the end of every training epoch, after the
+model's own epoch-end work (history rows, scheduler step), each file atomically: ``last.ckpt``
+is what ``--resume`` continues from. With the weights they hold the optimizer, scheduler,
+precision (GradScaler) and loop states (Lightning's), the run's records (``PtychoPINN``) and the
+random generators' states (``RandomStates``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
+from ptycho_torch.artifacts import atomic_file
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
 from ptycho_torch import interrupts
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+LAST_CHECKPOINT = "last.ckpt"  # the newest epoch-end checkpoint (ModelCheckpoint's save_last)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Each checkpoint is written to a temporary beside it and renamed into place: a run killed
+    while saving leaves the previous complete checkpoint, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            torch.save(checkpoint, handle)
+
+
+class RandomStates(Callback):
+    """The global random generators (torch CPU and CUDA, numpy, Python) in every checkpoint, set
+    back when a fit resumes from one. Plain lists and tensors only: loadable with weights_only."""
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state(legacy=False)
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
+                                                   "pos": numpy_state["state"]["pos"]}},
+                "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        numpy_state = state_dict["numpy"]
+        np.random.set_state({**numpy_state, "state": {"key": np.asarray(numpy_state["state"]["key"], np.uint32),
+                                                      "pos": numpy_state["state"]["pos"]}})
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 class StopOnSignal(Callback):
@@ -31,7 +78,8 @@ class StopOnSignal(Callback):
     At train start our handler replaces Lightning's (which would broadcast inside the handler)
     and passes the signal on to the ranks Lightning started. On ``Interrupted`` a single-process
     run saves its state as ``interrupted.ckpt`` (saving is collective under DDP, and the other
-    ranks are stopping too), written to a temporary name and renamed like every artifact.
+    ranks are stopping too). It stopped inside an epoch: ``--resume`` continues from the last
+    epoch-end checkpoint instead, whose data order it can replay exactly.
     """
 
     def __init__(self, folder: Path | None):
@@ -44,13 +92,7 @@ class StopOnSignal(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.folder is None or not isinstance(exception, interrupts.Interrupted) or trainer.world_size > 1:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".{INTERRUPTED_CHECKPOINT}.{os.getpid()}.tmp"
-        try:
-            trainer.save_checkpoint(temporary)
-            os.replace(temporary, self.folder / INTERRUPTED_CHECKPOINT)
-        finally:
-            temporary.unlink(missing_ok=True)
+        trainer.save_checkpoint(self.folder / INTERRUPTED_CHECKPOINT)  # atomic (AtomicCheckpointIO)
 
 
 def build_logger(execution: PyTorchExecutionConfig, output_dir: Path) -> Logger | bool:
@@ -72,8 +114,8 @@ def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, o
     checkpoints = output_dir / "checkpoints" if execution.enable_checkpointing else None
     callbacks = [*callbacks, StopOnSignal(checkpoints)]
     if checkpoints is not None:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoints, save_last=True))
-    return L.Trainer(
+        callbacks += [RandomStates(), ModelCheckpoint(dirpath=checkpoints, save_last=True, save_on_train_epoch_end=True)]
+    trainer = L.Trainer(
         accelerator=execution.accelerator,
         devices=execution.devices,
         strategy=execution.strategy,
@@ -92,3 +134,5 @@ def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, o
         default_root_dir=output_dir,
         gradient_clip_val=None,  # clipping is done by the model under manual optimization
     )
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer

@@ -37,11 +37,13 @@ class TrainedModel:
 
 def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_data: GridLinesData,
           output_dir: Path, *, plugins: Sequence[Any] = (), callbacks: Sequence[Any] = (),
-          module_class: type[PtychoPINN] = PtychoPINN, group_spacing: int | None = None) -> TrainedModel:
+          module_class: type[PtychoPINN] = PtychoPINN, group_spacing: int | None = None,
+          resume_from: Path | None = None) -> TrainedModel:
     """Fit the PINN on ``train_data``; refuses to start when shared settings disagree.
 
     ``group_spacing``: at gridsize 2, how far apart (pixels) a training group's members are; the
-    workflow passes the test split's stride (see ``overlap.group_members``)."""
+    workflow passes the test split's stride (see ``overlap.group_members``). ``resume_from``: an
+    epoch-end checkpoint of this run to continue from (see resume.py)."""
     check_shared_fields(training, execution)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -50,7 +52,7 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
         data = GridLinesDataModule(train_data, training, execution, group_spacing)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)
         with run_threads(execution), flushed_denormals():
-            trainer.fit(module, datamodule=data)
+            trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     return TrainedModel(module, trainer, data, initial_digest)

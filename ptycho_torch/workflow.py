@@ -26,6 +26,7 @@ class RunPlan:
     output_dir: Path
     overwrite: bool
     record: dict[str, Any]  # config.json: the runner config and the resolved configs, JSON-ready
+    resume: bool = False  # continue the run in output_dir from its last epoch-end checkpoint
 
 
 def load_or_simulate(plan: RunPlan, data_dir: Path | None):
@@ -67,9 +68,16 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     else:
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:
-        check_output_dir(plan.output_dir, plan.overwrite)
+        check_output_dir(plan.output_dir, plan.overwrite, resume=plan.resume)
         check_inputs_survive(plan.output_dir, plan.overwrite, RUN_LAYOUT, input_files(plan))
     return data
+
+
+def resume_from(plan: RunPlan) -> Path | None:
+    """The checkpoint a resumed run continues from (refused when there is none); None for a new run."""
+    from ptycho_torch.resume import resume_point
+
+    return resume_point(plan.output_dir, plan.training.epochs) if plan.resume else None
 
 
 def input_files(plan: RunPlan) -> dict[str, Path | None]:
@@ -90,13 +98,15 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
 
     if rank_zero_only.rank != 0:
         data = prepare(plan, data, check_folder=False)
-        return _train_and_write(plan, data, data_dir=None, main_rank=False)
+        return _train_and_write(plan, data, resume_from(plan), data_dir=None, main_rank=False)
     data = prepare(plan, data)
-    with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT):
-        return _train_and_write(plan, data, data_dir=plan.output_dir / "data", main_rank=True)
+    checkpoint = resume_from(plan)
+    with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT, resume=plan.resume):
+        return _train_and_write(plan, data, checkpoint, data_dir=plan.output_dir / "data", main_rank=True)
 
 
-def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:
+def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Path | None,
+                     main_rank: bool) -> dict[str, Any] | None:
     from ptycho_torch import artifacts
     from ptycho_torch.cpu_settings import run_threads
     from ptycho_torch.training import train
@@ -106,7 +116,8 @@ def _train_and_write(plan: RunPlan, data, data_dir: Path | None, main_rank: bool
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
     with run_threads(plan.execution):  # one automatic choice for the run: the fit and the prediction share it
-        trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"])
+        trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"],
+                        resume_from=checkpoint)
         if trained.trainer.world_size > 1:
             write_rank_record(trained, out / "ranks")
         return write_results(out, plan.execution, trained, test_data) if main_rank else None

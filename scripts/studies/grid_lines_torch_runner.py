@@ -29,9 +29,10 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
-    add_config_argument, add_grouped_settings, build_config, new_parser, outcome_status, run_command, setting_flags,
-    settings_given,
+    add_config_argument, add_grouped_settings, build_config, config_error_message, new_parser, outcome_status,
+    run_command, setting_flags, settings_given,
 )
+from scripts.studies.resume_cli import RESUME_FLAG, resumed_settings
 from scripts.studies.runner_fields import SHARED, route_of, setting
 
 M, T, E, S = ("model",), ("training",), ("execution",), ("simulation",)
@@ -189,21 +190,23 @@ def ignored_given(cfg: TorchRunnerConfig, given: Iterable[str]) -> dict[str, str
     return {name: why for name, why in inert_runner_settings(cfg).items() if name in given}
 
 
-def plan_of(cfg: TorchRunnerConfig, given: Iterable[str] = ()) -> RunPlan:
+def plan_of(cfg: TorchRunnerConfig, given: Iterable[str] = (), resume: bool = False) -> RunPlan:
     """The library's view of a run: resolved configs plus the runner-only settings. config.json
-    records, under ``ignored_settings``, the ``given`` settings that cannot act in this run."""
+    records, under ``ignored_settings``, the ``given`` settings that cannot act in this run.
+    ``resume``: continue the run in ``cfg.output_dir`` (see ptycho_torch.resume)."""
     resolved = resolve_configs(cfg)
     record = resolved_json(cfg) | {"ignored_settings": ignored_given(cfg, given)}
     return RunPlan(training=resolved["training"], execution=resolved["execution"],
                    simulation=resolved["simulation"], train_npz=cfg.train_npz, test_npz=cfg.test_npz,
-                   output_dir=cfg.output_dir, overwrite=cfg.overwrite, record=record)
+                   output_dir=cfg.output_dir, overwrite=cfg.overwrite, record=record, resume=resume)
 
 
-def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None, given: Iterable[str] = ()) -> dict[str, Any] | None:
+def run_grid_lines_torch(cfg: TorchRunnerConfig, *, data=None, given: Iterable[str] = (),
+                         resume: bool = False) -> dict[str, Any] | None:
     """Run the pipeline (``ptycho_torch.workflow.run``) for one runner config."""
     from ptycho_torch import workflow
 
-    return workflow.run(plan_of(cfg, given), data=data)
+    return workflow.run(plan_of(cfg, given, resume), data=data)
 
 
 # --- command line (derived from the declarations by runner_cli) ------------------------------
@@ -217,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved configs as JSON and exit without touching the disk")
     add_config_argument(parser)
+    parser.add_argument(RESUME_FLAG, action="store_true",
+                        help="continue the run in --output-dir from its last epoch-end checkpoint, with the settings "
+                             "of its config.json (a setting given must equal the recorded one; --epochs may grow)")
     add_grouped_settings(parser, TorchRunnerConfig, dataclasses.fields(TorchRunnerConfig))
     return parser
 
@@ -229,7 +235,13 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     """Parse argv into a validated config; bad input exits 2 with the flag named."""
     parser = build_parser()
     namespace = parser.parse_args(argv)
-    given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run",))
+    given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run", "resume"))
+    if namespace.resume:
+        try:
+            given, chosen = resumed_settings(TorchRunnerConfig, given)
+        except ConfigError as err:
+            parser.error(config_error_message(err, runner_flags()))
+        namespace.given = tuple(sorted(chosen))
     return build_config(parser, TorchRunnerConfig, given, check=resolve_configs), namespace
 
 
@@ -245,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.dry_run:
         print(json.dumps(resolved_json(cfg), indent=2))
         return 0
-    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg, given=namespace.given)), runner_flags())
+    return run_command(lambda: report(cfg, run_grid_lines_torch(cfg, given=namespace.given, resume=namespace.resume)),
+                       runner_flags())
 
 
 def report(cfg: TorchRunnerConfig, metrics: dict[str, Any] | None) -> int:

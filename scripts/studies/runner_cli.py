@@ -110,7 +110,7 @@ def setting_flags(cls: type, flag_prefix: str = "--") -> dict[str, str]:
 
 def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
     """A ConfigError restated with CLI flags instead of field names."""
-    flags = {"config": CONFIG_FLAG, **flags}  # a settings file's own problems (config_file)
+    flags = {"config": CONFIG_FLAG, "resume": "--resume", **flags}  # a settings file's own problems, a run record's
     return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
 
 

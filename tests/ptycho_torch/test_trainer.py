@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -44,7 +45,8 @@ def test_factory_refuses_disagreeing_shared_settings(tmp_path):
 def test_fp16_on_a_gpu_does_not_warn_and_keeps_its_precision(tmp_path, monkeypatch):
     """The bf16 warning is about the CPU alone (the Trainer is a stand-in: no GPU here)."""
     built = {}
-    monkeypatch.setattr(trainer_module.L, "Trainer", lambda **kwargs: built.update(kwargs))
+    monkeypatch.setattr(trainer_module.L, "Trainer",
+                        lambda **kwargs: built.update(kwargs) or SimpleNamespace(strategy=SimpleNamespace()))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed", accelerator="gpu"), tmp_path)

@@ -1,0 +1,52 @@
+"""Continuing a run in its own folder from its last epoch-end checkpoint (``--resume``).
+
+The checkpoint (see trainer.py) holds everything the remaining epochs depend on, and each
+epoch's data order is a function of (seed, epoch) (``datamodule.EpochShuffle``), so a run killed
+after epoch k and resumed ends bit for bit where the uninterrupted run ends, given the same
+machine and thread count. A checkpoint written inside an epoch (``interrupted.ckpt``) is not
+resumed from: the batches of its epoch already seen cannot be told apart from the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptycho_torch.output_folder import OutputDirError
+from ptycho_torch.trainer import LAST_CHECKPOINT
+
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def last_checkpoint(output_dir: Path) -> Path:
+    return Path(output_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
+
+
+def epochs_done(checkpoint: Path) -> int:
+    """How many epochs the run had completed when ``checkpoint`` (an epoch-end one) was written."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) + 1
+
+
+def resume_point(output_dir: Path, epochs: int) -> Path:
+    """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs.
+
+    OutputDirError when there is none, it cannot be read, or nothing is left to do."""
+    checkpoint = last_checkpoint(output_dir)
+    where = f"output_dir={str(output_dir)!r}"
+    if not checkpoint.is_file():
+        raise OutputDirError(f"{where}: nothing to resume from: no {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} (the run "
+                             "ended before its first epoch did, or ran without checkpoints); start it again "
+                             "with --overwrite")
+    try:
+        done = epochs_done(checkpoint)
+    except Exception as err:  # a damaged or foreign file: refused by name, the original error kept in the chain
+        raise OutputDirError(f"{where}: {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} cannot be read as a run "
+                             f"checkpoint ({type(err).__name__}: {err})") from err
+    if done > epochs:
+        raise OutputDirError(f"{where}: its checkpoint has {done} epochs done, more than epochs={epochs}")
+    if done == epochs and (Path(output_dir) / "metrics.json").is_file():
+        raise OutputDirError(f"{where}: the run is complete ({done} of {done} epochs, metrics.json written); "
+                             f"pass --epochs above {done} to train it further")
+    return checkpoint
