@@ -1,4 +1,5 @@
-"""The train/validation split: a seeded partition of the training patterns with the documented sizes."""
+"""The train/validation split: a seeded partition of the training patterns with the documented sizes;
+the data order: a permutation per (seed, epoch), whatever epochs were drawn before."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ptycho_torch.datamodule import split_indices
+from ptycho_torch.datamodule import EpochShuffle, split_indices
 from tests.strategies import rng_seeds as seeds, pattern_counts, val_fractions
 
 
@@ -53,3 +54,27 @@ def test_held_out_patterns_spread_over_the_whole_range():
     """A check against a split that takes the first or last patterns (a scan's corner, not a sample)."""
     _, val = split_indices(1000, 0.2, seed=0)
     assert np.mean(val) == pytest.approx(500, abs=50) and min(val) < 50 and max(val) > 950
+
+
+def epoch_order(sampler: EpochShuffle, epoch: int) -> list[int]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@given(st.integers(2, 200), seeds, st.integers(0, 50))
+def test_an_epochs_order_is_a_permutation_that_depends_on_seed_and_epoch_only(count, seed, epoch):
+    walked = EpochShuffle(range(count), seed)
+    for earlier in range(min(epoch, 3)):  # epochs drawn before (the uninterrupted run) change nothing
+        epoch_order(walked, earlier)
+    order = epoch_order(walked, epoch)
+    assert sorted(order) == list(range(count))
+    assert order == epoch_order(EpochShuffle(range(count), seed), epoch)  # a resumed run's fresh sampler
+    assert order == epoch_order(walked, epoch)  # and drawing it again
+
+
+@given(seeds)
+def test_epochs_and_seeds_shuffle_differently(seed):
+    sampler = EpochShuffle(range(64), seed)
+    orders = {tuple(epoch_order(sampler, epoch)) for epoch in range(4)}
+    assert len(orders) == 4
+    assert epoch_order(EpochShuffle(range(64), seed + 1), 0) != epoch_order(sampler, 0)

@@ -1,17 +1,22 @@
-"""The Trainer factory: execution settings reach lightning.Trainer; the clip never does."""
+"""The Trainer factory: execution settings reach lightning.Trainer; the clip never does; checkpoints
+are written whole or not at all and carry the random generators' states."""
 
 from __future__ import annotations
 
+import os
+import random
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch import trainer as trainer_module
-from ptycho_torch.trainer import build_trainer
+from ptycho_torch.trainer import AtomicCheckpointIO, RandomStates, build_trainer
 
 
 def test_execution_settings_reach_the_trainer_and_the_clip_does_not(tmp_path):
@@ -51,3 +56,33 @@ def test_fp16_on_a_gpu_does_not_warn_and_keeps_its_precision(tmp_path, monkeypat
         warnings.simplefilter("error")
         build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed", accelerator="gpu"), tmp_path)
     assert built["precision"] == "16-mixed" and built["accelerator"] == "gpu"
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1}, path)
+
+    def failing_save(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer_module.torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"epoch": 2}, path)
+    assert os.listdir(path.parent) == ["last.ckpt"]
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_random_states_come_back_from_a_weights_only_checkpoint(tmp_path):
+    states = RandomStates()
+    path = tmp_path / "rng.ckpt"
+    torch.manual_seed(11), np.random.seed(12), random.seed(13)
+    torch.save(states.state_dict(), path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    states.load_state_dict(torch.load(path, weights_only=True))
+    drawn = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1]) and drawn[2] == expected[2]

@@ -1,0 +1,151 @@
+"""--resume: a run killed (SIGKILL, a real process) after epoch k and resumed ends bit for bit as
+the uninterrupted run; a resumed run may grow its epochs; everything else is refused, untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.studies.grid_lines_torch_runner import main
+from tests.helpers import TINY_ARGV
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner"]
+KILLED = [sys.executable, "-m", "tests.scripts.killed_runner"]
+# Threads fixed: the automatic count samples the machine, and a different count sums in another order.
+ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+# State that must survive the kill: a plateau scheduler (its counters), clipping, a validation split.
+STATEFUL = ["--seed", "5", "--scheduler", "ReduceLROnPlateau", "--plateau-patience", "0", "--plateau-factor", "0.7",
+            "--grad-clip", "0.05", "--optimizer", "adamw", "--weight-decay", "0.01"]
+RESULTS = ("history.csv", "metrics.json", "recon.npz")
+
+
+def run(command: list[str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def settings(gridsize: int, epochs: int, out: Path) -> list[str]:
+    return [*TINY_ARGV, *STATEFUL, "--gridsize", str(gridsize), "--epochs", str(epochs), "--output-dir", str(out)]
+
+
+def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in RESULTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    left, right = parameters(a), parameters(b)
+    assert left.keys() == right.keys()
+    assert all(torch.equal(left[k], right[k]) for k in left), [k for k in left if not torch.equal(left[k], right[k])]
+
+
+@pytest.mark.parametrize("gridsize, killed_in", [(1, 3), (2, 2)], ids=["gs1-k3", "gs2-k2"])
+def test_a_run_killed_after_epoch_k_and_resumed_ends_as_the_uninterrupted_run(tmp_path, gridsize, killed_in):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = run(RUNNER, *settings(gridsize, 4, whole))
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run(KILLED, str(killed_in), *settings(gridsize, 4, killed))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == killed_in - 1
+    assert not (killed / "metrics.json").exists() and (killed / ".run.lock").exists()  # the claim the kill left
+    resumed = run(RUNNER, "--resume", "--output-dir", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "taking over" in resumed.stderr  # the dead run's claim, named
+    assert_same_run(whole, killed)
+    assert not (killed / ".run.lock").exists()
+
+
+def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
+    longer, grown = tmp_path / "longer", tmp_path / "grown"
+    assert run(RUNNER, *settings(1, 3, longer)).returncode == 0
+    assert run(RUNNER, *settings(1, 1, grown)).returncode == 0
+    # the settings may be given again, as long as they are the recorded ones
+    done = run(RUNNER, "--resume", *settings(1, 3, grown))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(longer, grown)
+    assert json.loads((grown / "config.json").read_text())["training"]["epochs"] == 3
+
+
+# --- refusals: exit 2, one line naming the flag or file, the run's folder untouched -----------------
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "run"
+    done = run(RUNNER, *TINY_ARGV, "--epochs", "2", "--seed", "4", "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        status = main(argv)
+        raise SystemExit(status)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    return lines[-1]
+
+
+@pytest.mark.parametrize("given, named", [
+    (["--seed", "9"], ["--seed=9", "recorded run's 4"]),
+    (["--learning-rate", "0.01", "--N", "32"], ["--learning-rate=0.01", "--N=32"]),
+    (["--epochs", "1"], ["--epochs=1", ">= the recorded run's 2"]),
+    (["--overwrite"], ["--overwrite", "cannot be combined with --resume"]),
+    (["--gridsize", "2", "--no-deterministic"], ["--gridsize=2", "--deterministic=False"]),
+], ids=["seed", "two-settings", "fewer-epochs", "overwrite", "model-and-execution"])
+def test_given_settings_that_differ_from_the_record_are_refused_by_name(recorded, capsys, given, named):
+    before = snapshot(recorded)
+    line = refused(capsys, ["--resume", "--output-dir", str(recorded), *given])
+    assert all(part in line for part in named), line
+    assert snapshot(recorded) == before
+
+
+def test_a_settings_file_is_checked_against_the_record_too(recorded, capsys, tmp_path):
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"batch_size": 8}))
+    line = refused(capsys, ["--resume", "--output-dir", str(recorded), "--config", str(settings_file)])
+    assert "--batch-size=8" in line and "recorded run's 4" in line
+
+
+def test_a_complete_run_without_more_epochs_is_refused(recorded, capsys):
+    before = snapshot(recorded)
+    status = main(["--resume", "--output-dir", str(recorded)])
+    assert status == 2
+    assert "the run is complete (2 of 2 epochs" in capsys.readouterr().err
+    assert snapshot(recorded) == before
+
+
+def test_a_folder_without_a_run_record_is_refused(capsys, tmp_path):
+    line = refused(capsys, ["--resume", "--output-dir", str(tmp_path / "nothing")])
+    assert "--resume=" in line and "config.json" in line and "is --output-dir the folder of the run?" in line
+    assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_damaged_checkpoint_is_refused_by_name(recorded, capsys, tmp_path, damage):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
+    (copy / "metrics.json").unlink()  # else it would be refused as complete
+    checkpoint = copy / "checkpoints" / "last.ckpt"
+    if damage == "missing":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = snapshot(copy)
+    assert main(["--resume", "--output-dir", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "checkpoints/last.ckpt" in err
+    assert ("nothing to resume from" if damage == "missing" else "cannot be read") in err
+    assert snapshot(copy) == before and not (copy / ".run.lock").exists()
