@@ -260,6 +260,8 @@ FIELD_RULES: dict[str, Rule] = {
     "test_npz": Optional(PathRule()),
     "output_dir": PathRule(),
     "overwrite": Boolean(),
+    # reconstruction command only (scripts.grid_lines_reconstruct)
+    "checkpoint": Optional(PathRule()),
 }
 
 

@@ -50,6 +50,12 @@ class DataError(ValueError):
         where = f"key '{key}'" if key else "file"
         super().__init__(f"{self.source}: {where}: expected {expected}, found {found}")
 
+    @classmethod
+    def unreadable(cls, source: str | os.PathLike, expected: str, err: BaseException) -> DataError:
+        """A file that failed to load: the error's type and first line (library messages run long)."""
+        lines = str(err).strip().splitlines()
+        return cls(source, None, expected, f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+
 
 @dataclass(frozen=True)
 class KeySpec:
@@ -217,6 +223,16 @@ def _parse_metadata(array: np.ndarray, dims: dict[str, int], source: str, split:
 
 def _check_test_grid(arrays: dict[str, np.ndarray], dims: dict[str, int], stride: int, source: str) -> None:
     """In the test split each object's coords are the full raster grid, and YY has the stitched shape."""
+    _check_raster_grid(arrays, dims, stride, source)
+    row0, row1, col0, col1 = stitched_region(dims["S"], dims["N"], stride)
+    want = (dims["I"], row1 - row0, col1 - col0)
+    if arrays["YY_ground_truth"].shape != want:
+        raise DataError(source, "YY_ground_truth", f"shape {want} (stitched region, stride {stride})",
+                        f"shape {arrays['YY_ground_truth'].shape}")
+
+
+def _check_raster_grid(arrays: dict[str, np.ndarray], dims: dict[str, int], stride: int, source: str) -> None:
+    """Each object's coords are the complete raster grid of ``stride`` (what stitching needs)."""
     grid, n_images = raster_positions(dims["S"], dims["N"], stride), dims["I"]  # (m, 2)
     images = np.repeat(np.arange(n_images), len(grid))[:, None]  # (I m, 1)
     expected = np.concatenate([images, np.tile(grid, (n_images, 1))], axis=1)  # (I m, 3) sorted
@@ -225,11 +241,6 @@ def _check_test_grid(arrays: dict[str, np.ndarray], dims: dict[str, int], stride
     if found.shape != expected.shape or not np.array_equal(found, expected):
         raise DataError(source, "coords", f"the raster grid of stride {stride} ({len(grid)} patches) "
                         f"for each of {n_images} objects", f"{len(found)} patches that do not form it")
-    row0, row1, col0, col1 = stitched_region(dims["S"], dims["N"], stride)
-    want = (dims["I"], row1 - row0, col1 - col0)
-    if arrays["YY_ground_truth"].shape != want:
-        raise DataError(source, "YY_ground_truth", f"shape {want} (stitched region, stride {stride})",
-                        f"shape {arrays['YY_ground_truth'].shape}")
 
 
 def check_arrays(arrays: dict[str, Any], source: str | os.PathLike, split: str,
@@ -268,6 +279,19 @@ def load_npz(path: str | os.PathLike, split: str, *, expected_N: int | None = No
     """Read and validate one split file; expected_N is the model's patch side, if it must match."""
     expected_keys(split)
     return check_arrays(read_arrays(path), path, split, expected_N)
+
+
+def load_any_split(path: str | os.PathLike, *, expected_N: int | None = None) -> GridLinesData:
+    """A file of either split, to be reconstructed: its split is read from whether it holds
+    ground truth (a test file, scored), and a train file's scan must be a complete raster grid
+    as well, since stitching needs one."""
+    arrays = read_arrays(path)
+    split = "test" if "YY_ground_truth" in arrays else "train"
+    data = check_arrays(arrays, path, split, expected_N)
+    if split == "train":
+        dims = {"S": data.objectGuess.shape[-1], "N": data.N, "I": data.objectGuess.shape[0]}
+        _check_raster_grid(arrays, dims, data.metadata["stride"], str(path))
+    return data
 
 
 def write_npz(path: str | os.PathLike, data: GridLinesData) -> Path:

@@ -40,6 +40,8 @@ RUN_LAYOUT: Layout = {
     "reconstruction.png": None, "training.png": None,
     "checkpoints": TREE, "logs": TREE, "ranks": TREE, "data": DATASET_LAYOUT,
 }
+# A trained model applied to a data file (scripts.grid_lines_reconstruct).
+RECONSTRUCTION_LAYOUT: Layout = dict.fromkeys(("config.json", "metrics.json", "recon.npz", "reconstruction.png"))
 # The compare wrapper: its tables and picture, the shared dataset, and one run per architecture.
 COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png")
 

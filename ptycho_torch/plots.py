@@ -46,6 +46,17 @@ def plot_reconstruction(path: Path, truth: np.ndarray, recon: np.ndarray, title:
     return _save(fig, path)
 
 
+def plot_object(path: Path, recon: np.ndarray, title: str) -> Path:
+    """A reconstruction without ground truth: its amplitude and phase."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+    for ax, image, label in ((axes[0], np.abs(recon), "amplitude"), (axes[1], np.angle(recon), "phase (rad)")):
+        fig.colorbar(ax.imshow(image), ax=ax, fraction=0.046)
+        ax.set_title(f"reconstruction: {label}")
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None, algorithm: str | None) -> Path:
     """Loss, learning rate and global gradient norms (pre/post clip) per optimizer step."""
     steps = np.array([r["step"] for r in history])

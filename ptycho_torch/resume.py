@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ptycho_torch.npz_data import DataError
 from ptycho_torch.output_folder import OutputDirError
 from ptycho_torch.trainer import LAST_CHECKPOINT
 
@@ -32,7 +33,7 @@ def epochs_done(checkpoint: Path) -> int:
 def resume_point(output_dir: Path, epochs: int) -> Path:
     """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs.
 
-    OutputDirError when there is none, it cannot be read, or nothing is left to do."""
+    OutputDirError when there is none or nothing is left to do; DataError when it cannot be read."""
     checkpoint = last_checkpoint(output_dir)
     where = f"output_dir={str(output_dir)!r}"
     if not checkpoint.is_file():
@@ -42,8 +43,7 @@ def resume_point(output_dir: Path, epochs: int) -> Path:
     try:
         done = epochs_done(checkpoint)
     except Exception as err:  # a damaged or foreign file: refused by name, the original error kept in the chain
-        raise OutputDirError(f"{where}: {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} cannot be read as a run "
-                             f"checkpoint ({type(err).__name__}: {err})") from err
+        raise DataError.unreadable(checkpoint, "an epoch-end run checkpoint to resume from", err) from err
     if done > epochs:
         raise OutputDirError(f"{where}: its checkpoint has {done} epochs done, more than epochs={epochs}")
     if done == epochs and (Path(output_dir) / "metrics.json").is_file():

@@ -1,0 +1,104 @@
+"""A trained model applied to a data file: checkpoint -> model -> predict -> stitch -> score -> artifacts.
+
+A checkpoint carries the resolved training config and the probe the model was trained with
+(``PtychoPINN``), so nothing of the training command is needed. The data file may be either
+split of the NPZ contract; when it holds ground truth the reconstruction is scored exactly as a
+run scores its test split. The library side of ``scripts.grid_lines_reconstruct``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch.config import PyTorchExecutionConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructionPlan:
+    checkpoint: Path
+    data_npz: Path
+    execution: PyTorchExecutionConfig  # accelerator, infer_batch_size, num_threads are used
+    output_dir: Path
+    overwrite: bool
+    record: dict[str, Any]  # config.json: the command's settings, JSON-ready
+
+
+def device_of(accelerator: str):
+    """The torch device prediction runs on (check_machine has refused what this machine lacks)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        return torch.device("cuda")
+    if accelerator == "mps":
+        return torch.device("mps")
+    if accelerator == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator == "auto" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(checkpoint: Path, device=None):
+    """The trained PtychoPINN in ``checkpoint`` (weights-only loading: no code runs from the file).
+
+    DataError names the file when it is missing or is not a checkpoint written by this tool."""
+    from ptycho_torch.model import PtychoPINN
+    from ptycho_torch.npz_data import DataError
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(checkpoint, None, "a checkpoint file", "a folder" if checkpoint.is_dir() else "no such file")
+    try:
+        return PtychoPINN.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
+    except Exception as err:  # unreadable, not a checkpoint, or one without our config: refused by name, cause chained
+        raise DataError.unreadable(checkpoint, "a checkpoint written by this tool's training (it holds the "
+                                               "training config and probe)", err) from err
+
+
+def prepare(plan: ReconstructionPlan):
+    """Every check before anything is written: machine, checkpoint, data file, output folder.
+    Returns (module, data)."""
+    from ptycho_torch.npz_data import load_any_split
+    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive, check_output_dir
+    from ptycho_torch.preflight import check_machine, training_items
+
+    check_machine(plan.execution)
+    module = load_model(plan.checkpoint, device_of(plan.execution.accelerator))
+    data = load_any_split(plan.data_npz, expected_N=module.cfg.model.N)
+    training_items(module.cfg, data.coords, data.image_index, str(plan.data_npz))  # groupable at its gridsize
+    check_output_dir(plan.output_dir, plan.overwrite)
+    check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
+                         {"checkpoint": plan.checkpoint, "test_npz": plan.data_npz})
+    return module, data
+
+
+def run(plan: ReconstructionPlan) -> dict[str, Any]:
+    """Check -> claim the folder -> predict -> stitch -> score -> artifacts; returns the summary
+    (metrics.json's content when the file has ground truth)."""
+    from ptycho_torch import artifacts, plots
+    from ptycho_torch.metrics import phase_seam_ratio, score_objects
+    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, claimed
+    from ptycho_torch.workflow import reconstruct
+
+    module, data = prepare(plan)
+    out = plan.output_dir
+    with claimed(out, plan.overwrite, RECONSTRUCTION_LAYOUT):
+        artifacts.write_json(out / "config.json", plan.record | {"training": module.hparams["cfg"]})
+        recons = reconstruct(module, data, plan.execution)  # (I, H, W) complex64
+        architecture = module.cfg.model.architecture
+        summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.data_npz), "architecture": architecture,
+                   "objects": int(recons.shape[0])}
+        truth = data.YY_ground_truth
+        title = f"{architecture} ({plan.checkpoint.name}): {plan.data_npz.name} object 0"
+        if truth is None:
+            artifacts.write_npz(out / "recon.npz", recon=recons)
+            plots.plot_object(out / "reconstruction.png", recons[0], title)
+            return summary
+        summary |= {**score_objects(recons, truth),
+                    "phase_seam_ratio": phase_seam_ratio(recons, truth, data.metadata["stride"])}
+        artifacts.write_json(out / "metrics.json", summary)
+        artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=truth)
+        plots.plot_reconstruction(out / "reconstruction.png", truth[0], recons[0], title)
+        return summary

@@ -1,0 +1,178 @@
+"""A trained checkpoint applied by ``scripts.grid_lines_reconstruct``: the model rebuilds from the
+checkpoint alone and reproduces its run's reconstruction and scores bit for bit; a file without
+ground truth is reconstructed unscored; each setting acts; bad input is refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch.config import TrainingConfig, from_jsonable
+from ptycho_torch.model import PtychoPINN
+from ptycho_torch.npz_data import load_npz, write_npz
+from ptycho_torch.physics import apply_probe_mask
+from scripts.grid_lines_reconstruct import main
+from tests.helpers import TINY_ARGV
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+RUNS = {  # gridsize 2 with a masked probe: the checkpoint must carry the probe and rebuild the overlap weights
+    "gs1": ["--gridsize", "1", "--architecture", "cnn"],
+    "gs2": ["--gridsize", "2", "--architecture", "hybrid", "--probe-mask", "--probe-mask-diameter", "12"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    runs = {}
+    for name, argv in RUNS.items():
+        out = tmp_path_factory.mktemp("trained") / name
+        done = subprocess.run([sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", *TINY_ARGV, *argv,
+                               "--seed", "2", "--output-dir", str(out)],
+                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = out
+    return runs
+
+
+def reconstruct(run: Path, out: Path, *extra: str, data: Path | None = None) -> int:
+    return main(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--test-npz",
+                 str(data or run / "data" / "test.npz"), "--output-dir", str(out), "--num-threads", "1", *extra])
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_the_reconstruction_and_scores_equal_the_runs_own(trained, tmp_path, name):
+    run, out = trained[name], tmp_path / "applied"
+    assert reconstruct(run, out) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "metrics.json", "recon.npz", "reconstruction.png"]
+    with np.load(run / "recon.npz") as ran, np.load(out / "recon.npz") as applied:
+        assert np.array_equal(ran["recon"], applied["recon"])
+        assert np.array_equal(ran["ground_truth"], applied["ground_truth"])
+    ran, applied = (json.loads((folder / "metrics.json").read_text()) for folder in (run, out))
+    for key in ("mean", "per_object", "alignment", "phase_seam_ratio", "architecture"):
+        assert applied[key] == ran[key], key
+    record = json.loads((out / "config.json").read_text())
+    assert record["training"] == json.loads((run / "config.json").read_text())["training"]
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_load_from_checkpoint_rebuilds_config_probe_and_weights(trained, name):
+    run = trained[name]
+    module = PtychoPINN.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
+    expected = from_jsonable(TrainingConfig, json.loads((run / "config.json").read_text())["training"])
+    assert module.cfg == expected
+    probe = torch.from_numpy(load_npz(run / "data" / "train.npz", "train").probeGuess)
+    model = expected.model
+    trained_with = apply_probe_mask(probe, model.probe_mask_diameter) if model.probe_mask else probe
+    assert torch.equal(module.probe, trained_with.to(torch.complex64))
+    assert model.probe_mask == (name == "gs2")
+    assert torch.equal(module.probe, probe) != model.probe_mask  # a masked run carries the masked probe
+    assert torch.equal(module.hparams["probe"], probe)  # and the file's probe it was built from
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(value, state[key]) for key, value in module.state_dict().items())
+    assert len(module.history) == module.optimizer_steps > 0  # the run's records come along
+
+
+def test_a_file_without_ground_truth_is_reconstructed_and_not_scored(trained, tmp_path, capsys):
+    run, out = trained["gs1"], tmp_path / "unscored"
+    assert reconstruct(run, out, data=run / "data" / "train.npz") == 0
+    assert sorted(os.listdir(out)) == ["config.json", "recon.npz", "reconstruction.png"]
+    with np.load(out / "recon.npz") as saved:
+        assert saved.files == ["recon"] and saved["recon"].dtype == np.complex64
+        assert np.isfinite(saved["recon"]).all()
+    assert "SSIM" not in capsys.readouterr().out
+
+
+# --- each setting acts ------------------------------------------------------------------------------
+
+def forward_calls(monkeypatch) -> list[tuple[int, int]]:
+    """(batch size, torch threads) of every generator call."""
+    calls, forward = [], PtychoPINN.forward
+
+    def recorded(self, diffraction):
+        calls.append((diffraction.shape[0], torch.get_num_threads()))
+        return forward(self, diffraction)
+
+    monkeypatch.setattr(PtychoPINN, "forward", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_infer_batch_size_sets_the_forward_batches(trained, tmp_path, monkeypatch, name):
+    calls = forward_calls(monkeypatch)
+    assert reconstruct(trained[name], tmp_path / "batched", "--infer-batch-size", "2") == 0
+    sizes = [size for size, _ in calls]
+    assert sizes[:-1] and set(sizes[:-1]) == {2} and sizes[-1] in (1, 2)
+
+
+def test_num_threads_sets_the_threads_prediction_runs_with(trained, tmp_path, monkeypatch):
+    calls = forward_calls(monkeypatch)
+    before = torch.get_num_threads()
+    assert main(["--checkpoint", str(trained["gs1"] / "checkpoints" / "last.ckpt"), "--test-npz",
+                 str(trained["gs1"] / "data" / "test.npz"), "--output-dir", str(tmp_path / "t"),
+                 "--num-threads", "2"]) == 0
+    assert {threads for _, threads in calls} == {2} and torch.get_num_threads() == before
+
+
+def test_accelerator_is_checked_against_this_machine(trained, tmp_path, capsys):
+    """Machine-bound: no GPU here, so a GPU accelerator is refused before anything is written."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert reconstruct(trained["gs1"], tmp_path / "gpu", "--accelerator", "gpu") == 2
+    assert "--accelerator='gpu': no CUDA GPU is visible" in capsys.readouterr().err
+    assert not (tmp_path / "gpu").exists()
+
+
+# --- refusals: exit 2, one line naming the file or flag, nothing written ----------------------------
+
+def off_grid_copy(run: Path, folder: Path) -> Path:
+    """A train file whose scan misses one position: in the contract, but not stitchable."""
+    data = load_npz(run / "data" / "train.npz", "train")
+    keep = np.arange(len(data.coords)) != 3
+    fields = {name: getattr(data, name)[keep] for name in ("diffraction", "Y_I", "Y_phi", "coords", "image_index")}
+    path = folder / "off_grid.npz"
+    folder.mkdir(exist_ok=True)
+    write_npz(path, type(data)(**{**vars(data), **fields}))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "foreign checkpoint", "lightning checkpoint",
+                                  "garbage checkpoint", "wrong N", "off-grid scan", "busy output"])
+def test_bad_input_is_refused_by_name_and_nothing_is_written(trained, tmp_path, capsys, case):
+    run = trained["gs1"]
+    checkpoint, data, out = run / "checkpoints" / "last.ckpt", run / "data" / "test.npz", tmp_path / "out"
+    named = str(checkpoint)
+    if case == "missing checkpoint":
+        checkpoint = named = tmp_path / "none.ckpt"
+    elif case == "foreign checkpoint":  # arbitrary pickled objects: weights-only loading runs none of them
+        checkpoint = named = tmp_path / "foreign.ckpt"
+        torch.save({"state_dict": {}, "payload": Path("/")}, checkpoint)
+    elif case == "lightning checkpoint":  # a checkpoint without the training config
+        checkpoint = named = tmp_path / "plain.ckpt"
+        torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.6"}, checkpoint)
+    elif case == "garbage checkpoint":
+        checkpoint = named = tmp_path / "garbage.ckpt"
+        checkpoint.write_bytes(b"not a checkpoint")
+    elif case == "wrong N":  # the model was trained at N=16
+        subprocess.run([sys.executable, "-m", "scripts.grid_lines_datagen", "--output-dir", str(tmp_path / "d"),
+                        "--N", "32", "--object-size", "40", "--n-lines", "5", "--no-progress"],
+                       cwd=ROOT, env=ENV, check=True, capture_output=True)
+        data = named = tmp_path / "d" / "test.npz"
+    elif case == "off-grid scan":
+        data = named = off_grid_copy(run, tmp_path / "data")
+    elif case == "busy output":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        named = "--overwrite"
+    status = main(["--checkpoint", str(checkpoint), "--test-npz", str(data), "--output-dir", str(out)])
+    assert status == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(named) in line, line
+    assert not out.exists() or os.listdir(out) == ["notes.txt"]
