@@ -18,7 +18,7 @@ from ptycho_torch.config import PyTorchExecutionConfig
 @dataclass(frozen=True, kw_only=True)
 class ReconstructionPlan:
     checkpoint: Path
-    data_npz: Path
+    test_npz: Path
     execution: PyTorchExecutionConfig  # accelerator, infer_batch_size, num_threads are used
     output_dir: Path
     overwrite: bool
@@ -66,11 +66,11 @@ def prepare(plan: ReconstructionPlan):
 
     check_machine(plan.execution)
     module = load_model(plan.checkpoint, device_of(plan.execution.accelerator))
-    data = load_any_split(plan.data_npz, expected_N=module.cfg.model.N)
-    training_items(module.cfg, data.coords, data.image_index, str(plan.data_npz))  # groupable at its gridsize
+    data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
+    training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
     check_output_dir(plan.output_dir, plan.overwrite)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
-                         {"checkpoint": plan.checkpoint, "test_npz": plan.data_npz})
+                         {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
     return module, data
 
 
@@ -88,10 +88,10 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
         artifacts.write_json(out / "config.json", plan.record | {"training": module.hparams["cfg"]})
         recons = reconstruct(module, data, plan.execution)  # (I, H, W) complex64
         architecture = module.cfg.model.architecture
-        summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.data_npz), "architecture": architecture,
+        summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.test_npz), "architecture": architecture,
                    "objects": int(recons.shape[0])}
         truth = data.YY_ground_truth
-        title = f"{architecture} ({plan.checkpoint.name}): {plan.data_npz.name} object 0"
+        title = f"{architecture} ({plan.checkpoint.name}): {plan.test_npz.name} object 0"
         if truth is None:
             artifacts.write_npz(out / "recon.npz", recon=recons)
             plots.plot_object(out / "reconstruction.png", recons[0], title)

@@ -86,7 +86,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[ReconstructConfig, 
 def plan_of(cfg: ReconstructConfig):
     from ptycho_torch.inference import ReconstructionPlan
 
-    return ReconstructionPlan(checkpoint=cfg.checkpoint, data_npz=cfg.test_npz, execution=setup_execution_config(cfg),
+    return ReconstructionPlan(checkpoint=cfg.checkpoint, test_npz=cfg.test_npz, execution=setup_execution_config(cfg),
                               output_dir=cfg.output_dir, overwrite=cfg.overwrite,
                               record={"reconstruct": to_jsonable(cfg)})
 

@@ -50,16 +50,19 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: make the package importable without installing it
 
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, SimulationConfig, TrainingConfig  # noqa: E402
+from ptycho_torch.inference import ReconstructionPlan  # noqa: E402
 from ptycho_torch.workflow import RunPlan  # noqa: E402
+from scripts.grid_lines_reconstruct import ReconstructConfig  # noqa: E402
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig  # noqa: E402
 from scripts.studies.runner_fields import route_of  # noqa: E402
 
 PACKAGE = "ptycho_torch"
 UNMUTATED_MODULES = ("config.py",)  # validation code: checking a value is not a use of the setting
 SETTING_CLASSES = (ModelConfig, TrainingConfig, PyTorchExecutionConfig, SimulationConfig)
-CONFIG_CLASSES = (*SETTING_CLASSES, RunPlan)
-# RunPlan fields that are runner-only settings; their defaults are TorchRunnerConfig's.
-RUNNER_ONLY = ("train_npz", "test_npz", "output_dir", "overwrite")
+CONFIG_CLASSES = (*SETTING_CLASSES, RunPlan, ReconstructionPlan)
+# Plan fields that are command-only settings, with the command config whose defaults they take.
+COMMAND_ONLY = {RunPlan: (TorchRunnerConfig, ("train_npz", "test_npz", "output_dir", "overwrite")),
+                ReconstructionPlan: (ReconstructConfig, ("checkpoint", "test_npz", "output_dir", "overwrite"))}
 
 # Names that config objects are bound to in ptycho_torch/, per module ("*": every module).
 # Only the roots: chains are followed through nested config fields (TrainingConfig.model,
@@ -80,6 +83,7 @@ CONFIG_NAMES: dict[str, dict[str, type]] = {
     "preflight.py": {"sim": SimulationConfig},  # check_probe_file / check_simulation
     "simulation.py": {"sim": SimulationConfig},  # simulate_split / split_plan / simulate_splits
     "workflow.py": {"plan": RunPlan},  # load_or_simulate / run
+    "inference.py": {"plan": ReconstructionPlan},  # prepare / run
 }
 
 # Attributes named like a setting that are not config reads: (module, attribute text) -> what it is.
@@ -89,6 +93,8 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("trainer.py", "trainer.strategy"): "Lightning's Trainer.strategy object (StopOnSignal)",
     ("reconstruction.py", "data.N"): "GridLinesData.N, the patch side of the arrays",
     ("training.py", "data.N"): "GridLinesData.N, the patch side of the arrays (gridsize 2 inference)",
+    ("npz_data.py", "data.N"): "GridLinesData.N, the patch side of the arrays (a file to reconstruct)",
+    ("datamodule.py", "self.seed"): "EpochShuffle.seed, the sampler's copy of TrainingConfig.seed",
 }
 
 FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py")
@@ -115,8 +121,10 @@ def setting_defaults() -> dict[tuple[type, str], Any]:
     """(class, field) -> default of every mutated setting (a default_factory field is only traversed)."""
     defaults = {(cls, f.name): f.default for cls in SETTING_CLASSES for f in dataclasses.fields(cls)
                 if f.default is not dataclasses.MISSING}
-    runner = {f.name: f.default for f in dataclasses.fields(TorchRunnerConfig)}
-    return defaults | {(RunPlan, name): runner[name] for name in RUNNER_ONLY}
+    for plan, (command, names) in COMMAND_ONLY.items():
+        command_defaults = {f.name: f.default for f in dataclasses.fields(command)}
+        defaults |= {(plan, name): command_defaults[name] for name in names}
+    return defaults
 
 
 def machine_bound_reasons() -> dict[str, str]:

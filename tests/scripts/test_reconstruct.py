@@ -58,6 +58,8 @@ def test_the_reconstruction_and_scores_equal_the_runs_own(trained, tmp_path, nam
     ran, applied = (json.loads((folder / "metrics.json").read_text()) for folder in (run, out))
     for key in ("mean", "per_object", "alignment", "phase_seam_ratio", "architecture"):
         assert applied[key] == ran[key], key
+    assert applied["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert applied["data"] == str(run / "data" / "test.npz") and applied["objects"] == 1
     record = json.loads((out / "config.json").read_text())
     assert record["training"] == json.loads((run / "config.json").read_text())["training"]
 
@@ -176,3 +178,17 @@ def test_bad_input_is_refused_by_name_and_nothing_is_written(trained, tmp_path, 
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(named) in line, line
     assert not out.exists() or os.listdir(out) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("setting", ["checkpoint", "test_npz"])
+def test_an_input_that_overwrite_would_remove_is_refused(trained, tmp_path, capsys, setting):
+    run, out = trained["gs1"], tmp_path / "out"
+    out.mkdir()
+    inputs = {"checkpoint": run / "checkpoints" / "last.ckpt", "test_npz": run / "data" / "test.npz"}
+    inside = out / "recon.npz"  # an artifact's name: --overwrite removes it before writing
+    inside.write_bytes(inputs[setting].read_bytes())
+    inputs[setting] = inside
+    status = main(["--checkpoint", str(inputs["checkpoint"]), "--test-npz", str(inputs["test_npz"]),
+                   "--output-dir", str(out), "--overwrite"])
+    assert status == 2
+    assert f"{setting}='{inside}'" in capsys.readouterr().err and inside.exists()
