@@ -1,8 +1,10 @@
-"""A finished run's outcome, decided from what it produced: ok, diverged or untrained.
+"""A finished run's outcome, decided from what it produced: ok, diverged, untrained or collapsed.
 
     diverged   the reconstruction, the final train loss or the final validation loss is not finite
     untrained  no optimizer step was applied (every step skipped), the weights are bit for bit the
                initial ones, or every recorded loss equals the first (the loss never moved)
+    collapsed  a reconstructed object's amplitude or phase is constant: its spread over the scored
+               region is below 1 % of the ground truth's (``collapse_reason``)
     ok         otherwise
 
 Such a run still writes its artifacts (they are the evidence); the status goes into metrics.json
@@ -16,7 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-OK, DIVERGED, UNTRAINED = "ok", "diverged", "untrained"
+OK, DIVERGED, UNTRAINED, COLLAPSED = "ok", "diverged", "untrained", "collapsed"
+COLLAPSE_SPREAD = 0.01  # a reconstruction whose spread is below this share of the truth's is constant
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -27,9 +30,32 @@ def _finite(value: float | None) -> bool:
     return value is None or math.isfinite(value)
 
 
+def _spread(values: np.ndarray, channel: str) -> float:
+    """Standard deviation of an object's amplitude, or of its phase around its circular mean
+    (so that a constant phase near +-pi, wrapped across the cut, still counts as constant)."""
+    if channel == "amplitude":
+        return float(np.std(np.abs(values)))
+    unit = np.exp(1j * np.angle(values))
+    return float(np.std(np.angle(unit * np.conj(np.mean(unit)))))
+
+
+def collapse_reason(recons: np.ndarray, truths: np.ndarray) -> str | None:
+    """Why the reconstruction collapsed to a constant amplitude or phase, or None.
+
+    recons, truths: (I, H, W) complex, the scored region. A channel whose truth is itself
+    constant (a zero-phase object) cannot tell a collapse and is not judged."""
+    for index, (recon, truth) in enumerate(zip(recons, truths)):
+        for channel in ("amplitude", "phase"):
+            truth_spread, spread = _spread(truth, channel), _spread(recon, channel)
+            if truth_spread > 0 and spread < COLLAPSE_SPREAD * truth_spread:
+                return (f"object {index}: the reconstructed {channel} is constant (spread {spread:.3g}, under "
+                        f"{COLLAPSE_SPREAD:.0%} of the ground truth's {truth_spread:.3g})")
+    return None
+
+
 def run_status(recons: np.ndarray, losses: Sequence[float], final_val_loss: float | None, *,
-               steps_applied: int, weights_changed: bool) -> tuple[str, str | None]:
-    """(status, reason); reason is None when the status is ok."""
+               steps_applied: int, weights_changed: bool, collapse: str | None = None) -> tuple[str, str | None]:
+    """(status, reason); reason is None when the status is ok. ``collapse``: ``collapse_reason``'s answer."""
     if not np.all(np.isfinite(recons)):
         return DIVERGED, "the reconstruction holds non-finite values"
     if losses and not _finite(losses[-1]):
@@ -42,4 +68,6 @@ def run_status(recons: np.ndarray, losses: Sequence[float], final_val_loss: floa
         return UNTRAINED, "the weights are unchanged from their initial values"
     if len(losses) > 1 and all(loss == losses[0] for loss in losses):
         return UNTRAINED, "the loss never moved from its first value"
+    if collapse is not None:
+        return COLLAPSED, collapse
     return OK, None

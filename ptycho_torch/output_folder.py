@@ -25,7 +25,7 @@ import re
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Union
 
@@ -36,19 +36,28 @@ Layout = Mapping[str, Union[None, str, "Layout"]]  # name -> None (file) | TREE 
 DATASET_LAYOUT: Layout = {"train.npz": None, "test.npz": None}
 # What one run writes (workflow.run); config.json first, so that it is also removed first.
 RUN_LAYOUT: Layout = {
-    "config.json": None, "metrics.json": None, "history.csv": None, "recon.npz": None,
+    "config.json": None, "metrics.json": None, "timing.json": None, "history.csv": None, "recon.npz": None,
     "reconstruction.png": None, "training.png": None,
     "checkpoints": TREE, "logs": TREE, "ranks": TREE, "data": DATASET_LAYOUT,
 }
 # A trained model applied to a data file (scripts.grid_lines_reconstruct).
 RECONSTRUCTION_LAYOUT: Layout = dict.fromkeys(("config.json", "metrics.json", "recon.npz", "reconstruction.png"))
-# The compare wrapper: its tables and picture, the shared dataset, and one run per architecture.
-COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png")
+# The compare wrapper: its tables and pictures, its record of the cells, the shared dataset, one run
+# folder per cell (and seed), and cells/ and logs/ (its own: the cells' config files and logs).
+COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png", "sweep.png", "sweep.json",
+                     "commands.txt")
 
 
-def comparison_layout(architectures: tuple[str, ...]) -> Layout:
-    return {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT,
-            "runs": {name: RUN_LAYOUT for name in architectures}}
+def comparison_layout(run_folders: Iterable[Path | str]) -> Layout:
+    """``run_folders``: each run's folder relative to the comparison's (``runs/cnn``, ``runs/x/seed0``)."""
+    layout: dict = {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT, "cells": TREE, "logs": TREE}
+    for folder in run_folders:
+        *parents, name = Path(folder).parts
+        node = layout
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = RUN_LAYOUT
+    return layout
 
 
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_file's and the claim's temporary names

@@ -82,6 +82,26 @@ def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None
     return _save(fig, path)
 
 
+def plot_sweep(path: Path, x_title: str, x_labels: Sequence[str],
+               lines: Mapping[str, Mapping[str, Sequence[tuple[float | None, float | None]]]]) -> Path:
+    """Each metric against the swept value: one line per other swept setting, mean +- std over seeds."""
+    metrics = list(next(iter(lines.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    positions = np.arange(len(x_labels))
+    for ax, metric in zip(axes[0], metrics):
+        for offset, (label, series) in enumerate(lines.items()):
+            points = series[metric]
+            mean = np.array([np.nan if m is None else m for m, _ in points], dtype=float)
+            spread = np.array([0.0 if s is None else s for _, s in points], dtype=float)
+            shift = 0.04 * (offset - (len(lines) - 1) / 2)  # side by side, so error bars stay readable
+            ax.errorbar(positions + shift, mean, yerr=spread, marker="o", capsize=3, label=label)
+        ax.set_xticks(positions, x_labels)
+        ax.set(title=metric.replace("_", " "), xlabel=x_title)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_comparison(path: Path, truth: np.ndarray, recons: Mapping[str, np.ndarray]) -> Path:
     """Amplitude and phase of the ground truth beside each architecture's aligned reconstruction."""
     columns = [("ground truth", truth)] + list(recons.items())

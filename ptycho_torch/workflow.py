@@ -7,6 +7,7 @@ from the resolved config that owns it (training, execution, simulation) under it
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +117,13 @@ def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Pat
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
     with run_threads(plan.execution):  # one automatic choice for the run: the fit and the prediction share it
+        started = time.perf_counter()
         trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"],
                         resume_from=checkpoint)
+        fit_seconds = time.perf_counter() - started
         if trained.trainer.world_size > 1:
             write_rank_record(trained, out / "ranks")
-        return write_results(out, plan.execution, trained, test_data) if main_rank else None
+        return write_results(out, plan.execution, trained, test_data, fit_seconds) if main_rank else None
 
 
 def write_rank_record(trained, folder: Path) -> None:
@@ -146,31 +149,40 @@ def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
     return stitch_objects(patches, test_data)  # (I, H, W) complex64
 
 
-def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data) -> dict[str, Any]:
+def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data,
+                  fit_seconds: float | None = None) -> dict[str, Any]:
     """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures.
 
     Everything shown is read from the resolved configs and the module that trained, so the
-    pictures describe what ran.
+    pictures describe what ran. Wall times go to timing.json, apart from metrics.json, which a
+    rerun reproduces bit for bit.
     """
+    import numpy as np
+
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import phase_seam_ratio, score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
-    from ptycho_torch.outcome import run_status
+    from ptycho_torch.outcome import collapse_reason, run_status
     from ptycho_torch.training import parameter_digest
 
     module = trained.module
     training = module.cfg
     architecture = training.model.architecture
+    started = time.perf_counter()
     recons = reconstruct(module, test_data, execution)
+    reconstruct_seconds = time.perf_counter() - started
+    collapse = collapse_reason(recons, test_data.YY_ground_truth) if np.all(np.isfinite(recons)) else None
     status, reason = run_status(recons, [row["loss"] for row in module.history], module.last_val_loss,
                                 steps_applied=module.optimizer_steps - module.nonfinite_skips,
-                                weights_changed=parameter_digest(module) != trained.initial_digest)
-    metrics = {"status": status, "status_reason": reason, "architecture": architecture,
+                                weights_changed=parameter_digest(module) != trained.initial_digest, collapse=collapse)
+    metrics = {"status": status, "status_reason": reason, "architecture": architecture, "collapsed": collapse is not None,
                **score_objects(recons, test_data.YY_ground_truth),
                "phase_seam_ratio": phase_seam_ratio(recons, test_data.YY_ground_truth, test_data.metadata["stride"]),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)
+    artifacts.write_json(out / "timing.json", {"fit_seconds": fit_seconds, "reconstruct_seconds": reconstruct_seconds,
+                                               "test_patterns": int(len(test_data.diffraction))})
     artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
     artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)
     plots.plot_reconstruction(out / "reconstruction.png", test_data.YY_ground_truth[0], recons[0],

@@ -7,7 +7,9 @@ collects that folder alone, so it never imports torch or the training code.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,19 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if _contract_only(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
         return True if CONTRACT_DIR not in collection_path.parents else None
     return None
+
+
+@pytest.fixture(autouse=True)
+def _library_logs_to_this_tests_stderr():
+    """Lightning's and torch's loggers keep the stderr they found when first imported, which may be an
+    earlier test's capture, closed since ("I/O operation on closed file"): point them at this test's."""
+    if "torch" in sys.modules:
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger) and name.split(".")[0] in ("lightning", "torch", "torchmetrics"):
+                for handler in logger.handlers:
+                    if type(handler) is logging.StreamHandler:
+                        handler.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, stream
+    yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

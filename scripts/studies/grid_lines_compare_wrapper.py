@@ -1,39 +1,53 @@
-"""Compare generator architectures on one grid-lines dataset.
+"""Compare architectures, or sweep any setting over seeds, on one grid-lines dataset.
 
     python -m scripts.studies.grid_lines_compare_wrapper --architectures cnn,fno,hybrid \\
         --output-dir runs/compare --torch-grad-clip 1.0
+    python -m scripts.studies.grid_lines_compare_wrapper --architectures cnn --seeds 0,1,2 --jobs 2 \\
+        --sweep torch-grad-clip=none,0.1,1 --sweep torch-grad-clip-algorithm=norm,agc --output-dir runs/clip
 
-Simulates (or loads) the data once, runs each architecture through the runner's API into
-``<output_dir>/runs/<architecture>/``, then writes ``metrics_table.csv``, ``metrics_table.md``
-and ``comparison.png``. Flags come from the runner's field declarations: dataset settings keep
-their runner flag (``--object-size``), training/model/execution settings get ``--torch-<flag>``
-(``--torch-grad-clip`` -> gradient_clip_val). No torch at import time.
+Every cell (a combination of swept values, times each seed) is one runner config run through the
+runner's API into ``<output_dir>/runs/<cell>[/seed<k>]/``; then ``metrics_table.csv`` / ``.md``
+(one row per run, mean and std per cell), ``sweep.png`` and ``comparison.png`` are written. With
+``--jobs 1`` the cells run in this process and share one simulated dataset; with ``--jobs K`` each
+cell is the runner command that ``--emit-commands`` writes, K at a time. Flags come from the
+runner's field declarations: dataset settings keep their runner flag (``--object-size``),
+training/model/execution settings get ``--torch-<flag>``. No torch at import time.
 """
-
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
+import shlex
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptycho_torch import artifacts
 from ptycho_torch.config import ARCHITECTURES, ConfigError
+from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
-    TorchRunnerConfig, ignored_given, plan_of, resolved_json, warn_ignored,
+    TorchRunnerConfig, ignored_given, plan_of, resolved_json, setup_simulation_config, warn_ignored,
 )
 from scripts.studies.runner_cli import (
-    add_config_argument, add_setting_arguments, config_error_message, new_parser, nonempty_path, outcome_status,
-    run_command, settings_given,
+    FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, new_parser, nonempty_path,
+    outcome_status, run_command, settings_given,
 )
-from scripts.studies.runner_fields import flag_of, route_of
+from scripts.studies.runner_fields import flag_of, flags_of, route_of
+from scripts.studies.study_table import RUN_COLUMNS, markdown, run_row, sweep_series, write_tables
+from scripts.studies.sweep import (
+    FINISHED, FRESH, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of, parse_seeds,
+    parse_sweep, record_of, recorded_folders, same_sweep, value_word,
+)
 
 TORCH_PREFIX = "--torch-"
 WRAPPER_OWNED = ("architecture", "output_dir", "overwrite")  # set per row or by the wrapper's own flags
-TABLE_COLUMNS = ("architecture", "status", "amplitude_ssim", "amplitude_psnr", "amplitude_mae", "amplitude_frc50",
-                 "phase_ssim", "phase_psnr", "phase_mae", "phase_frc50", "optimizer_steps", "final_train_loss")
 
 
 def _fields() -> list[dataclasses.Field]:
@@ -49,118 +63,332 @@ def wrapper_flags() -> dict[str, str]:
     return {f.name: flag_of(f, TORCH_PREFIX if is_torch_setting(f) else "--") for f in _fields()}
 
 
+def sweep_flags() -> dict[str, str]:
+    """Every wrapper flag spelling, without dashes -> runner field (architecture: torch-architecture)."""
+    return {flag[2:]: f.name for f in dataclasses.fields(TorchRunnerConfig)
+            for flag in flags_of(f, TORCH_PREFIX if is_torch_setting(f) else "--")}
+
+
+def _jobs(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(
         "python -m scripts.studies.grid_lines_compare_wrapper",
-        "Train several generator architectures on one grid-lines dataset and compare them.",
-        usage="%(prog)s --architectures cnn,fno,hybrid --output-dir PATH [--torch-grad-clip FLOAT] [...]")
-    parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
-                        help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all)")
+        "Train several architectures (or any swept setting, over seeds) on one grid-lines dataset and compare them.",
+        usage="%(prog)s --architectures cnn,fno,hybrid --output-dir PATH [--sweep FLAG=V1,V2] [--seeds 0,1,2] [...]")
+    parser.add_argument("--architectures", default=None,
+                        help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all); the same as "
+                             "--sweep torch-architecture=...")
+    parser.add_argument("--sweep", action="append", default=[], metavar="FLAG=V1,V2,...",
+                        help="run every value of a wrapper flag (without dashes: torch-grad-clip=none,0.1,1 or "
+                             "data-seed=0,1); repeat for a grid")
+    parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                        help="training seeds: every cell is run once per seed (default: --torch-seed alone)")
+    parser.add_argument("--jobs", type=_jobs, default=1,
+                        help="cells run at once, each in its own process with cores/jobs torch threads (default: 1, "
+                             "in this process)")
     parser.add_argument("--output-dir", type=nonempty_path, default=Path("runs/grid_lines_compare"),
-                        help="folder for data/, runs/<architecture>/ and the comparison tables")
+                        help="folder for data/, runs/<cell>/ and the tables; the same command run again into it "
+                             "skips finished cells and resumes or reruns the others")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                        help="allow writing into a non-empty output folder")
-    parser.add_argument("--dry-run", action="store_true", help="print each row's resolved configs as JSON and exit")
+                        help="allow writing into a non-empty output folder (a previous comparison is removed)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print each cell's resolved configs as JSON and exit")
+    mode.add_argument("--emit-commands", action="store_true",
+                      help="write cells/<cell>.json and commands.txt (one runner command per line, for a job array) "
+                           "instead of running")
+    mode.add_argument("--summarize", action="store_true",
+                      help="build the tables and figures from the runs already in the output folder")
     add_config_argument(parser)  # its architecture, output_dir and overwrite are the wrapper's own: ignored
     data = parser.add_argument_group("dataset settings")
     add_setting_arguments(data, TorchRunnerConfig, [f for f in _fields() if not is_torch_setting(f)])
-    torch_group = parser.add_argument_group("runner settings for every architecture (--torch-<runner flag>)")
+    torch_group = parser.add_argument_group("runner settings for every cell (--torch-<runner flag>)")
     add_setting_arguments(torch_group, TorchRunnerConfig, [f for f in _fields() if is_torch_setting(f)],
                           flag_prefix=TORCH_PREFIX)
     return parser
 
 
-def parse_rows(argv: Sequence[str] | None) -> tuple[list[TorchRunnerConfig], argparse.Namespace]:
-    """One validated runner config per architecture; bad input exits 2 naming the flag."""
+@dataclass(frozen=True)
+class Study:
+    sweeps: tuple[Sweep, ...]  # the architecture sweep first
+    cells: tuple[Cell, ...]
+    configs: tuple[TorchRunnerConfig, ...]  # one per cell, same order
+
+
+COMMAND_ONLY = ("architectures", "sweep", "seeds", "jobs", "dry_run", "emit_commands", "summarize")
+
+
+def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
+    """Every cell's validated runner config; bad input (flag, sweep, value) exits 2 naming the flag."""
     parser = build_parser()
     ns = parser.parse_args(argv)
-    architectures = [a.strip() for a in ns.architectures.split(",") if a.strip()]
-    unknown = [a for a in architectures if a not in ARCHITECTURES]
-    if unknown or not architectures or len(set(architectures)) != len(architectures):
-        parser.error(f"--architectures={ns.architectures!r}: must be distinct names from {','.join(ARCHITECTURES)}")
-    given = settings_given(parser, ns, TorchRunnerConfig, command_only=("architectures", "dry_run", *WRAPPER_OWNED),
-                           ignored=WRAPPER_OWNED)
-    rows = []
     try:
-        for arch in architectures:
-            rows.append(TorchRunnerConfig(**given, architecture=arch, overwrite=ns.overwrite,
-                                          output_dir=ns.output_dir / "runs" / arch))
-            resolved_json(rows[-1])
+        sweeps = [parse_sweep(text, TorchRunnerConfig, sweep_flags()) for text in ns.sweep]
+        seeds = parse_seeds(ns.seeds) if ns.seeds is not None else None
+    except ValueError as err:
+        parser.error(str(err))
+    names = [s.name for s in sweeps]
+    if len(set(names)) != len(names):
+        parser.error(f"--sweep: {sorted(n for n in names if names.count(n) > 1)[0]} is swept twice")
+    if "architecture" in names and ns.architectures is not None:
+        parser.error("--architectures and --sweep torch-architecture=... say the same: give one")
+    if "seed" in names and seeds is not None:
+        parser.error("--seeds and --sweep torch-seed=... say the same: give one")
+    if "architecture" not in names:
+        sweeps.insert(0, _architectures(parser, ns.architectures or ",".join(ARCHITECTURES)))
+    else:
+        sweeps.insert(0, sweeps.pop(names.index("architecture")))
+    given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
+                           ignored=WRAPPER_OWNED)
+    if ns.jobs > 1 and "num_threads" not in given:  # K processes share the cores instead of each taking them all
+        given["num_threads"] = max(1, len(os.sched_getaffinity(0)) // ns.jobs)
+    cells = cells_of(sweeps, seeds)
+    try:
+        configs = [cell_config(cell, given, ns.output_dir,
+                               lambda **values: TorchRunnerConfig(**values, overwrite=ns.overwrite)) for cell in cells]
+        for cfg in configs:
+            resolved_json(cfg)
     except ConfigError as err:
         parser.error(config_error_message(err, wrapper_flags()))
-    return rows, ns
+    return Study(tuple(sweeps), tuple(cells), tuple(configs)), ns
 
 
-def table_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    mean = metrics["mean"]
-    row = {"architecture": metrics["architecture"], "status": metrics["status"],
-           "status_reason": metrics["status_reason"], "optimizer_steps": metrics["optimizer_steps"],
-           "final_train_loss": metrics["final_train_loss"]}
-    for channel in ("amplitude", "phase"):
-        for name in ("ssim", "psnr", "mae", "frc50"):
-            row[f"{channel}_{name}"] = mean[channel][name]
-    return row
+def _architectures(parser: argparse.ArgumentParser, text: str) -> Sweep:
+    architectures = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in architectures if a not in ARCHITECTURES]
+    if unknown or not architectures or len(set(architectures)) != len(architectures):
+        parser.error(f"--architectures={text!r}: must be distinct names from {','.join(ARCHITECTURES)}")
+    return Sweep("architecture", "torch-architecture", tuple(architectures))
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    def cell(value: Any) -> str:
-        return "null" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def ignored_by_every_row(rows: list[TorchRunnerConfig], given: Sequence[str]) -> dict[str, str]:
-    """Given settings that no architecture of the comparison can use (fno sizes for cnn rows alone)."""
+def ignored_by_every_row(rows: Sequence[TorchRunnerConfig], given: Sequence[str]) -> dict[str, str]:
+    """Given settings that no cell of the study can use (fno sizes for cnn cells alone)."""
     per_row = [ignored_given(cfg, given) for cfg in rows]
     return {name: why for name, why in per_row[0].items() if all(name in ignored for ignored in per_row)}
 
 
-def run_comparison(rows: list[TorchRunnerConfig], output_dir: Path, overwrite: bool,
-                   given: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Check every row, claim ``output_dir``, share one dataset, run each row, write the tables.
-    Each row's config.json records the ``given`` settings that cannot act in that row."""
-    import numpy as np
+# --- running a study -------------------------------------------------------------------------------
 
-    from ptycho_torch import artifacts, plots, workflow
+def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[str] = (), jobs: int = 1,
+              mode: str = "run") -> list[dict[str, Any]] | None:
+    """Check every cell, claim ``output_dir``, run the cells that are not finished, write the tables.
+
+    ``mode``: "run", "emit" (write the cells' config files and commands.txt) or "summarize" (tables
+    from the runs present). The same study run again into its folder (sweep.json unchanged) keeps
+    the finished runs, resumes those with an epoch-end checkpoint and reruns the rest."""
+    from ptycho_torch import workflow
     from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
 
-    plans = [plan_of(cfg, given) for cfg in rows]
+    check_output_dir(output_dir, overwrite=True)  # a path the file system refuses, before looking inside it
+    recorded = same_sweep(output_dir, study.configs)
+    if mode == "summarize" and not Path(output_dir).is_dir():
+        raise OutputDirError(f"output_dir={str(output_dir)!r}: nothing to summarize (no such folder)")
+    continuing = not overwrite and (recorded is True or mode == "summarize")
+    if recorded is False and not overwrite:
+        raise OutputDirError(f"output_dir={str(output_dir)!r}: holds another study (its {SWEEP_RECORD} lists other "
+                             "cells); pass --overwrite to replace it or choose another folder")
+    check_output_dir(output_dir, overwrite, resume=continuing)
+    states = [cell_state(cfg) if continuing else FRESH for cfg in study.configs]
+    plans = [_plan(cfg, state, continuing, given) for cfg, state in zip(study.configs, states)]
     data = None
-    check_output_dir(output_dir, overwrite)
-    for plan in plans:  # each row's folder too: a file where runs/<architecture> goes is refused now
-        data = workflow.prepare(plan, data)
-    layout = comparison_layout(ARCHITECTURES)
+    if mode == "run":
+        for plan, state in zip(plans, states):  # each cell's folder too: a file where runs/<cell> goes is refused now
+            if state != FINISHED:
+                data = workflow.prepare(plan, data if _one_dataset(study) else None)
+    layout = comparison_layout([*recorded_folders(output_dir), *(cell.folder for cell in study.cells)])
     check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
-    with claimed(output_dir, overwrite, layout) as out:
-        if data is None:
-            data = workflow.load_or_simulate(plans[0], out / "data")
-        table, recons = [], {}
-        for cfg, plan in zip(rows, plans):
-            table.append(table_row(workflow.run(plan, data=data)))
-            recons[cfg.architecture] = np.load(cfg.output_dir / "recon.npz")["recon"][0]
-        artifacts.write_csv(out / "metrics_table.csv", table, TABLE_COLUMNS)
-        with artifacts.atomic_file(out / "metrics_table.md", "w") as handle:
-            handle.write(markdown_table(table))
-        plots.plot_comparison(out / "comparison.png", data[1].YY_ground_truth[0], recons)
+    with claimed(output_dir, overwrite, layout, resume=continuing) as out:
+        if mode != "summarize":
+            artifacts.write_json(out / SWEEP_RECORD, record_of(study.configs))
+        if mode == "emit":
+            write_commands(out, study, states)
+            return None
+        if mode == "run":
+            todo = [i for i, state in enumerate(states) if state != FINISHED]
+            if jobs == 1:
+                run_in_process(study, plans, todo, out)
+            else:
+                run_in_processes(study, states, todo, out, jobs)
+        return write_study_results(out, study)
+
+
+def _plan(cfg: TorchRunnerConfig, state: str, continuing: bool, given: Sequence[str]):
+    """A cell's plan: resumed from its checkpoint, or written afresh (over a partial run when continuing)."""
+    if state == RESUMABLE:
+        return plan_of(cfg, given, resume=True)
+    return plan_of(dataclasses.replace(cfg, overwrite=True) if continuing else cfg, given)
+
+
+def _one_dataset(study: Study) -> bool:
+    return len({setup_simulation_config(cfg) for cfg in study.configs}) == 1
+
+
+def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out: Path) -> None:
+    """The cells in turn, in this process; cells with the same dataset settings share one simulation
+    (written to ``data/`` when the study has a single dataset)."""
+    from ptycho_torch import workflow
+
+    datasets: dict[Any, Any] = {}
+    with _progress(len(study.cells), len(study.cells) - len(todo)) as bar:
+        for index in todo:
+            plan = plans[index]
+            data = datasets.get(plan.simulation)
+            if data is None and plan.train_npz is None:
+                data = workflow.load_or_simulate(plan, out / "data" if _one_dataset(study) else None)
+                datasets[plan.simulation] = data
+            workflow.run(plan, data=data)
+            bar.update(1)
+
+
+def cell_file(out: Path, cell: Cell) -> Path:
+    return out / "cells" / ("_".join(cell.folder.parts[1:]) + ".json")
+
+
+def cell_command(out: Path, cell: Cell, state: str = FRESH) -> list[str]:
+    """The runner command of one cell (``--resume`` or ``--overwrite`` when its folder holds a partial run)."""
+    command = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", "--config", str(cell_file(out, cell))]
+    if state == RESUMABLE:
+        return [*command, "--resume"]
+    return [*command, "--overwrite"] if (out / cell.folder).exists() else command
+
+
+def write_cell_files(out: Path, study: Study) -> None:
+    """cells/<cell>.json: each cell's runner settings, as a run's config.json records them."""
+    from ptycho_torch.config import to_jsonable
+
+    (out / "cells").mkdir(exist_ok=True)
+    for cell, cfg in zip(study.cells, study.configs):
+        artifacts.write_json(cell_file(out, cell), {"runner": to_jsonable(dataclasses.replace(cfg, overwrite=False))})
+
+
+def write_commands(out: Path, study: Study, states: Sequence[str]) -> None:
+    """cells/*.json and commands.txt: one runner command per unfinished cell, one per line."""
+    write_cell_files(out, study)
+    lines = [shlex.join(cell_command(out, cell, state)) for cell, state in zip(study.cells, states) if state != FINISHED]
+    with artifacts.atomic_file(out / "commands.txt", "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+    print(f"wrote {len(lines)} runner command(s) to {out / 'commands.txt'}; afterwards, the same wrapper command "
+          "with --summarize builds the tables")
+
+
+def run_in_processes(study: Study, states: Sequence[str], todo: Sequence[int], out: Path, jobs: int) -> None:
+    """The unfinished cells' runner commands, ``jobs`` at a time; each logs to logs/<cell>.log. A
+    signal to this process stops the running cells too (they keep their epoch-end checkpoints)."""
+    write_cell_files(out, study)
+    (out / "logs").mkdir(exist_ok=True)
+    waiting = list(todo)
+    running: dict[int, subprocess.Popen] = {}
+    try:
+        with _progress(len(study.cells), len(study.cells) - len(todo)) as bar:
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    index = waiting.pop(0)
+                    cell = study.cells[index]
+                    log = open(out / "logs" / (cell_file(out, cell).stem + ".log"), "w")  # noqa: SIM115
+                    with log:
+                        running[index] = subprocess.Popen(cell_command(out, cell, states[index]), stdout=log,
+                                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                          preexec_fn=_end_with_parent)
+                for index, process in list(running.items()):
+                    if process.poll() is not None:
+                        del running[index]
+                        _check_cell_exit(out, study.cells[index], process.returncode)
+                        bar.update(1)
+                time.sleep(0.2)
+    finally:
+        _stop(running.values())
+
+
+def _end_with_parent() -> None:
+    """In a cell's process, before it starts: be sent SIGTERM when the wrapper dies, even by SIGKILL
+    (Linux; elsewhere a killed wrapper's cells run to their end)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _check_cell_exit(out: Path, cell: Cell, status: int) -> None:
+    """0 and 3 (a finished run whose status is not ok) leave metrics; anything else is named."""
+    if status not in (0, FAILED_RUN):
+        print(f"warning: cell {cell.folder} exited with status {status}; see "
+              f"{out / 'logs' / (cell_file(out, cell).stem + '.log')}", file=sys.stderr)
+
+
+def _stop(processes) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _progress(total: int, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="cells", unit="cell", disable=None, file=sys.stderr)
+
+
+def write_study_results(out: Path, study: Study) -> list[dict[str, Any]]:
+    """Tables from every cell's folder; sweep.png when a setting other than the architecture varies
+    or there are several seeds; comparison.png (first seed of each cell, up to 8) for one dataset."""
+    import numpy as np
+
+    from ptycho_torch import plots
+
+    rows = [run_row(out / cell.folder, cell_name_of(cell), cell.seed, dict(cell.assignments)) for cell in study.cells]
+    swept = [s.name for s in study.sweeps if len(s.values) > 1]
+    table = write_tables(out, rows, swept)
+    varying = [s for s in study.sweeps if len(s.values) > 1]
+    if varying and (varying[0].name != "architecture" or len(varying) > 1 or len({c.seed for c in study.cells}) > 1):
+        x, others = varying[0], [s.name for s in varying[1:]]
+        plots.plot_sweep(out / "sweep.png", x.flag, [value_word(v) for v in x.values],
+                         sweep_series(rows, x.name, x.values, others))
+    firsts = [(cell, cfg) for cell, cfg in zip(study.cells, study.configs)
+              if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file()]
+    if _one_dataset(study) and firsts and len(firsts) <= 8:
+        with np.load(firsts[0][1].output_dir / "recon.npz") as first:
+            truth = first["ground_truth"][0]
+        recons = {}
+        for cell, cfg in firsts:
+            with np.load(cfg.output_dir / "recon.npz") as saved:
+                recons[cell_name_of(cell)] = saved["recon"][0]
+        plots.plot_comparison(out / "comparison.png", truth, recons)
     return table
 
 
+def cell_name_of(cell: Cell) -> str:
+    return cell.folder.parts[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    rows, ns = parse_rows(argv)
-    warn_ignored(ignored_by_every_row(rows, ns.given), wrapper_flags(), rows[0])
+    study, ns = parse_study(argv)
+    warn_ignored(ignored_by_every_row(study.configs, ns.given), wrapper_flags(), study.configs[0])
     if ns.dry_run:
-        print(json.dumps([resolved_json(cfg) for cfg in rows], indent=2))
+        print(json.dumps([resolved_json(cfg) for cfg in study.configs], indent=2))
         return 0
-    return run_command(lambda: report(run_comparison(rows, ns.output_dir, ns.overwrite, ns.given), ns.output_dir),
-                       wrapper_flags())
+    mode = "emit" if ns.emit_commands else "summarize" if ns.summarize else "run"
+    return run_command(lambda: report(run_study(study, ns.output_dir, ns.overwrite, ns.given, ns.jobs, mode),
+                                      ns.output_dir), wrapper_flags())
 
 
-def report(table: list[dict[str, Any]], output_dir: Path) -> int:
-    print(markdown_table(table), end="")
+def report(table: list[dict[str, Any]] | None, output_dir: Path) -> int:
+    if table is None:  # commands written
+        return 0
+    runs = [row for row in table if row["row"] == "run"]
+    print(markdown(runs, [c for c in RUN_COLUMNS if c not in ("row", "seed") or any(r["seed"] is not None for r in runs)]),
+          end="")
     print(f"comparison in {output_dir}")
-    return outcome_status({f"architecture {row['architecture']}": row for row in table})
+    return outcome_status({f"run {row['cell']}" + (f" seed {row['seed']}" if row["seed"] is not None else ""): row
+                           for row in runs})
 
 
 if __name__ == "__main__":

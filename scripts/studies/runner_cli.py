@@ -60,6 +60,28 @@ def _field_kind(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def value_parser(cls: type, f: dataclasses.Field) -> Callable[[str], Any]:
+    """Text -> a value of field ``f`` as its flag would parse it (its type, ``none``, its choices);
+    booleans from true/false, yes/no, 1/0. Raises argparse.ArgumentTypeError naming the rule."""
+    kind, optional = _field_kind(typing.get_type_hints(cls)[f.name])
+    choices = route_of(f).choices
+
+    def parse(text: str) -> Any:
+        if kind is bool:
+            if text.strip().lower() not in BOOLEAN_WORDS:
+                raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+            return BOOLEAN_WORDS[text.strip().lower()]
+        value = _converter(kind, optional)(text)
+        if choices and value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
 def nonempty_path(text: str) -> Path:
     """An argparse type: a path that is not empty (``Path("")`` would silently mean the current folder)."""
     if not text.strip():

@@ -71,8 +71,9 @@ def test_a_missing_file_exits_2_naming_it(tmp_path, capsys):
 def test_the_wrapper_takes_a_run_config_but_keeps_its_own_architectures_and_folder(tmp_path):
     recorded = resolved_json(TorchRunnerConfig(architecture="fno", epochs=4, output_dir=Path("elsewhere"),
                                                overwrite=True, fno_modes=6))
-    rows, _ = wrapper.parse_rows(["--config", str(written(tmp_path, recorded)), "--architectures", "cnn,hybrid",
+    study, _ = wrapper.parse_study(["--config", str(written(tmp_path, recorded)), "--architectures", "cnn,hybrid",
                                   "--output-dir", str(tmp_path / "cmp"), "--torch-epochs", "2"])
+    rows = study.configs
     assert [r.architecture for r in rows] == ["cnn", "hybrid"]
     assert all(r.epochs == 2 and r.fno_modes == 6 and not r.overwrite for r in rows)
     assert rows[0].output_dir == tmp_path / "cmp" / "runs" / "cnn"

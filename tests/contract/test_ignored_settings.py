@@ -66,8 +66,8 @@ def test_the_wrapper_warns_only_of_settings_no_architecture_of_the_comparison_ca
                          "--dry-run"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert lines == ["warning: --torch-momentum=0.3 has no effect in this run: only sgd uses momentum"]
-    rows, ns = wrapper.parse_rows(["--architectures", "cnn,fno", "--torch-fno-modes", "4"])
-    assert [plan_of(cfg, ns.given).record["ignored_settings"] for cfg in rows] == [
+    study, ns = wrapper.parse_study(["--architectures", "cnn,fno", "--torch-fno-modes", "4"])
+    assert [plan_of(cfg, ns.given).record["ignored_settings"] for cfg in study.configs] == [
         {"fno_modes": "only fno and hybrid are spectral"}, {}]  # each run records its own
 
 

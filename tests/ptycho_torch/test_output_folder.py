@@ -150,12 +150,12 @@ def test_a_claim_from_another_host_is_refused_even_with_overwrite(tmp_path, over
 # --- overwrite and temporaries -----------------------------------------------------------------------
 
 def test_overwrite_removes_every_artifact_of_the_layout_and_keeps_and_names_user_files(tmp_path, capsys):
-    architectures = ("cnn", "fno")
-    fill(tmp_path, comparison_layout(architectures))
+    runs = ("runs/cnn", "runs/fno")
+    fill(tmp_path, comparison_layout(runs))
     mine = ["notes.txt", "runs/cnn/my_analysis.py", "data/README"]
     for name in mine:
         (tmp_path / name).write_text("mine")
-    with claimed(tmp_path, True, comparison_layout(architectures)):
+    with claimed(tmp_path, True, comparison_layout(runs)):
         assert tree(tmp_path) == sorted(["data", "data/README", "notes.txt", "runs", "runs/cnn",
                                          "runs/cnn/my_analysis.py", LOCK_NAME])
     err = capsys.readouterr().err

@@ -27,7 +27,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
 def ddp_run(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    single = [*TINY, "--grad-clip", str(CLIP), "--accelerator", "cpu", "--output-dir", str(out),
+    # fno: the tiny cnn's output often stays constant (status collapsed, exit 3), and torchrun reports
+    # any rank's non-zero exit as its own failure
+    single = [*TINY, "--architecture", "fno", "--grad-clip", str(CLIP), "--accelerator", "cpu", "--output-dir", str(out),
               "--gridsize", str(request.param)]
     argv = [*single, "--strategy", "ddp", "--devices", "2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -56,7 +58,7 @@ def test_artifacts_appear_once_and_complete(ddp_run):
     out, _, done = ddp_run
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["checkpoints", "config.json", "data", "history.csv", "metrics.json", "ranks",
-                            "recon.npz", "reconstruction.png", "training.png"]), names
+                            "recon.npz", "reconstruction.png", "timing.json", "training.png"]), names
     assert done.stdout.count("results in") == 1  # only rank 0 reports
     rows = history(out)
     assert len(rows) == json.loads((out / "metrics.json").read_text())["optimizer_steps"]

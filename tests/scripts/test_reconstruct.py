@@ -19,7 +19,7 @@ from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import load_npz, write_npz
 from ptycho_torch.physics import apply_probe_mask
 from scripts.grid_lines_reconstruct import main
-from tests.helpers import TINY_ARGV
+from tests.helpers import FINISHED, TINY_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
@@ -37,7 +37,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         done = subprocess.run([sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", *TINY_ARGV, *argv,
                                "--seed", "2", "--output-dir", str(out)],
                               cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode in FINISHED, done.stderr[-2000:]
         runs[name] = out
     return runs
 

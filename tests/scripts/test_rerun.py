@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_ARGV
+from tests.helpers import FINISHED, TINY_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner"]
@@ -19,7 +19,7 @@ ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
 
 def run(argv: list[str]) -> None:
     done = subprocess.run([*RUNNER, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode in FINISHED, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("gridsize", [1, 2])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scripts.studies.grid_lines_torch_runner import main
-from tests.helpers import TINY_ARGV
+from tests.helpers import FINISHED, TINY_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner"]
@@ -51,13 +51,13 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_a_run_killed_after_epoch_k_and_resumed_ends_as_the_uninterrupted_run(tmp_path, gridsize, killed_in):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = run(RUNNER, *settings(gridsize, 4, whole))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode in FINISHED, done.stderr[-2000:]
     done = run(KILLED, str(killed_in), *settings(gridsize, 4, killed))
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == killed_in - 1
     assert not (killed / "metrics.json").exists() and (killed / ".run.lock").exists()  # the claim the kill left
     resumed = run(RUNNER, "--resume", "--output-dir", str(killed))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode in FINISHED, resumed.stderr[-2000:]
     assert "taking over" in resumed.stderr  # the dead run's claim, named
     assert_same_run(whole, killed)
     assert not (killed / ".run.lock").exists()
@@ -65,11 +65,11 @@ def test_a_run_killed_after_epoch_k_and_resumed_ends_as_the_uninterrupted_run(tm
 
 def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
     longer, grown = tmp_path / "longer", tmp_path / "grown"
-    assert run(RUNNER, *settings(1, 3, longer)).returncode == 0
-    assert run(RUNNER, *settings(1, 1, grown)).returncode == 0
+    assert run(RUNNER, *settings(1, 3, longer)).returncode in FINISHED
+    assert run(RUNNER, *settings(1, 1, grown)).returncode in FINISHED
     # the settings may be given again, as long as they are the recorded ones
     done = run(RUNNER, "--resume", *settings(1, 3, grown))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode in FINISHED, done.stderr[-2000:]
     assert_same_run(longer, grown)
     assert json.loads((grown / "config.json").read_text())["training"]["epochs"] == 3
 
@@ -80,7 +80,7 @@ def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
 def recorded(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resume") / "run"
     done = run(RUNNER, *TINY_ARGV, "--epochs", "2", "--seed", "4", "--output-dir", str(out))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode in FINISHED, done.stderr[-2000:]
     return out
 
 
@@ -100,7 +100,7 @@ def refused(capsys, argv: list[str]) -> str:
 
 @pytest.mark.parametrize("given, named", [
     (["--seed", "9"], ["--seed=9", "recorded run's 4"]),
-    (["--learning-rate", "0.01", "--N", "32"], ["--learning-rate=0.01", "--N=32"]),
+    (["--learning-rate", "0.05", "--N", "32"], ["--learning-rate=0.05", "--N=32"]),
     (["--epochs", "1"], ["--epochs=1", ">= the recorded run's 2"]),
     (["--overwrite"], ["--overwrite", "cannot be combined with --resume"]),
     (["--gridsize", "2", "--no-deterministic"], ["--gridsize=2", "--deterministic=False"]),

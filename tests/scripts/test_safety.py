@@ -6,6 +6,7 @@ instant into one folder, SIGTERM / SIGINT sent to running commands, an --overwri
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import pytest
 
 from ptycho_torch.npz_data import load_npz
 from ptycho_torch.output_folder import LOCK_NAME
-from tests.helpers import TINY_ARGV, TINY_DATA_ARGV, TINY_WRAPPER_ARGV
+from tests.helpers import FINISHED, TINY_ARGV, TINY_DATA_ARGV, TINY_WRAPPER_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -110,8 +111,9 @@ def race(workers, command: str, folder: Path, argv_of) -> tuple[int, int]:
     for index, worker in enumerate(workers):
         worker.send(command, argv_of(index))
     statuses = [worker.status() for worker in workers]
-    assert sorted(statuses) == [0, 2], statuses
-    return statuses.index(0), max(statuses)
+    assert sorted(statuses) in ([0, 2], [2, 3]), statuses  # 3: a tiny run that finished collapsed
+    winner = next(i for i, status in enumerate(statuses) if status != 2)
+    return winner, statuses[1 - winner]
 
 
 def test_two_commands_released_together_into_one_folder_never_both_write(workers, tmp_path):
@@ -128,7 +130,7 @@ def test_two_commands_released_together_into_one_folder_never_both_write(workers
         winner, _ = race(workers, "runner", folder,
                          lambda i: [*TINY["runner"], "--epochs", "1", "--seed", str(20 + i), "--output-dir", str(folder)])
         assert json.loads((folder / "config.json").read_text())["training"]["seed"] == 20 + winner
-        assert json.loads((folder / "metrics.json").read_text())["status"] == "ok"
+        assert json.loads((folder / "metrics.json").read_text())["status"] in ("ok", "collapsed")
         assert leftovers(folder) == []
 
 
@@ -192,7 +194,7 @@ def run_files(folder: Path) -> dict[str, int]:
 
 def test_an_interrupted_overwrite_never_leaves_files_of_two_runs(tmp_path):
     previous = tmp_path / "previous"
-    assert exit_status("runner", [*TINY["runner"], "--epochs", "1", "--output-dir", str(previous)]) == 0
+    assert exit_status("runner", [*TINY["runner"], "--epochs", "1", "--output-dir", str(previous)]) in FINISHED
     (previous / "notes.txt").write_text("the user's")
     def newer(path: Path) -> bool:
         return path.stat().st_mtime_ns >= cut
@@ -458,9 +460,11 @@ def test_the_comparison_table_carries_each_rows_status_and_a_failed_row_exits_3(
     argv = [*TINY["wrapper"], "--architectures", "cnn,fno", "--torch-optimizer", "sgd", "--torch-momentum", "0",
             "--torch-learning-rate", "1e-30", "--output-dir", str(out)]
     assert exit_status("wrapper", argv) == 3
-    table = (out / "metrics_table.csv").read_text().splitlines()
-    assert table[0].split(",")[:2] == ["architecture", "status"]
-    assert [row.split(",")[1] for row in table[1:]] == ["untrained", "untrained"]
+    with open(out / "metrics_table.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(r["row"], r["architecture"], r["status"]) for r in table if r["row"] == "run"] == [
+        ("run", "cnn", "untrained"), ("run", "fno", "untrained")]
+    assert [r["status"] for r in table if r["row"] == "mean"] == ["untrained=1", "untrained=1"]
     assert "| status |" in (out / "metrics_table.md").read_text()
 
 

@@ -1,0 +1,169 @@
+"""Sweeps for the compare wrapper: swept settings x seeds -> cells, each one runner config and folder.
+
+    --sweep torch-grad-clip=none,0.1,1 --sweep torch-grad-clip-algorithm=norm,agc --seeds 0,1,2
+
+A sweep names any wrapper flag (without its dashes) and its values, parsed exactly as that flag
+would parse them; several sweeps form a grid, and ``--seeds`` replicates every cell (the training
+seed). A cell's folder is ``runs/<name>`` (``runs/<name>/seed<k>`` with ``--seeds``), the name
+made of the swept values. ``sweep.json`` records the cells, so that the same command run again
+finds its finished runs (see ``cell_state``). Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import itertools
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptycho_torch.config import to_jsonable
+from scripts.studies.runner_cli import value_parser
+
+SWEEP_RECORD = "sweep.json"
+NOT_SWEPT = ("output_dir", "overwrite")  # where the runs go is the wrapper's
+FINISHED, RESUMABLE, FRESH = "finished", "resumable", "fresh"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str  # the runner field
+    flag: str  # the wrapper flag as given, without dashes (torch-grad-clip)
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    assignments: tuple[tuple[str, Any], ...]  # (field, value) per sweep, in the order given
+    seed: int | None  # None: the seed of the settings (no --seeds)
+    folder: Path  # relative to the wrapper's output folder
+
+
+def parse_sweep(text: str, cls: type, flags: dict[str, str]) -> Sweep:
+    """``FLAG=v1,v2,...`` -> Sweep; ``flags``: wrapper flag (any spelling, no dashes) -> field name.
+    Raises ValueError naming the flag and the rule."""
+    flag, sep, values_text = text.partition("=")
+    flag = flag.strip().lstrip("-")
+    if not sep or not flag:
+        raise ValueError(f"--sweep={text!r}: expected FLAG=v1,v2,... (e.g. torch-grad-clip=none,0.1,1)")
+    if flag not in flags or flags[flag] in NOT_SWEPT:
+        close = difflib.get_close_matches(flag, [f for f, name in flags.items() if name not in NOT_SWEPT], n=1)
+        raise ValueError(f"--sweep={text!r}: {flag!r} is not a setting that can be swept"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+    name = flags[flag]
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    parse = value_parser(cls, field)
+    texts = [v.strip() for v in values_text.split(",")]
+    if not values_text.strip() or any(not v for v in texts):
+        raise ValueError(f"--sweep={text!r}: give one or more comma-separated values")
+    try:
+        values = tuple(parse(v) for v in texts)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--sweep={text!r}: {err}") from None
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError(f"--sweep={text!r}: a value is given twice")
+    return Sweep(name, flag, values)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds={text!r}: a seed is given twice")
+    return seeds
+
+
+def value_word(value: Any) -> str:
+    """A value as a folder-name word: none, 0.1, 1, agc, a path's file name."""
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, Path):
+        value = value.name
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-") or "x"
+
+
+def cell_name(sweeps: Sequence[Sweep], values: Sequence[Any]) -> str:
+    """The folder name of one combination: the value alone for a lone sweep of the architecture,
+    else ``flag=value`` pairs (flags without their ``torch-``) joined by ``_``."""
+    if len(sweeps) == 1 and sweeps[0].name == "architecture":
+        return value_word(values[0])
+    return "_".join(f"{s.flag.removeprefix('torch-')}={value_word(v)}" for s, v in zip(sweeps, values))
+
+
+def cells_of(sweeps: Sequence[Sweep], seeds: Sequence[int] | None) -> list[Cell]:
+    """Every combination of the sweeps' values (first sweep outermost), times every seed. Names
+    show the sweeps with several values (or the first sweep, when none has)."""
+    named = [i for i, s in enumerate(sweeps) if len(s.values) > 1] or [0]
+    cells = []
+    for values in itertools.product(*(s.values for s in sweeps)):
+        name = cell_name([sweeps[i] for i in named], [values[i] for i in named])
+        assignments = tuple((s.name, v) for s, v in zip(sweeps, values))
+        for seed in seeds or (None,):
+            folder = Path("runs") / name / (f"seed{seed}" if seed is not None else "")
+            cells.append(Cell(assignments, seed, Path(str(folder).rstrip("/"))))
+    return cells
+
+
+def cell_config(cell: Cell, base: dict[str, Any], output_dir: Path, build: Callable[..., Any]) -> Any:
+    """The runner config of ``cell``: ``base`` settings, the cell's values, its seed and folder."""
+    values = {**base, **dict(cell.assignments), "output_dir": output_dir / cell.folder}
+    if cell.seed is not None:
+        values["seed"] = cell.seed
+    return build(**values)
+
+
+# --- finding a sweep's finished runs again -----------------------------------------------------------
+
+def record_of(configs: Sequence[Any]) -> dict[str, Any]:
+    """sweep.json: each cell's runner settings, as its run records them (``overwrite`` aside)."""
+    return {"cells": [_settings(to_jsonable(cfg)) for cfg in configs]}
+
+
+def _settings(runner: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in runner.items() if k != "overwrite"}  # how a folder is claimed, not what runs
+
+
+def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
+    """None: no sweep recorded in ``folder``; else whether it records exactly these cells."""
+    path = Path(folder) / SWEEP_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(record_of(configs)))
+    except (OSError, ValueError):
+        return False
+
+
+def recorded_folders(folder: Path) -> list[Path]:
+    """The run folders (relative to ``folder``) of the study recorded there, if any: what an
+    ``--overwrite`` of it removes besides the new study's own."""
+    try:
+        cells = json.loads((Path(folder) / SWEEP_RECORD).read_text())["cells"]
+        runs = [Path(cell["output_dir"]).resolve() for cell in cells]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    root = Path(folder).resolve()
+    return [run.relative_to(root) for run in runs if run.is_relative_to(root) and run != root]
+
+
+def cell_state(cfg: Any) -> str:
+    """FINISHED (metrics of this very config), RESUMABLE (its epoch-end checkpoint) or FRESH."""
+    folder = Path(cfg.output_dir)
+    try:
+        recorded = json.loads((folder / "config.json").read_text())["runner"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return FRESH
+    if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):
+        return FRESH
+    if (folder / "metrics.json").is_file():
+        return FINISHED
+    return RESUMABLE if (folder / "checkpoints" / "last.ckpt").is_file() else FRESH

@@ -1,0 +1,199 @@
+"""Sweeps in the compare wrapper: a grid of settings x seeds run in parallel processes, a table whose
+summaries and clip-bite fractions follow from the runs, a restart that skips finished cells, commands
+for a job array, refusals before any run; and collapse detection."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho_torch.outcome import COLLAPSE_SPREAD, collapse_reason
+from scripts.studies import grid_lines_compare_wrapper as wrapper
+from tests.helpers import TINY_ARGV, TINY_WRAPPER_ARGV
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+WRAPPER = [sys.executable, "-m", "scripts.studies.grid_lines_compare_wrapper"]
+GRID = ["--architectures", "cnn", "--sweep", "torch-grad-clip=none,0.01", "--sweep", "torch-grad-clip-algorithm=norm,agc",
+        "--seeds", "0,1"]
+
+
+def table(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics_table.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def number(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def bite_fraction(history_csv: Path) -> float | None:
+    """Recomputed here with numpy, apart from the table's code."""
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    pre = np.array([float(r["grad_norm_preclip"]) if r["grad_norm_preclip"] else np.nan for r in rows])
+    post = np.array([float(r["grad_norm_postclip"]) if r["grad_norm_postclip"] else np.nan for r in rows])
+    applied = ~np.isnan(pre) & ~np.isnan(post) & (np.array([r["skipped"] for r in rows]) == "False")
+    return float(np.mean(post[applied] < pre[applied])) if applied.any() else None
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    done = subprocess.run([*WRAPPER, *TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 3), done.stderr[-3000:]  # 3: a tiny run may collapse
+    return out
+
+
+def test_a_2x2_sweep_over_2_seeds_in_2_processes_gives_8_runs_and_a_matching_table(swept):
+    rows = table(swept)
+    runs = [r for r in rows if r["row"] == "run"]
+    assert len(runs) == 8 and {r["seed"] for r in runs} == {"0", "1"}
+    assert {(r["gradient_clip_val"], r["gradient_clip_algorithm"]) for r in runs} == {
+        ("", "norm"), ("", "agc"), ("0.01", "norm"), ("0.01", "agc")}
+    for run in runs:
+        folder = swept / "runs" / run["cell"] / f"seed{run['seed']}"
+        config = json.loads((folder / "config.json").read_text())
+        assert config["training"]["seed"] == int(run["seed"]) and config["execution"]["num_threads"] >= 1
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert number(run["amplitude_ssim"]) == metrics["mean"]["amplitude"]["ssim"] and run["status"] == metrics["status"]
+    for cell in {r["cell"] for r in runs}:
+        members = [r for r in runs if r["cell"] == cell]
+        mean, spread = (next(r for r in rows if r["row"] == kind and r["cell"] == cell) for kind in ("mean", "std"))
+        for score in ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_frc50"):
+            values = [number(r[score]) for r in members]
+            assert number(mean[score]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+            assert number(spread[score]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+        statuses = sorted(r["status"] for r in members)
+        assert mean["status"] == " ".join(f"{s}={statuses.count(s)}" for s in sorted(set(statuses)))
+    assert (swept / "sweep.png").stat().st_size > 0 and len(os.listdir(swept / "logs")) == 8
+
+
+def test_the_tables_clip_bite_fraction_is_the_one_each_history_gives(swept):
+    runs = [r for r in table(swept) if r["row"] == "run"]
+    for run in runs:
+        expected = bite_fraction(swept / "runs" / run["cell"] / f"seed{run['seed']}" / "history.csv")
+        assert number(run["clip_bite_fraction"]) == pytest.approx(expected)
+    assert {number(r["clip_bite_fraction"]) for r in runs if not r["gradient_clip_val"]} == {0.0}
+    assert all(number(r["clip_bite_fraction"]) > 0 for r in runs if r["gradient_clip_val"])
+
+
+def test_the_same_command_again_reruns_nothing_and_summarize_rebuilds_the_table(swept):
+    before = {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/metrics.json")}
+    again = subprocess.run([*WRAPPER, *TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(swept)],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode in (0, 3), again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/metrics.json")} == before
+    rows = table(swept)
+    (swept / "metrics_table.csv").unlink()
+    assert wrapper.main([*TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(swept), "--summarize"]) in (0, 3)
+    assert table(swept) == rows
+
+
+def test_a_sweep_killed_midway_and_restarted_skips_its_finished_cells(tmp_path):
+    out = tmp_path / "killed"
+    command = [*WRAPPER, *TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-learning-rate=0.01,0.02",
+               "--seeds", "0,1", "--output-dir", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list(out.glob("runs/*/*/metrics.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.json")}
+    assert 2 <= len(finished) < 4
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())  # not rerun
+    assert len(list(out.glob("runs/*/*/metrics.json"))) == 4 and len(table(out)) == 4 + 2 * 2
+
+
+def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
+    out = tmp_path / "emitted"
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8", "--output-dir", str(out)]
+    assert wrapper.main([*argv, "--emit-commands"]) == 0
+    lines = (out / "commands.txt").read_text().splitlines()
+    assert len(lines) == 2 and all("grid_lines_torch_runner --config" in line for line in lines)
+    assert not (out / "runs").exists()
+    done = subprocess.run(lines[0], shell=True, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    status = wrapper.main([*argv, "--summarize"])
+    rows = [r for r in table(out) if r["row"] == "run"]
+    assert status == 3 and [r["status"] != "missing" for r in rows] == [True, False]  # one run made, one missing
+    assert [r["batch_size"] for r in rows] == ["4", "8"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--sweep", "torch-grad-clips=1,2"], "did you mean 'torch-grad-clip'"),
+    (["--sweep", "torch-grad-clip=1,x"], "expected a number or none"),
+    (["--sweep", "torch-grad-clip=-1"], "--torch-grad-clip=-1.0: must be"),
+    (["--sweep", "torch-optimizer=adam,adam"], "a value is given twice"),
+    (["--sweep", "torch-optimizer"], "expected FLAG=v1,v2"),
+    (["--sweep", "output-dir=a,b"], "not a setting that can be swept"),
+    (["--sweep", "torch-architecture=cnn", "--architectures", "fno"], "say the same"),
+    (["--sweep", "torch-epochs=1", "--sweep", "torch-epochs=2"], "swept twice"),
+    (["--seeds", "0,x"], "--seeds='0,x'"),
+    (["--jobs", "0"], "--jobs"),
+    (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
+], ids=["unknown", "bad-value", "rule", "twice", "no-values", "output-dir", "architectures", "swept-twice",
+        "seeds", "jobs", "cross-rule"])
+def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*TINY_WRAPPER_ARGV, *argv, "--output-dir", str(out)])
+    assert stopped.value.code == 2 and named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_folder_holding_another_study_is_refused_without_overwrite(swept, capsys):
+    status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8",
+                           "--output-dir", str(swept)])
+    assert status == 2 and "holds another study" in capsys.readouterr().err
+
+
+# --- collapse ------------------------------------------------------------------------------------
+
+def test_collapse_reason_names_a_constant_amplitude_or_phase_and_nothing_else():
+    rng = np.random.default_rng(0)
+    truth = (1 + 0.3 * rng.random((2, 12, 12))) * np.exp(1j * rng.random((2, 12, 12)))
+    assert collapse_reason(truth, truth) is None
+    assert collapse_reason(truth * 0.5 * np.exp(0.3j), truth) is None  # scaled and shifted: not constant
+    flat = truth.copy()
+    flat[1] = 0.8 * np.exp(1j * np.angle(truth[1]))
+    assert collapse_reason(flat, truth).startswith("object 1: the reconstructed amplitude is constant")
+    wrapped = np.abs(truth) * np.exp(1j * (np.pi - 1e-4 * (rng.random((2, 12, 12)) > 0.5)))  # +-pi across the cut
+    assert "phase is constant" in collapse_reason(wrapped, truth)
+    barely = np.abs(truth) * np.exp(1j * 2 * COLLAPSE_SPREAD * np.angle(truth))  # 2 % of the truth's spread
+    assert collapse_reason(barely, truth) is None
+    zero_phase_truth = np.abs(truth).astype(complex)
+    assert collapse_reason(np.abs(truth) * np.exp(0.2j), zero_phase_truth) is None  # nothing to tell a collapse by
+
+
+def test_a_model_forced_to_a_constant_output_is_reported_collapsed_with_exit_3(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from ptycho_torch.model import PtychoPINN
+    from scripts.studies import grid_lines_torch_runner as runner
+
+    def constant(self, diffraction):  # depends on the weights (zero gradient) but its value never does
+        return torch.full(diffraction.shape, 0.7 + 0.1j, dtype=torch.complex64) + 0 * self.generator(diffraction)
+
+    monkeypatch.setattr(PtychoPINN, "forward", constant)
+    out = tmp_path / "constant"
+    argv = [*TINY_ARGV, "--optimizer", "adamw", "--weight-decay", "0.5", "--output-dir", str(out)]
+    assert runner.main(argv) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "collapsed" and metrics["collapsed"] is True
+    assert "amplitude is constant" in metrics["status_reason"]
+    assert "collapsed" in capsys.readouterr().err
