@@ -19,14 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)  ## the main job on simulated data, into $(DEMO_DIR) (refused if it holds another run)
 	MPLBACKEND=Agg $(BIN)/python -m scripts.studies.grid_lines_torch_runner --output-dir $(DEMO_DIR) \
-		--grad-clip 1.0 --no-enable-progress-bar
+		--grad-clip 10 --no-enable-progress-bar
 
 test: $(STAMP)  ## the whole suite, integration runs included
 	MPLBACKEND=Agg $(BIN)/python -m pytest -n auto
 
 compare: $(STAMP)  ## the three architectures on one dataset, into runs/compare
 	MPLBACKEND=Agg $(BIN)/python -m scripts.studies.grid_lines_compare_wrapper --architectures cnn,fno,hybrid \
-		--output-dir runs/compare --torch-grad-clip 1.0 --no-torch-enable-progress-bar
+		--output-dir runs/compare --torch-grad-clip 10 --no-torch-enable-progress-bar
 
 bench: $(STAMP)  ## training-step throughput (run it on an otherwise idle machine)
 	$(BIN)/python -m benchmarks.bench_throughput --contention

@@ -177,7 +177,8 @@ class PtychoPINN(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_STATE] = {"history": list(self.history), "nonfinite_skips": self.nonfinite_skips,
-                                 "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss}
+                                 "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss,
+                                 "threads": torch.get_num_threads()}  # a resumed run sums with as many
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RUN_STATE)

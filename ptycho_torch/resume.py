@@ -30,6 +30,17 @@ def epochs_done(checkpoint: Path) -> int:
     return int(state["epoch"]) + 1
 
 
+def threads_of(checkpoint: Path) -> int | None:
+    """The intra-op thread count the run trained with (None for a checkpoint that does not say):
+    a resumed run with an automatic count takes it, so that its sums run in the same order."""
+    import torch
+
+    from ptycho_torch.model import RUN_STATE
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True).get(RUN_STATE, {})
+    return state.get("threads")
+
+
 def resume_point(output_dir: Path, epochs: int) -> Path:
     """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs.
 

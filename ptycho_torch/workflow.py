@@ -7,6 +7,7 @@ from the resolved config that owns it (training, execution, simulation) under it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +117,20 @@ def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Pat
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
-    with run_threads(plan.execution):  # one automatic choice for the run: the fit and the prediction share it
+    execution = plan.execution
+    if checkpoint is not None and execution.num_threads == 0:  # resumed: as many threads as the run began with
+        from ptycho_torch.resume import threads_of
+
+        execution = dataclasses.replace(execution, num_threads=threads_of(checkpoint) or 0)
+    with run_threads(execution) as threads:  # one automatic choice for the run: the fit and the prediction share it
         started = time.perf_counter()
         trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"],
                         resume_from=checkpoint)
         fit_seconds = time.perf_counter() - started
         if trained.trainer.world_size > 1:
             write_rank_record(trained, out / "ranks")
-        return write_results(out, plan.execution, trained, test_data, fit_seconds) if main_rank else None
+        timing = {"fit_seconds": fit_seconds, "threads": threads}
+        return write_results(out, plan.execution, trained, test_data, timing) if main_rank else None
 
 
 def write_rank_record(trained, folder: Path) -> None:
@@ -150,7 +157,7 @@ def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
 
 
 def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_data,
-                  fit_seconds: float | None = None) -> dict[str, Any]:
+                  timing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict the test split, stitch, score, and write metrics, history, reconstruction and pictures.
 
     Everything shown is read from the resolved configs and the module that trained, so the
@@ -181,7 +188,8 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "metrics.json", metrics)
-    artifacts.write_json(out / "timing.json", {"fit_seconds": fit_seconds, "reconstruct_seconds": reconstruct_seconds,
+    artifacts.write_json(out / "timing.json", {"fit_seconds": None, **(timing or {}),
+                                               "reconstruct_seconds": reconstruct_seconds,
                                                "test_patterns": int(len(test_data.diffraction))})
     artifacts.write_csv(out / "history.csv", module.history, HISTORY_COLUMNS)
     artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=test_data.YY_ground_truth)

@@ -113,7 +113,7 @@ def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PLOTTED = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr")
+PLOTTED = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "clip_bite_fraction")
 
 
 def sweep_series(rows: Sequence[dict[str, Any]], x_name: str, x_values: Sequence[Any],

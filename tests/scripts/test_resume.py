@@ -149,3 +149,17 @@ def test_a_missing_or_damaged_checkpoint_is_refused_by_name(recorded, capsys, tm
     assert "checkpoints/last.ckpt" in err
     assert ("nothing to resume from" if damage == "missing" else "expected an epoch-end run checkpoint") in err
     assert snapshot(copy) == before and not (copy / ".run.lock").exists()
+
+
+def test_a_resumed_run_with_automatic_threads_takes_the_count_the_run_trained_with(recorded, tmp_path):
+    """Another count sums in another order; the checkpoint says how many the run used."""
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
+    checkpoint = copy / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["ptycho_run_state"]["threads"] == 1  # OMP_NUM_THREADS=1 capped the automatic count
+    state["ptycho_run_state"]["threads"] = 3  # as if it had trained on another machine's three free cores
+    torch.save(state, checkpoint)
+    done = run(RUNNER, "--resume", "--epochs", "3", "--output-dir", str(copy))
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    assert json.loads((copy / "timing.json").read_text())["threads"] == 3
