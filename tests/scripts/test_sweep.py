@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from ptycho_torch.outcome import COLLAPSE_SPREAD, collapse_reason
 from scripts.studies import grid_lines_compare_wrapper as wrapper
@@ -47,17 +48,29 @@ def bite_fraction(history_csv: Path) -> float | None:
     return float(np.mean(post[applied] < pre[applied])) if applied.any() else None
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sweep") / "grid"
-    done = subprocess.run([*WRAPPER, *TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(out)],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode in (0, 3), done.stderr[-3000:]  # 3: a tiny run may collapse
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, worker_id) -> Path:
+    """One tiny study for the whole session: made by the first worker that needs it (under a lock
+    shared by the pytest-xdist workers), read by the others."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if worker_id != "master" else root
+    out = root / "sweep_grid"
+    with study_lock(out):
+        if not (out / "metrics_table.csv").exists():
+            done = subprocess.run([*WRAPPER, *TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(out)],
+                                  cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+            assert done.returncode in (0, 3), done.stderr[-3000:]  # 3: a tiny run may collapse
     return out
 
 
+def study_lock(out: Path) -> FileLock:
+    """Held while the shared study is made or changed, and while it is read."""
+    return FileLock(str(out) + ".lock")
+
+
 def test_a_2x2_sweep_over_2_seeds_in_2_processes_gives_8_runs_and_a_matching_table(swept):
-    rows = table(swept)
+    with study_lock(swept):
+        rows = table(swept)
     runs = [r for r in rows if r["row"] == "run"]
     assert len(runs) == 8 and {r["seed"] for r in runs} == {"0", "1"}
     assert {(r["gradient_clip_val"], r["gradient_clip_algorithm"]) for r in runs} == {
@@ -81,7 +94,8 @@ def test_a_2x2_sweep_over_2_seeds_in_2_processes_gives_8_runs_and_a_matching_tab
 
 
 def test_the_tables_clip_bite_fraction_is_the_one_each_history_gives(swept):
-    runs = [r for r in table(swept) if r["row"] == "run"]
+    with study_lock(swept):
+        runs = [r for r in table(swept) if r["row"] == "run"]
     for run in runs:
         expected = bite_fraction(swept / "runs" / run["cell"] / f"seed{run['seed']}" / "history.csv")
         assert number(run["clip_bite_fraction"]) == pytest.approx(expected)
@@ -90,6 +104,11 @@ def test_the_tables_clip_bite_fraction_is_the_one_each_history_gives(swept):
 
 
 def test_the_same_command_again_reruns_nothing_and_summarize_rebuilds_the_table(swept):
+    with study_lock(swept):
+        same_command_again(swept)
+
+
+def same_command_again(swept: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in swept.glob("runs/*/*/metrics.json")}
     again = subprocess.run([*WRAPPER, *TINY_WRAPPER_ARGV, *GRID, "--jobs", "2", "--output-dir", str(swept)],
                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -157,8 +176,9 @@ def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named
 
 
 def test_a_folder_holding_another_study_is_refused_without_overwrite(swept, capsys):
-    status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8",
-                           "--output-dir", str(swept)])
+    with study_lock(swept):
+        status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8",
+                               "--output-dir", str(swept)])
     assert status == 2 and "holds another study" in capsys.readouterr().err
 
 
