@@ -91,12 +91,22 @@ def value_word(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-") or "x"
 
 
+def sweep_words(sweep: Sweep) -> dict[str, str]:
+    """repr(value) -> its word in folder names; words that would repeat (two probe files of one
+    name in different folders) are told apart by the value's position: ``1-probe.npz``."""
+    words = [value_word(v) for v in sweep.values]
+    if len(set(words)) < len(words):
+        words = [f"{i}-{word}" for i, word in enumerate(words)]
+    return {repr(v): word for v, word in zip(sweep.values, words)}
+
+
 def cell_name(sweeps: Sequence[Sweep], values: Sequence[Any]) -> str:
     """The folder name of one combination: the value alone for a lone sweep of the architecture,
     else ``flag=value`` pairs (flags without their ``torch-``) joined by ``_``."""
+    words = [sweep_words(s)[repr(v)] for s, v in zip(sweeps, values)]
     if len(sweeps) == 1 and sweeps[0].name == "architecture":
-        return value_word(values[0])
-    return "_".join(f"{s.flag.removeprefix('torch-')}={value_word(v)}" for s, v in zip(sweeps, values))
+        return words[0]
+    return "_".join(f"{s.flag.removeprefix('torch-')}={word}" for s, word in zip(sweeps, words))
 
 
 def cells_of(sweeps: Sequence[Sweep], seeds: Sequence[int] | None) -> list[Cell]:

@@ -217,3 +217,17 @@ def test_a_model_forced_to_a_constant_output_is_reported_collapsed_with_exit_3(t
     assert metrics["status"] == "collapsed" and metrics["collapsed"] is True
     assert "amplitude is constant" in metrics["status_reason"]
     assert "collapsed" in capsys.readouterr().err
+
+
+def test_every_cell_gets_its_own_folder_even_when_values_share_a_file_name(tmp_path, capsys):
+    from scripts.studies.sweep import Sweep, cells_of
+
+    probes = Sweep("probe_npz", "probe-npz", (Path("a/probe.npz"), Path("b/probe.npz")))
+    clips = Sweep("gradient_clip_val", "torch-grad-clip", (None, 0.1, 1.0))
+    cells = cells_of([Sweep("architecture", "torch-architecture", ("cnn",)), probes, clips], seeds=(0, 1))
+    assert len({cell.folder for cell in cells}) == len(cells) == 12
+    assert Path("runs/probe-npz=1-probe.npz_grad-clip=0.1/seed1") in {cell.folder for cell in cells}
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn,fno", "--seeds", "3", "--output-dir",
+                         str(tmp_path / "x"), "--dry-run"]) == 0
+    folders = [run["runner"]["output_dir"] for run in json.loads(capsys.readouterr().out)]
+    assert folders == [str(tmp_path / "x" / "runs" / arch / "seed3") for arch in ("cnn", "fno")]
