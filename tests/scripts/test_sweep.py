@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -231,3 +232,25 @@ def test_every_cell_gets_its_own_folder_even_when_values_share_a_file_name(tmp_p
                          str(tmp_path / "x"), "--dry-run"]) == 0
     folders = [run["runner"]["output_dir"] for run in json.loads(capsys.readouterr().out)]
     assert folders == [str(tmp_path / "x" / "runs" / arch / "seed3") for arch in ("cnn", "fno")]
+
+
+def test_in_processes_a_restart_resumes_a_cell_from_its_checkpoint_and_reruns_an_empty_one(tmp_path):
+    out = tmp_path / "partial"
+    command = [*WRAPPER, *TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8,2",
+               "--jobs", "2", "--output-dir", str(out)]
+    assert subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, timeout=300).returncode in (0, 3)
+    cells = sorted((out / "runs").iterdir())
+    finished = {cell.name: (cell / "metrics.json").read_bytes() for cell in cells}
+    kept = cells[0] / "metrics.json"
+    kept_time = kept.stat().st_mtime_ns
+    (cells[1] / "metrics.json").unlink()  # stopped after its last epoch-end checkpoint: resumed
+    shutil.rmtree(cells[2] / "checkpoints")  # stopped before its first epoch ended: run again
+    (cells[2] / "config.json").unlink()
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert kept.stat().st_mtime_ns == kept_time
+    logs = {path.stem: path.read_text() for path in (out / "logs").iterdir()}
+    assert "Restoring states from the checkpoint" in logs[cells[1].name]
+    assert "Restoring states" not in logs[cells[2].name] and "results in" in logs[cells[2].name]
+    assert {cell.name: (cell / "metrics.json").read_bytes() for cell in cells} == finished  # same results
+    assert len([r for r in table(out) if r["row"] == "run" and r["status"] != "missing"]) == 3
