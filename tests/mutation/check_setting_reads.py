@@ -97,7 +97,8 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("datamodule.py", "self.seed"): "EpochShuffle.seed, the sampler's copy of TrainingConfig.seed",
 }
 
-FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py")
+FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py",
+                "tests/scripts/test_reconstruct.py", "tests/scripts/test_resume.py")
 # Stage 1: the likely killers; stage 2: the rest of tests/. Passing both = passing the whole suite.
 STAGES = (list(FAST_KILLERS), ["tests", *(f"--ignore={path}" for path in FAST_KILLERS)])
 COPIED = ("ptycho_torch", "scripts", "tests", "benchmarks", "conftest.py", "pyproject.toml", "README.md")

@@ -146,7 +146,7 @@ def off_grid_copy(run: Path, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing checkpoint", "foreign checkpoint", "lightning checkpoint",
-                                  "garbage checkpoint", "wrong N", "off-grid scan", "busy output"])
+                                  "garbage checkpoint", "wrong N", "off-grid scan", "busy output", "ungroupable"])
 def test_bad_input_is_refused_by_name_and_nothing_is_written(trained, tmp_path, capsys, case):
     run = trained["gs1"]
     checkpoint, data, out = run / "checkpoints" / "last.ckpt", run / "data" / "test.npz", tmp_path / "out"
@@ -169,6 +169,12 @@ def test_bad_input_is_refused_by_name_and_nothing_is_written(trained, tmp_path, 
         data = named = tmp_path / "d" / "test.npz"
     elif case == "off-grid scan":
         data = named = off_grid_copy(run, tmp_path / "data")
+    elif case == "ungroupable":  # a gridsize-2 model, a scan of one position per object: no 2x2 group
+        checkpoint = trained["gs2"] / "checkpoints" / "last.ckpt"
+        subprocess.run([sys.executable, "-m", "scripts.grid_lines_datagen", "--output-dir", str(tmp_path / "d"),
+                        "--N", "16", "--object-size", "16", "--n-lines", "5", "--no-progress"],
+                       cwd=ROOT, env=ENV, check=True, capture_output=True)
+        data = named = tmp_path / "d" / "test.npz"
     elif case == "busy output":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
