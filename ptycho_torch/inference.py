@@ -58,17 +58,17 @@ def load_model(checkpoint: Path, device=None):
 
 
 def prepare(plan: ReconstructionPlan):
-    """Every check before anything is written: machine, checkpoint, data file, output folder.
-    Returns (module, data)."""
+    """Every check before anything is written: machine, checkpoint, data file, inputs an
+    ``--overwrite`` would remove (the folder itself is checked by ``claimed``, before it creates
+    anything). Returns (module, data)."""
     from ptycho_torch.npz_data import load_any_split
-    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive, check_output_dir
+    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive
     from ptycho_torch.preflight import check_machine, training_items
 
     check_machine(plan.execution)
     module = load_model(plan.checkpoint, device_of(plan.execution.accelerator))
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
-    check_output_dir(plan.output_dir, plan.overwrite)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
     return module, data

@@ -198,3 +198,14 @@ def test_an_input_that_overwrite_would_remove_is_refused(trained, tmp_path, caps
                    "--output-dir", str(out), "--overwrite"])
     assert status == 2
     assert f"{setting}='{inside}'" in capsys.readouterr().err and inside.exists()
+
+
+@pytest.mark.parametrize("where", ["below a file", "name too long"])
+def test_an_unusable_output_folder_is_refused_with_exit_2_and_nothing_written(trained, tmp_path, capsys, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    out = blocker / "out" if where == "below a file" else tmp_path / ("x" * 300)
+    assert reconstruct(trained["gs1"], out) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: output_dir=") and "Traceback" not in line
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "mine"
