@@ -209,3 +209,14 @@ def test_an_unusable_output_folder_is_refused_with_exit_2_and_nothing_written(tr
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: output_dir=") and "Traceback" not in line
     assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == "mine"
+
+
+def test_overwrite_replaces_a_previous_reconstruction_and_keeps_the_users_files(trained, tmp_path):
+    out = tmp_path / "again"
+    assert reconstruct(trained["gs1"], out, data=trained["gs1"] / "data" / "test.npz") == 0
+    (out / "notes.txt").write_text("mine")
+    assert reconstruct(trained["gs1"], out, data=trained["gs1"] / "data" / "train.npz") == 2  # not empty
+    assert reconstruct(trained["gs1"], out, "--overwrite", data=trained["gs1"] / "data" / "train.npz") == 0
+    # the train file has no ground truth: the previous run's metrics.json went with the rest of it
+    assert sorted(os.listdir(out)) == ["config.json", "notes.txt", "recon.npz", "reconstruction.png"]
+    assert json.loads((out / "config.json").read_text())["reconstruct"]["test_npz"].endswith("train.npz")
