@@ -151,15 +151,17 @@ def test_a_missing_or_damaged_checkpoint_is_refused_by_name(recorded, capsys, tm
     assert snapshot(copy) == before and not (copy / ".run.lock").exists()
 
 
-def test_a_resumed_run_with_automatic_threads_takes_the_count_the_run_trained_with(recorded, tmp_path):
-    """Another count sums in another order; the checkpoint says how many the run used."""
-    copy = tmp_path / "copy"
-    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
-    checkpoint = copy / "checkpoints" / "last.ckpt"
+@pytest.mark.parametrize("num_threads", [0, 1], ids=["automatic", "explicit"])
+def test_a_resumed_run_takes_the_thread_count_it_trained_with_unless_one_is_set(tmp_path, num_threads):
+    """Another count sums in another order: with automatic threads the checkpoint says how many."""
+    run_dir = tmp_path / "run"
+    done = run(RUNNER, *TINY_ARGV, "--epochs", "1", "--num-threads", str(num_threads), "--output-dir", str(run_dir))
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)
     assert state["ptycho_run_state"]["threads"] == 1  # OMP_NUM_THREADS=1 capped the automatic count
     state["ptycho_run_state"]["threads"] = 3  # as if it had trained on another machine's three free cores
     torch.save(state, checkpoint)
-    done = run(RUNNER, "--resume", "--epochs", "3", "--output-dir", str(copy))
+    done = run(RUNNER, "--resume", "--epochs", "2", "--output-dir", str(run_dir))
     assert done.returncode in FINISHED, done.stderr[-2000:]
-    assert json.loads((copy / "timing.json").read_text())["threads"] == 3
+    assert json.loads((run_dir / "timing.json").read_text())["threads"] == (3 if num_threads == 0 else 1)
