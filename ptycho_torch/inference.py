@@ -8,6 +8,7 @@ run scores its test split. The library side of ``scripts.grid_lines_reconstruct`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ class ReconstructionPlan:
     output_dir: Path
     overwrite: bool
     record: dict[str, Any]  # config.json: the command's settings, JSON-ready
+
+
+def _threads_as_trained(plan: ReconstructionPlan) -> PyTorchExecutionConfig:
+    """With automatic threads, as many as the checkpoint's run used: the same sums in the same order."""
+    from ptycho_torch.resume import threads_of
+
+    if plan.execution.num_threads != 0:
+        return plan.execution
+    return dataclasses.replace(plan.execution, num_threads=threads_of(plan.checkpoint) or 0)
 
 
 def device_of(accelerator: str):
@@ -69,9 +79,28 @@ def prepare(plan: ReconstructionPlan):
     module = load_model(plan.checkpoint, device_of(plan.execution.accelerator))
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
+    _refuse_a_run_folder(plan.output_dir)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
     return module, data
+
+
+def _refuse_a_run_folder(folder: Path) -> None:
+    """A training run's folder is not a reconstruction's: --overwrite would remove half of the run."""
+    from ptycho_torch.output_folder import OutputDirError
+
+    held = [name for name in ("checkpoints", "history.csv") if _exists(Path(folder) / name)]
+    if held:
+        raise OutputDirError(f"output_dir={str(folder)!r}: holds a training run ({', '.join(held)}); write the "
+                             "reconstruction to a folder of its own")
+
+
+def _exists(path: Path) -> bool:
+    """False also for a path the file system refuses to look at (the claim names that problem)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def run(plan: ReconstructionPlan) -> dict[str, Any]:
@@ -86,7 +115,7 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
     out = plan.output_dir
     with claimed(out, plan.overwrite, RECONSTRUCTION_LAYOUT):
         artifacts.write_json(out / "config.json", plan.record | {"training": module.hparams["cfg"]})
-        recons = reconstruct(module, data, plan.execution)  # (I, H, W) complex64
+        recons = reconstruct(module, data, _threads_as_trained(plan))  # (I, H, W) complex64
         architecture = module.cfg.model.architecture
         summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.test_npz), "architecture": architecture,
                    "objects": int(recons.shape[0])}

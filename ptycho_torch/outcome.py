@@ -30,11 +30,16 @@ def _finite(value: float | None) -> bool:
     return value is None or math.isfinite(value)
 
 
-def _spread(values: np.ndarray, channel: str) -> float:
-    """Standard deviation of an object's amplitude, or of its phase around its circular mean
-    (so that a constant phase near +-pi, wrapped across the cut, still counts as constant)."""
+def _spread(values: np.ndarray, channel: str, scale_to: np.ndarray | None = None) -> float:
+    """Standard deviation of an object's amplitude (brought to the mean amplitude of ``scale_to``,
+    as scoring aligns it: a right structure at another overall scale is not constant), or of its
+    phase around its circular mean (so that a constant phase near +-pi still counts as constant)."""
     if channel == "amplitude":
-        return float(np.std(np.abs(values)))
+        amplitude = np.abs(values)
+        mean = float(np.mean(amplitude))
+        if scale_to is not None and mean > 0:
+            amplitude = amplitude * (float(np.mean(np.abs(scale_to))) / mean)
+        return float(np.std(amplitude))
     unit = np.exp(1j * np.angle(values))
     return float(np.std(np.angle(unit * np.conj(np.mean(unit)))))
 
@@ -46,7 +51,7 @@ def collapse_reason(recons: np.ndarray, truths: np.ndarray) -> str | None:
     constant (a zero-phase object) cannot tell a collapse and is not judged."""
     for index, (recon, truth) in enumerate(zip(recons, truths)):
         for channel in ("amplitude", "phase"):
-            truth_spread, spread = _spread(truth, channel), _spread(recon, channel)
+            truth_spread, spread = _spread(truth, channel), _spread(recon, channel, scale_to=truth)
             if truth_spread > 0 and spread < COLLAPSE_SPREAD * truth_spread:
                 return (f"object {index}: the reconstructed {channel} is constant (spread {spread:.3g}, under "
                         f"{COLLAPSE_SPREAD:.0%} of the ground truth's {truth_spread:.3g})")

@@ -41,6 +41,16 @@ def threads_of(checkpoint: Path) -> int | None:
     return state.get("threads")
 
 
+RESULTS = ("metrics.json", "timing.json", "history.csv", "recon.npz", "reconstruction.png", "training.png")
+
+
+def remove_results(output_dir: Path) -> None:
+    """A finished run trained further: its results (metrics.json first) go before training resumes,
+    so that a kill meanwhile never leaves the new config beside the old results."""
+    for name in RESULTS:
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
 def resume_point(output_dir: Path, epochs: int) -> Path:
     """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs.
 

@@ -114,6 +114,10 @@ def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Pat
     from ptycho_torch.training import train
 
     out = plan.output_dir
+    if main_rank and checkpoint is not None:
+        from ptycho_torch.resume import remove_results
+
+        remove_results(out)
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)

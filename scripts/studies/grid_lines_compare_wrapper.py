@@ -139,6 +139,8 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
         parser.error("--architectures and --sweep torch-architecture=... say the same: give one")
     if "seed" in names and seeds is not None:
         parser.error("--seeds and --sweep torch-seed=... say the same: give one")
+    if ns.summarize and ns.overwrite:
+        parser.error("--summarize reads the runs in --output-dir; --overwrite would remove them first")
     if "architecture" not in names:
         sweeps.insert(0, _architectures(parser, ns.architectures or ",".join(ARCHITECTURES)))
     else:
@@ -146,7 +148,8 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
     if ns.jobs > 1 and "num_threads" not in given:  # K processes share the cores instead of each taking them all
-        given["num_threads"] = max(1, len(os.sched_getaffinity(0)) // ns.jobs)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        given["num_threads"] = max(1, cores // ns.jobs)
     cells = cells_of(sweeps, seeds)
     try:
         configs = [cell_config(cell, given, ns.output_dir,
@@ -232,6 +235,7 @@ def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out:
     """The cells in turn, in this process; cells with the same dataset settings share one simulation
     (written to ``data/`` when the study has a single dataset)."""
     from ptycho_torch import workflow
+    from ptycho_torch.outcome import NonFiniteGradientError
 
     datasets: dict[Any, Any] = {}
     with _progress(len(study.cells), len(study.cells) - len(todo)) as bar:
@@ -241,7 +245,10 @@ def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out:
             if data is None and plan.train_npz is None:
                 data = workflow.load_or_simulate(plan, out / "data" if _one_dataset(study) else None)
                 datasets[plan.simulation] = data
-            workflow.run(plan, data=data)
+            try:
+                workflow.run(plan, data=data)
+            except NonFiniteGradientError as err:  # this cell stopped without results; the others still run
+                print(f"warning: cell {study.cells[index].folder} stopped: {err}", file=sys.stderr)
             bar.update(1)
 
 
@@ -251,9 +258,10 @@ def cell_file(out: Path, cell: Cell) -> Path:
 
 def cell_command(out: Path, cell: Cell, state: str = FRESH) -> list[str]:
     """The runner command of one cell (``--resume`` or ``--overwrite`` when its folder holds a partial run)."""
-    command = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", "--config", str(cell_file(out, cell))]
-    if state == RESUMABLE:
-        return [*command, "--resume"]
+    runner = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner"]
+    if state == RESUMABLE:  # its own record: execution-only settings (threads) may differ from this command's
+        return [*runner, "--resume", "--output-dir", str(out / cell.folder)]
+    command = [*runner, "--config", str(cell_file(out, cell))]
     return [*command, "--overwrite"] if (out / cell.folder).exists() else command
 
 
@@ -315,7 +323,7 @@ def _end_with_parent() -> None:
 
 def _check_cell_exit(out: Path, cell: Cell, status: int) -> None:
     """0 and 3 (a finished run whose status is not ok) leave metrics; anything else is named."""
-    if status not in (0, FAILED_RUN):
+    if status not in (0, FAILED_RUN) or not (out / cell.folder / "metrics.json").is_file():
         print(f"warning: cell {cell.folder} exited with status {status}; see "
               f"{out / 'logs' / (cell_file(out, cell).stem + '.log')}", file=sys.stderr)
 

@@ -134,12 +134,19 @@ def cell_config(cell: Cell, base: dict[str, Any], output_dir: Path, build: Calla
 # --- finding a sweep's finished runs again -----------------------------------------------------------
 
 def record_of(configs: Sequence[Any]) -> dict[str, Any]:
-    """sweep.json: each cell's runner settings, as its run records them (``overwrite`` aside)."""
+    """sweep.json: each cell's runner settings, as its run records them (``NOT_IDENTITY`` aside)."""
     return {"cells": [_settings(to_jsonable(cfg)) for cfg in configs]}
 
 
+# How a run is claimed, shown or spread over threads, not what it computes: a restart with another
+# --jobs (threads per process) or on a node with other cores is the same study.
+NOT_IDENTITY = ("overwrite", "num_threads", "enable_progress_bar")
+
+
 def _settings(runner: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in runner.items() if k != "overwrite"}  # how a folder is claimed, not what runs
+    kept = {k: v for k, v in runner.items() if k not in NOT_IDENTITY}
+    kept["output_dir"] = str(Path(kept["output_dir"]).resolve())  # runs/x and /abs/.../runs/x are one folder
+    return kept
 
 
 def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
@@ -148,8 +155,9 @@ def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()) == json.loads(json.dumps(record_of(configs)))
-    except (OSError, ValueError):
+        recorded = json.loads(path.read_text())
+        return [_settings(cell) for cell in recorded["cells"]] == json.loads(json.dumps(record_of(configs)))["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 

@@ -220,3 +220,12 @@ def test_overwrite_replaces_a_previous_reconstruction_and_keeps_the_users_files(
     # the train file has no ground truth: the previous run's metrics.json went with the rest of it
     assert sorted(os.listdir(out)) == ["config.json", "notes.txt", "recon.npz", "reconstruction.png"]
     assert json.loads((out / "config.json").read_text())["reconstruct"]["test_npz"].endswith("train.npz")
+
+
+def test_a_training_runs_folder_is_refused_even_with_overwrite(trained, tmp_path, capsys):
+    run_copy = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(trained["gs1"]), str(run_copy)], check=True)
+    before = sorted(p.name for p in run_copy.iterdir())
+    assert reconstruct(run_copy, run_copy, "--overwrite") == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in run_copy.iterdir()) == before

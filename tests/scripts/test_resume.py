@@ -165,3 +165,16 @@ def test_a_resumed_run_takes_the_thread_count_it_trained_with_unless_one_is_set(
     done = run(RUNNER, "--resume", "--epochs", "2", "--output-dir", str(run_dir))
     assert done.returncode in FINISHED, done.stderr[-2000:]
     assert json.loads((run_dir / "timing.json").read_text())["threads"] == (3 if num_threads == 0 else 1)
+
+
+def test_a_finished_run_trained_further_and_killed_keeps_no_stale_results(tmp_path):
+    out = tmp_path / "run"
+    assert run(RUNNER, *settings(1, 1, out)).returncode in FINISHED
+    assert (out / "metrics.json").exists()
+    done = run(KILLED, "2", "--resume", "--epochs", "4", "--output-dir", str(out))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["training"]["epochs"] == 4
+    assert not any((out / name).exists() for name in ("metrics.json", "history.csv", "recon.npz", "timing.json"))
+    resumed = run(RUNNER, "--resume", "--output-dir", str(out))
+    assert resumed.returncode in FINISHED, resumed.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] > 0

@@ -254,3 +254,21 @@ def test_in_processes_a_restart_resumes_a_cell_from_its_checkpoint_and_reruns_an
     assert "Restoring states" not in logs[cells[2].name] and "results in" in logs[cells[2].name]
     assert {cell.name: (cell / "metrics.json").read_bytes() for cell in cells} == finished  # same results
     assert len([r for r in table(out) if r["row"] == "run" and r["status"] != "missing"]) == 3
+
+
+def test_summarize_refuses_overwrite_and_a_restart_may_change_jobs_and_path_spelling(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "study"
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8"]
+    assert wrapper.main([*argv, "--jobs", "2", "--output-dir", str(out), "--emit-commands"]) == 0
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*argv, "--output-dir", str(out), "--summarize", "--overwrite"])
+    assert stopped.value.code == 2 and "--overwrite would remove them" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the same study, its folder spelled relative, one job instead of two
+    assert wrapper.main([*argv, "--jobs", "1", "--output-dir", "study", "--emit-commands"]) == 0
+    assert len((out / "commands.txt").read_text().splitlines()) == 2
+
+
+def test_collapse_ignores_the_overall_amplitude_scale():
+    rng = np.random.default_rng(1)
+    truth = (1 + 0.3 * rng.random((1, 10, 10))) * np.exp(1j * rng.random((1, 10, 10)))
+    assert collapse_reason(truth * 1e-3, truth) is None  # right structure, another scale: scored after alignment
