@@ -26,13 +26,11 @@ class ReconstructionPlan:
     record: dict[str, Any]  # config.json: the command's settings, JSON-ready
 
 
-def _threads_as_trained(plan: ReconstructionPlan) -> PyTorchExecutionConfig:
+def _threads_as_trained(plan: ReconstructionPlan, module) -> PyTorchExecutionConfig:
     """With automatic threads, as many as the checkpoint's run used: the same sums in the same order."""
-    from ptycho_torch.resume import threads_of
-
     if plan.execution.num_threads != 0:
         return plan.execution
-    return dataclasses.replace(plan.execution, num_threads=threads_of(plan.checkpoint) or 0)
+    return dataclasses.replace(plan.execution, num_threads=module.trained_threads or 0)
 
 
 def device_of(accelerator: str):
@@ -115,7 +113,7 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
     out = plan.output_dir
     with claimed(out, plan.overwrite, RECONSTRUCTION_LAYOUT):
         artifacts.write_json(out / "config.json", plan.record | {"training": module.hparams["cfg"]})
-        recons = reconstruct(module, data, _threads_as_trained(plan))  # (I, H, W) complex64
+        recons = reconstruct(module, data, _threads_as_trained(plan, module))  # (I, H, W) complex64
         architecture = module.cfg.model.architecture
         summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.test_npz), "architecture": architecture,
                    "objects": int(recons.shape[0])}

@@ -61,6 +61,7 @@ class PtychoPINN(L.LightningModule):
         self._rows: list[dict] = []  # this epoch's rows, tensors kept on device until epoch end
         self._val_losses: list[torch.Tensor] = []
         self.last_val_loss: float | None = None
+        self.trained_threads: int | None = None  # from a checkpoint: the intra-op threads it trained with
 
     # --- forward and loss ------------------------------------------------------------------
 
@@ -188,6 +189,7 @@ class PtychoPINN(L.LightningModule):
         self.nonfinite_skips = state["nonfinite_skips"]
         self.optimizer_steps = state["optimizer_steps"]
         self.last_val_loss = state["last_val_loss"]
+        self.trained_threads = state.get("threads")  # what prediction can use to sum in the same order
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.cfg)

@@ -10,9 +10,10 @@ resumed from: the batches of its epoch already seen cannot be told apart from th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from ptycho_torch.npz_data import DataError
-from ptycho_torch.output_folder import OutputDirError
+from ptycho_torch.output_folder import RUN_LAYOUT, OutputDirError
 from ptycho_torch.trainer import LAST_CHECKPOINT
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -22,26 +23,23 @@ def last_checkpoint(output_dir: Path) -> Path:
     return Path(output_dir) / CHECKPOINT_FOLDER / LAST_CHECKPOINT
 
 
-def epochs_done(checkpoint: Path) -> int:
-    """How many epochs the run had completed when ``checkpoint`` (an epoch-end one) was written."""
-    import torch
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return int(state["epoch"]) + 1
+class ResumePoint(NamedTuple):
+    checkpoint: Path  # the epoch-end checkpoint to continue from
+    threads: int | None  # the intra-op thread count the run trained with (None: not recorded)
 
 
-def threads_of(checkpoint: Path) -> int | None:
-    """The intra-op thread count the run trained with (None for a checkpoint that does not say):
-    a resumed run with an automatic count takes it, so that its sums run in the same order."""
+def _read(checkpoint: Path) -> tuple[int, int | None]:
+    """(epochs completed, threads) as recorded in an epoch-end checkpoint: one load for both."""
     import torch
 
     from ptycho_torch.model import RUN_STATE
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True).get(RUN_STATE, {})
-    return state.get("threads")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) + 1, state.get(RUN_STATE, {}).get("threads")
 
 
-RESULTS = ("metrics.json", "timing.json", "history.csv", "recon.npz", "reconstruction.png", "training.png")
+# A run's result files: its layout's files but the record of its settings (metrics.json comes first).
+RESULTS = tuple(name for name, sub in RUN_LAYOUT.items() if sub is None and name != "config.json")
 
 
 def remove_results(output_dir: Path) -> None:
@@ -51,8 +49,9 @@ def remove_results(output_dir: Path) -> None:
         (Path(output_dir) / name).unlink(missing_ok=True)
 
 
-def resume_point(output_dir: Path, epochs: int) -> Path:
-    """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs.
+def resume_point(output_dir: Path, epochs: int) -> ResumePoint:
+    """The checkpoint to continue the run in ``output_dir`` from, up to ``epochs`` epochs, and the
+    thread count it trained with (a resumed run with an automatic count takes it: same sums).
 
     OutputDirError when there is none or nothing is left to do; DataError when it cannot be read."""
     checkpoint = last_checkpoint(output_dir)
@@ -62,7 +61,7 @@ def resume_point(output_dir: Path, epochs: int) -> Path:
                              "ended before its first epoch did, or ran without checkpoints); start it again "
                              "with --overwrite")
     try:
-        done = epochs_done(checkpoint)
+        done, threads = _read(checkpoint)
     except Exception as err:  # a damaged or foreign file: refused by name, the original error kept in the chain
         raise DataError.unreadable(checkpoint, "an epoch-end run checkpoint to resume from", err) from err
     if done > epochs:
@@ -70,4 +69,4 @@ def resume_point(output_dir: Path, epochs: int) -> Path:
     if done == epochs and (Path(output_dir) / "metrics.json").is_file():
         raise OutputDirError(f"{where}: the run is complete ({done} of {done} epochs, metrics.json written); "
                              f"pass --epochs above {done} to train it further")
-    return checkpoint
+    return ResumePoint(checkpoint, threads)

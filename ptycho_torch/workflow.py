@@ -75,8 +75,9 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     return data
 
 
-def resume_from(plan: RunPlan) -> Path | None:
-    """The checkpoint a resumed run continues from (refused when there is none); None for a new run."""
+def resume_from(plan: RunPlan):
+    """Where a resumed run continues from (``resume.ResumePoint``; refused when there is none);
+    None for a new run."""
     from ptycho_torch.resume import resume_point
 
     return resume_point(plan.output_dir, plan.training.epochs) if plan.resume else None
@@ -102,19 +103,19 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
         data = prepare(plan, data, check_folder=False)
         return _train_and_write(plan, data, resume_from(plan), data_dir=None, main_rank=False)
     data = prepare(plan, data)
-    checkpoint = resume_from(plan)
+    resumed = resume_from(plan)
     with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT, resume=plan.resume):
-        return _train_and_write(plan, data, checkpoint, data_dir=plan.output_dir / "data", main_rank=True)
+        return _train_and_write(plan, data, resumed, data_dir=plan.output_dir / "data", main_rank=True)
 
 
-def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Path | None,
-                     main_rank: bool) -> dict[str, Any] | None:
+def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:
+    """``resumed``: the ``resume.ResumePoint`` a resumed run continues from, else None."""
     from ptycho_torch import artifacts
     from ptycho_torch.cpu_settings import run_threads
     from ptycho_torch.training import train
 
     out = plan.output_dir
-    if main_rank and checkpoint is not None:
+    if main_rank and resumed is not None:
         from ptycho_torch.resume import remove_results
 
         remove_results(out)
@@ -122,14 +123,12 @@ def _train_and_write(plan: RunPlan, data, checkpoint: Path | None, data_dir: Pat
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
     execution = plan.execution
-    if checkpoint is not None and execution.num_threads == 0:  # resumed: as many threads as the run began with
-        from ptycho_torch.resume import threads_of
-
-        execution = dataclasses.replace(execution, num_threads=threads_of(checkpoint) or 0)
+    if resumed is not None and execution.num_threads == 0:  # resumed: as many threads as the run began with
+        execution = dataclasses.replace(execution, num_threads=resumed.threads or 0)
     with run_threads(execution) as threads:  # one automatic choice for the run: the fit and the prediction share it
         started = time.perf_counter()
         trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"],
-                        resume_from=checkpoint)
+                        resume_from=resumed.checkpoint if resumed is not None else None)
         fit_seconds = time.perf_counter() - started
         if trained.trainer.world_size > 1:
             write_rank_record(trained, out / "ranks")

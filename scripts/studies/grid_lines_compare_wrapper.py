@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch import artifacts
 from ptycho_torch.config import ARCHITECTURES, ConfigError
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
@@ -184,7 +183,7 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
     ``mode``: "run", "emit" (write the cells' config files and commands.txt) or "summarize" (tables
     from the runs present). The same study run again into its folder (sweep.json unchanged) keeps
     the finished runs, resumes those with an epoch-end checkpoint and reruns the rest."""
-    from ptycho_torch import workflow
+    from ptycho_torch import artifacts, workflow
     from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
 
     check_output_dir(output_dir, overwrite=True)  # a path the file system refuses, before looking inside it
@@ -198,11 +197,11 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
     check_output_dir(output_dir, overwrite, resume=continuing)
     states = [cell_state(cfg) if continuing else FRESH for cfg in study.configs]
     plans = [_plan(cfg, state, continuing, given) for cfg, state in zip(study.configs, states)]
-    data = None
+    data, one_dataset = None, _one_dataset(study)
     if mode == "run":
         for plan, state in zip(plans, states):  # each cell's folder too: a file where runs/<cell> goes is refused now
             if state != FINISHED:
-                data = workflow.prepare(plan, data if _one_dataset(study) else None)
+                data = workflow.prepare(plan, data if one_dataset else None)
     layout = comparison_layout([*recorded_folders(output_dir), *(cell.folder for cell in study.cells)])
     check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
     with claimed(output_dir, overwrite, layout, resume=continuing) as out:
@@ -214,10 +213,10 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
         if mode == "run":
             todo = [i for i, state in enumerate(states) if state != FINISHED]
             if jobs == 1:
-                run_in_process(study, plans, todo, out)
+                run_in_process(study, plans, todo, out, one_dataset)
             else:
                 run_in_processes(study, states, todo, out, jobs)
-        return write_study_results(out, study)
+        return write_study_results(out, study, one_dataset)
 
 
 def _plan(cfg: TorchRunnerConfig, state: str, continuing: bool, given: Sequence[str]):
@@ -231,7 +230,7 @@ def _one_dataset(study: Study) -> bool:
     return len({setup_simulation_config(cfg) for cfg in study.configs}) == 1
 
 
-def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out: Path) -> None:
+def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out: Path, one_dataset: bool) -> None:
     """The cells in turn, in this process; cells with the same dataset settings share one simulation
     (written to ``data/`` when the study has a single dataset)."""
     from ptycho_torch import workflow
@@ -243,7 +242,7 @@ def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out:
             plan = plans[index]
             data = datasets.get(plan.simulation)
             if data is None and plan.train_npz is None:
-                data = workflow.load_or_simulate(plan, out / "data" if _one_dataset(study) else None)
+                data = workflow.load_or_simulate(plan, out / "data" if one_dataset else None)
                 datasets[plan.simulation] = data
             try:
                 workflow.run(plan, data=data)
@@ -267,6 +266,7 @@ def cell_command(out: Path, cell: Cell, state: str = FRESH) -> list[str]:
 
 def write_cell_files(out: Path, study: Study) -> None:
     """cells/<cell>.json: each cell's runner settings, as a run's config.json records them."""
+    from ptycho_torch import artifacts
     from ptycho_torch.config import to_jsonable
 
     (out / "cells").mkdir(exist_ok=True)
@@ -276,6 +276,8 @@ def write_cell_files(out: Path, study: Study) -> None:
 
 def write_commands(out: Path, study: Study, states: Sequence[str]) -> None:
     """cells/*.json and commands.txt: one runner command per unfinished cell, one per line."""
+    from ptycho_torch import artifacts
+
     write_cell_files(out, study)
     lines = [shlex.join(cell_command(out, cell, state)) for cell, state in zip(study.cells, states) if state != FINISHED]
     with artifacts.atomic_file(out / "commands.txt", "w") as handle:
@@ -345,7 +347,7 @@ def _progress(total: int, done: int):
     return tqdm(total=total, initial=done, desc="cells", unit="cell", disable=None, file=sys.stderr)
 
 
-def write_study_results(out: Path, study: Study) -> list[dict[str, Any]]:
+def write_study_results(out: Path, study: Study, one_dataset: bool) -> list[dict[str, Any]]:
     """Tables from every cell's folder; sweep.png when a setting other than the architecture varies
     or there are several seeds; comparison.png (first seed of each cell, up to 8) for one dataset."""
     import numpy as np
@@ -362,7 +364,7 @@ def write_study_results(out: Path, study: Study) -> list[dict[str, Any]]:
                          sweep_series(rows, x.name, x.values, others))
     firsts = [(cell, cfg) for cell, cfg in zip(study.cells, study.configs)
               if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file()]
-    if _one_dataset(study) and firsts and len(firsts) <= 8:
+    if one_dataset and firsts and len(firsts) <= 8:
         with np.load(firsts[0][1].output_dir / "recon.npz") as first:
             truth = first["ground_truth"][0]
         recons = {}
