@@ -14,7 +14,7 @@ DEMO_DIR ?= runs/demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -c constraints.txt -e ".[test]"
+	$(PIP) -c constraints.txt -e ".[test,baselines]"
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job on simulated data, into $(DEMO_DIR) (refused if it holds another run)

@@ -50,7 +50,8 @@ COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png", 
 
 def comparison_layout(run_folders: Iterable[Path | str]) -> Layout:
     """``run_folders``: each run's folder relative to the comparison's (``runs/cnn``, ``runs/x/seed0``)."""
-    layout: dict = {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT, "cells": TREE, "logs": TREE}
+    layout: dict = {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT, "cells": TREE, "logs": TREE,
+                    "baseline": TREE}
     for folder in run_folders:
         *parents, name = Path(folder).parts
         node = layout

@@ -39,7 +39,8 @@ from scripts.studies.runner_cli import (
     outcome_status, run_command, settings_given,
 )
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
-from scripts.studies.study_table import RUN_COLUMNS, markdown, run_row, sweep_series, write_tables
+from scripts.studies.baselines import INITS, flat_recon, parse_iterations, read_baseline_rows, run_baselines
+from scripts.studies.study_table import markdown, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
     FINISHED, FRESH, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of, parse_seeds,
     parse_sweep, record_of, recorded_folders, same_sweep, value_word,
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "skips finished cells and resumes or reruns the others")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                         help="allow writing into a non-empty output folder (a previous comparison is removed)")
+    parser.add_argument("--baseline", type=parse_iterations, default=None, metavar="ITERATIONS",
+                        help="also reconstruct the test split with an iterative engine (cdtools-py, the 'baselines' "
+                             "extra) from a flat start, scored after each of these iteration counts (e.g. 50,200)")
+    parser.add_argument("--baseline-init", choices=INITS, default=None,
+                        help="pinn: also start the engine from each cell's stitched PINN reconstruction and report "
+                             "the iterations and seconds to reach the flat start's phase SSIM (default: flat)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print each cell's resolved configs as JSON and exit")
     mode.add_argument("--emit-commands", action="store_true",
@@ -119,7 +126,8 @@ class Study:
     configs: tuple[TorchRunnerConfig, ...]  # one per cell, same order
 
 
-COMMAND_ONLY = ("architectures", "sweep", "seeds", "jobs", "dry_run", "emit_commands", "summarize")
+COMMAND_ONLY = ("architectures", "sweep", "seeds", "jobs", "dry_run", "emit_commands", "summarize", "baseline",
+                "baseline_init")
 
 
 def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
@@ -157,7 +165,29 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
             resolved_json(cfg)
     except ConfigError as err:
         parser.error(config_error_message(err, wrapper_flags()))
-    return Study(tuple(sweeps), tuple(cells), tuple(configs)), ns
+    study = Study(tuple(sweeps), tuple(cells), tuple(configs))
+    _check_baseline(parser, ns, study)
+    return study, ns
+
+
+def _check_baseline(parser: argparse.ArgumentParser, ns: argparse.Namespace, study: Study) -> None:
+    """--baseline needs one dataset and the engine; --baseline-init needs --baseline."""
+    if ns.baseline_init is not None and ns.baseline is None:
+        parser.error("--baseline-init: give --baseline ITERATIONS too (the iteration counts to report)")
+    if ns.baseline is None:
+        return
+    if ns.summarize or ns.emit_commands:
+        parser.error("--baseline runs the iterative engine; --summarize reads the baseline rows a run left and "
+                     "--emit-commands writes runner commands only")
+    if not _one_dataset(study):
+        parser.error("--baseline: the study's cells use several datasets (a swept data setting); the iterative "
+                     "baseline reconstructs one test split")
+    from ptycho_torch.baseline import EngineMissing, engine
+
+    try:
+        engine()
+    except EngineMissing as err:
+        parser.error(f"--baseline: {err}")
 
 
 def _architectures(parser: argparse.ArgumentParser, text: str) -> Sweep:
@@ -177,12 +207,14 @@ def ignored_by_every_row(rows: Sequence[TorchRunnerConfig], given: Sequence[str]
 # --- running a study -------------------------------------------------------------------------------
 
 def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[str] = (), jobs: int = 1,
-              mode: str = "run") -> list[dict[str, Any]] | None:
+              mode: str = "run", baseline: tuple[tuple[int, ...], str | None] | None = None
+              ) -> list[dict[str, Any]] | None:
     """Check every cell, claim ``output_dir``, run the cells that are not finished, write the tables.
 
     ``mode``: "run", "emit" (write the cells' config files and commands.txt) or "summarize" (tables
     from the runs present). The same study run again into its folder (sweep.json unchanged) keeps
-    the finished runs, resumes those with an epoch-end checkpoint and reruns the rest."""
+    the finished runs, resumes those with an epoch-end checkpoint and reruns the rest. ``baseline``:
+    (iteration counts, init) of ``--baseline`` / ``--baseline-init``, run after the cells."""
     from ptycho_torch import artifacts, workflow
     from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
 
@@ -216,7 +248,31 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
                 run_in_process(study, plans, todo, out, one_dataset)
             else:
                 run_in_processes(study, states, todo, out, jobs)
-        return write_study_results(out, study, one_dataset)
+            if baseline is not None:
+                run_study_baseline(out, study, plans, *baseline)
+        return write_study_results(out, study, one_dataset, with_baseline=baseline is not None or mode == "summarize")
+
+
+def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tuple[int, ...], init: str | None) -> None:
+    """The iterative rows on the study's test split (the given file, the shared simulation, or the
+    first run's copy), warm-started from each cell's first-seed reconstruction with init ``pinn``."""
+    import numpy as np
+
+    from ptycho_torch.npz_data import load_npz
+
+    candidates = [plans[0].test_npz, out / "data" / "test.npz", *(out / c.folder / "data" / "test.npz" for c in study.cells)]
+    test_npz = next((path for path in candidates if path is not None and Path(path).is_file()), None)
+    if test_npz is None:
+        print("warning: --baseline: no run left a test split to reconstruct; no baseline rows", file=sys.stderr)
+        return
+    test_data = load_npz(test_npz, "test", expected_N=plans[0].training.model.N)
+    warm = {}
+    if init == "pinn":
+        for cell, cfg in zip(study.cells, study.configs):
+            if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file():
+                with np.load(cfg.output_dir / "recon.npz") as saved:
+                    warm[cell_name_of(cell)] = saved["recon"]
+    run_baselines(out, test_data, counts, warm, plans[0].execution, seed=plans[0].training.seed)
 
 
 def _plan(cfg: TorchRunnerConfig, state: str, continuing: bool, given: Sequence[str]):
@@ -347,16 +403,18 @@ def _progress(total: int, done: int):
     return tqdm(total=total, initial=done, desc="cells", unit="cell", disable=None, file=sys.stderr)
 
 
-def write_study_results(out: Path, study: Study, one_dataset: bool) -> list[dict[str, Any]]:
-    """Tables from every cell's folder; sweep.png when a setting other than the architecture varies
-    or there are several seeds; comparison.png (first seed of each cell, up to 8) for one dataset."""
+def write_study_results(out: Path, study: Study, one_dataset: bool, with_baseline: bool = False) -> list[dict[str, Any]]:
+    """Tables from every cell's folder (and baseline/ ``with_baseline``); sweep.png when a setting
+    other than the architecture varies or there are several seeds; comparison.png (first seed of
+    each cell, up to 8, and the flat iterative start) for one dataset."""
     import numpy as np
 
     from ptycho_torch import plots
 
     rows = [run_row(out / cell.folder, cell_name_of(cell), cell.seed, dict(cell.assignments)) for cell in study.cells]
     swept = [s.name for s in study.sweeps if len(s.values) > 1]
-    table = write_tables(out, rows, swept)
+    baseline_rows = read_baseline_rows(out) if with_baseline else []
+    table = write_tables(out, [*rows, *baseline_rows], swept)
     varying = [s for s in study.sweeps if len(s.values) > 1]
     if varying and (varying[0].name != "architecture" or len(varying) > 1 or len({c.seed for c in study.cells}) > 1):
         x, others = varying[0], [s.name for s in varying[1:]]
@@ -371,6 +429,9 @@ def write_study_results(out: Path, study: Study, one_dataset: bool) -> list[dict
         for cell, cfg in firsts:
             with np.load(cfg.output_dir / "recon.npz") as saved:
                 recons[cell_name_of(cell)] = saved["recon"][0]
+        iterative = flat_recon(out) if baseline_rows else None
+        if iterative is not None:
+            recons[f"iterative, {max(r['iterations'] for r in baseline_rows)} it."] = iterative[0]
         plots.plot_comparison(out / "comparison.png", truth, recons)
     return table
 
@@ -386,7 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps([resolved_json(cfg) for cfg in study.configs], indent=2))
         return 0
     mode = "emit" if ns.emit_commands else "summarize" if ns.summarize else "run"
-    return run_command(lambda: report(run_study(study, ns.output_dir, ns.overwrite, ns.given, ns.jobs, mode),
+    baseline = (ns.baseline, ns.baseline_init) if ns.baseline is not None else None
+    return run_command(lambda: report(run_study(study, ns.output_dir, ns.overwrite, ns.given, ns.jobs, mode, baseline),
                                       ns.output_dir), wrapper_flags())
 
 
@@ -394,8 +456,9 @@ def report(table: list[dict[str, Any]] | None, output_dir: Path) -> int:
     if table is None:  # commands written
         return 0
     runs = [row for row in table if row["row"] == "run"]
-    print(markdown(runs, [c for c in RUN_COLUMNS if c not in ("row", "seed") or any(r["seed"] is not None for r in runs)]),
-          end="")
+    shown = [row for row in table if row["row"] in ("run", "baseline")]
+    print(markdown(shown, [c for c in shown_columns(shown) if c not in ("row", "seed")
+                           or any(r.get("seed") is not None for r in runs)]), end="")
     print(f"comparison in {output_dir}")
     return outcome_status({f"run {row['cell']}" + (f" seed {row['seed']}" if row["seed"] is not None else ""): row
                            for row in runs})

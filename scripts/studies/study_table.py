@@ -3,6 +3,11 @@
 Read back from the run folders (metrics.json, history.csv, timing.json), so a table can be built
 from runs made anywhere (``--summarize`` after a job array). ``clip_bite_fraction``: of the steps
 whose gradient norms were recorded and not skipped, the share where clipping lowered the norm.
+``seconds``: training plus the scored reconstruction; ``train_seconds``: training alone;
+``seconds_per_scan``: what a new scan costs once trained (a warm prediction and stitching of the
+test split, per test object). Iterative baseline rows (``row`` = baseline, ``scripts.studies.
+baselines``) fill the same scores, ``seconds`` and ``seconds_per_scan`` with the engine's time, and
+the BASELINE_COLUMNS.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 SCORES = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50", "phase_frc50",
-          "amplitude_mae", "phase_mae", "phase_seam_ratio", "seconds", "clip_bite_fraction")
-RUN_COLUMNS = ("row", "cell", "seed", "architecture", "status", *SCORES, "collapsed", "optimizer_steps",
-               "final_train_loss")
+          "amplitude_mae", "phase_mae", "phase_seam_ratio", "seconds", "train_seconds", "seconds_per_scan",
+          "clip_bite_fraction")
+BASELINE_COLUMNS = ("iterations", "init", "target_phase_ssim", "target_iterations", "target_seconds")
+RUN_COLUMNS = ("row", "cell", "seed", "architecture", "status", *SCORES, *BASELINE_COLUMNS, "collapsed",
+               "optimizer_steps", "final_train_loss")
 MISSING = "missing"  # a cell whose run has no metrics.json (not run yet, or stopped)
 
 
@@ -53,16 +60,20 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
     if timing_file.is_file():
         timing = json.loads(timing_file.read_text())
         row["seconds"] = (timing["fit_seconds"] or 0.0) + timing["reconstruct_seconds"]
+        row["train_seconds"] = timing["fit_seconds"]
+        if "inference_seconds" in timing:  # runs made before it was recorded have none
+            row["seconds_per_scan"] = timing["inference_seconds"] / timing["test_objects"]
     row["clip_bite_fraction"] = clip_bite_fraction(folder / "history.csv")
     return row
 
 
 def cell_summaries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell (in order of first appearance): a ``mean`` and a ``std`` row over its runs' scores.
+    """Per cell of the run rows (in order of first appearance): a ``mean`` and a ``std`` row over its runs' scores.
 
     Nulls (an undefined score, a missing run) are left out; std is the sample standard deviation
     (null below two values). ``status`` counts the runs' statuses, e.g. ``ok=2 collapsed=1``."""
     summaries = []
+    rows = [r for r in rows if r["row"] == "run"]  # iterative baseline rows have no seeds to summarize
     for cell in dict.fromkeys(r["cell"] for r in rows):
         members = [r for r in rows if r["cell"] == cell]
         counts = Counter(r["status"] for r in members)
@@ -80,11 +91,18 @@ def cell_summaries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summaries
 
 
+def shown_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """RUN_COLUMNS, without the baseline's own columns when no row is a baseline row."""
+    if any(r["row"] == "baseline" for r in rows):
+        return list(RUN_COLUMNS)
+    return [c for c in RUN_COLUMNS if c not in BASELINE_COLUMNS]
+
+
 def write_tables(folder: Path, rows: Sequence[dict[str, Any]], swept: Sequence[str]) -> list[dict[str, Any]]:
     """metrics_table.csv (run rows, then mean and std rows) and metrics_table.md; returns every row."""
     from ptycho_torch import artifacts
 
-    columns = [*RUN_COLUMNS[:4], *[name for name in swept if name != "architecture"], *RUN_COLUMNS[4:]]
+    columns = [*RUN_COLUMNS[:4], *[name for name in swept if name != "architecture"], *shown_columns(rows)[4:]]
     table = [*rows, *cell_summaries(rows)]
     artifacts.write_csv(folder / "metrics_table.csv", table, columns)
     with artifacts.atomic_file(folder / "metrics_table.md", "w") as handle:

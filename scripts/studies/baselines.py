@@ -1,0 +1,101 @@
+"""The compare wrapper's iterative reference rows (``--baseline 50,200 [--baseline-init pinn]``).
+
+The study's test split is reconstructed by the iterative engine (``ptycho_torch.baseline``) from a
+flat start, and with ``--baseline-init pinn`` again from each cell's stitched PINN reconstruction
+(first seed). Rows report the same scores as the runs at every requested iteration count, the
+engine's wall time (setup included, after one untimed warm-up iteration, at the runs' thread
+count) and, for warm starts, the iterations and seconds to reach the flat start's phase SSIM at
+the largest count. ``baseline/baseline.json`` keeps the rows (``--summarize`` reads them back),
+``baseline/recon_<start>.npz`` the objects at the largest count. Torch-free at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BASELINE_RECORD = Path("baseline") / "baseline.json"
+INITS = ("flat", "pinn")
+FLAT = "flat"
+
+
+def parse_iterations(text: str) -> tuple[int, ...]:
+    """``50,200`` -> (50, 200): distinct integers >= 1, in increasing order."""
+    words = [w.strip() for w in text.split(",")]
+    if not all(w.isdigit() and int(w) >= 1 for w in words):
+        raise argparse.ArgumentTypeError(f"expected comma-separated iteration counts >= 1 (e.g. 50,200), got {text!r}")
+    counts = [int(w) for w in words]
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: an iteration count is given twice")
+    return tuple(sorted(counts))
+
+
+def start_name(init: str | None) -> str:
+    """The row's start: ``flat`` or ``pinn:<cell>``."""
+    return FLAT if init is None else f"pinn:{init}"
+
+
+def run_baselines(out: Path, test_data, counts: Sequence[int], warm_starts: Mapping[str, Any], execution,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Flat start, then one warm start per entry of ``warm_starts`` (cell name -> its stitched (I, H, W)
+    reconstruction); writes baseline/ and returns the table rows."""
+    from ptycho_torch import artifacts, baseline
+    from ptycho_torch.cpu_settings import run_threads
+
+    results = []
+    with run_threads(execution):
+        baseline.warm_up(test_data)
+        flat = baseline.run(test_data, list(counts), seed=seed)
+        target = flat["at"][max(counts)]["metrics"]["mean"]["phase"]["ssim"]
+        results.append((FLAT, flat))
+        for cell, init in warm_starts.items():
+            results.append((start_name(cell), baseline.run(test_data, list(counts), init=init, seed=seed,
+                                                           target_phase_ssim=target)))
+    folder = out / BASELINE_RECORD.parent
+    folder.mkdir(exist_ok=True)
+    objects = len(test_data.YY_ground_truth)
+    rows = [row for start, result in results for row in result_rows(start, result, objects, target)]
+    for start, result in results:
+        artifacts.write_npz(folder / f"recon_{start.replace(':', '_')}.npz",
+                            recon=result["at"][max(counts)]["objects"], ground_truth=test_data.YY_ground_truth)
+    artifacts.write_json(out / BASELINE_RECORD, {"engine": baseline.ENGINE, "counts": list(counts), "seed": seed,
+                                                 "target_phase_ssim": target, "rows": rows})
+    return rows
+
+
+def result_rows(start: str, result: dict[str, Any], objects: int, target: float | None) -> list[dict[str, Any]]:
+    """One table row per iteration count of one start."""
+    reached = result["reached"]
+    rows = []
+    for count, at in sorted(result["at"].items()):
+        mean = at["metrics"]["mean"]
+        row = {"row": "baseline", "cell": f"iterative {count} it. from {start}", "architecture": "iterative",
+               "status": "ok" if at["finite"] else "failed", "init": start, "iterations": count,
+               "seconds": at["seconds"], "seconds_per_scan": at["seconds"] / objects, "target_phase_ssim": target,
+               "target_iterations": reached["iterations"] if reached else None,
+               "target_seconds": reached["seconds"] if reached else None}
+        for channel in ("amplitude", "phase"):
+            for name in ("ssim", "psnr", "mae", "frc50"):
+                row[f"{channel}_{name}"] = mean[channel][name]
+        rows.append(row)
+    return rows
+
+
+def read_baseline_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows ``run_baselines`` wrote into ``out`` (none when it holds no baseline)."""
+    record = out / BASELINE_RECORD
+    return json.loads(record.read_text())["rows"] if record.is_file() else []
+
+
+def flat_recon(out: Path) -> Any:
+    """The flat start's objects at the largest count, for comparison.png (None when absent)."""
+    import numpy as np
+
+    path = out / BASELINE_RECORD.parent / f"recon_{FLAT}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return saved["recon"]
