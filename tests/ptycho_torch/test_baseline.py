@@ -1,0 +1,135 @@
+"""The iterative baseline: the library's conventions against ours, and a short reconstruction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("cdtools", reason='the iterative baseline engine is not installed (pip install -e ".[baselines]")')
+
+from ptycho_torch import baseline  # noqa: E402
+from ptycho_torch.metrics import score_objects  # noqa: E402
+from ptycho_torch.physics import forward_amplitude  # noqa: E402
+from ptycho_torch.scan import extract_patches, stitched_region  # noqa: E402
+from ptycho_torch.simulation import simulate_splits  # noqa: E402
+from tests.helpers import TINY_SIMULATION  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return simulate_splits(TINY_SIMULATION)["test"]
+
+
+@pytest.fixture(scope="module")
+def dense_split():
+    """Stride 4 (25 patterns): overlap enough for the engine to converge in a few hundred iterations
+    (at stride 8 the 9 patterns of the tiny object leave its phase ill-determined)."""
+    return simulate_splits(dataclasses.replace(TINY_SIMULATION, test_stride=4))["test"]
+
+
+@pytest.fixture(scope="module")
+def bright_split():
+    """Many photons: a low noise floor, so that a convention error of any size shows."""
+    return simulate_splits(dataclasses.replace(TINY_SIMULATION, nphotons=1e12))["test"]
+
+
+def rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
+
+
+def noise_floor(data) -> float:
+    """How far the stored (noisy) diffraction lies from our own noiseless forward model of the truth."""
+    patches = extract_patches(data.objectGuess, data.coords, data.N, data.image_index)
+    ours = forward_amplitude(torch.from_numpy(patches), torch.from_numpy(data.probeGuess)).numpy()
+    return rms(ours - data.diffraction)
+
+
+def library_residual(data, coords: np.ndarray, intensity_scale: float, obj: np.ndarray | None = None) -> float:
+    obj = data.objectGuess[0] if obj is None else obj
+    simulated = baseline.simulated_amplitudes(obj, data.probeGuess, coords, intensity_scale)
+    return rms(simulated - data.diffraction)
+
+
+@pytest.mark.parametrize("split", ["test_split", "bright_split"])
+def test_the_librarys_forward_model_of_the_truth_reproduces_the_stored_diffraction_to_the_noise_floor(split, request):
+    data = request.getfixturevalue(split)
+    floor = noise_floor(data)
+    assert floor > 0  # Poisson noise is in the data
+    assert library_residual(data, data.coords, data.intensity_scale) <= 1.01 * floor
+    patches = extract_patches(data.objectGuess, data.coords, data.N, data.image_index)
+    ours = forward_amplitude(torch.from_numpy(patches), torch.from_numpy(data.probeGuess)).numpy()
+    theirs = baseline.simulated_amplitudes(data.objectGuess[0], data.probeGuess, data.coords, data.intensity_scale)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5 * float(ours.max()))
+
+
+WRONG_CONVENTIONS = {
+    "positions one row down": lambda coords: coords + [1, 0],
+    "positions one column right": lambda coords: coords + [0, 1],
+    "row and column swapped": lambda coords: coords[:, ::-1].copy(),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_CONVENTIONS, ids=list(WRONG_CONVENTIONS))
+def test_a_wrong_position_convention_leaves_the_noise_floor_far_behind(test_split, wrong):
+    data = test_split  # at the usual photon count: the wrong positions show even there
+    padded = np.pad(data.objectGuess[0], ((0, 1), (0, 1)), constant_values=1)  # room for the shifted windows
+    coords = WRONG_CONVENTIONS[wrong](data.coords)
+    assert library_residual(data, coords, data.intensity_scale, padded) > 3 * noise_floor(data)
+
+
+def test_patterns_in_the_files_own_units_meet_the_librarys_intensity_floor(bright_split):
+    """Without the photon-count conversion the library's 1e-7 intensity floor shows above the noise."""
+    data = bright_split
+    assert library_residual(data, data.coords, 1.0) > 3 * noise_floor(data)
+
+
+def phase_ssim(objects: np.ndarray, data) -> float:
+    return score_objects(objects, data.YY_ground_truth)["mean"]["phase"]["ssim"]
+
+
+def test_a_short_flat_start_reconstruction_improves_is_reproducible_and_leaves_the_global_generator_alone(dense_split):
+    data = dense_split
+    before = torch.random.get_rng_state()
+    steps = list(baseline.iterate(data, 150, seed=4))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [s.iteration for s in steps] == list(range(151))
+    assert all(b.seconds >= a.seconds for a, b in zip(steps, steps[1:])) and steps[-1].seconds > 0
+    assert steps[0].objects.shape == data.YY_ground_truth.shape and steps[0].objects.dtype == np.complex64
+    assert np.all(steps[0].objects == 1)  # the flat start
+    start, end = score_objects(steps[0].objects, data.YY_ground_truth)["mean"], \
+        score_objects(steps[-1].objects, data.YY_ground_truth)["mean"]
+    assert end["amplitude"]["mae"] < 0.5 * start["amplitude"]["mae"]
+    assert phase_ssim(steps[-1].objects, data) > phase_ssim(steps[0].objects, data) + 0.2
+    again = list(baseline.iterate(data, 150, seed=4))
+    np.testing.assert_array_equal(again[-1].objects, steps[-1].objects)
+    other_order = list(baseline.iterate(data, 150, seed=5))
+    assert not np.array_equal(other_order[-1].objects, steps[-1].objects)
+
+
+def test_a_warm_start_is_scaled_to_the_data_and_starts_where_it_is_put(test_split):
+    data = test_split
+    r0, r1, c0, c1 = stitched_region(data.metadata["object_size"], data.N, data.metadata["stride"])
+    truth = data.objectGuess[:, r0:r1, c0:c1]
+    np.testing.assert_array_equal(truth, data.YY_ground_truth)
+    canvas = baseline.start_objects(data, 3 * truth)[0]
+    np.testing.assert_allclose(canvas[r0:r1, c0:c1], truth[0], rtol=0.05, atol=0.02)  # the factor 3 fitted away
+    outside = np.ones(canvas.shape, dtype=bool)
+    outside[r0:r1, c0:c1] = False
+    assert np.all(canvas[outside] == 1)
+
+
+def test_run_scores_each_count_and_finds_when_the_target_is_reached(dense_split):
+    data = dense_split
+    flat = baseline.run(data, [3, 8])
+    assert sorted(flat["at"]) == [3, 8] and flat["reached"] is None
+    target = flat["at"][8]["metrics"]["mean"]["phase"]["ssim"]
+    warm = baseline.run(data, [3, 8], init=data.YY_ground_truth, target_phase_ssim=target)
+    assert warm["reached"]["iterations"] == 0  # the truth already beats eight flat iterations
+    unreachable = baseline.run(data, [2], target_phase_ssim=1.5)
+    assert unreachable["reached"] is None
+    reachable = baseline.run(data, [8], target_phase_ssim=target)
+    assert reachable["reached"]["iterations"] <= 8
+    assert reachable["reached"]["seconds"] <= reachable["at"][8]["seconds"]

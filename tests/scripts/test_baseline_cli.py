@@ -1,0 +1,87 @@
+"""The compare wrapper's iterative baseline rows: flags refused before anything runs, the rows a
+tiny study gets (flat and warm starts, scored like the runs), and their return with --summarize."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho_torch.metrics import score_objects
+from ptycho_torch.npz_data import load_npz
+from scripts.studies import grid_lines_compare_wrapper as wrapper
+from tests.helpers import TINY_WRAPPER_ARGV
+
+
+def table(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics_table.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--baseline", "0"], "--baseline: expected comma-separated iteration counts >= 1"),
+    (["--baseline", "fifty"], "--baseline: expected comma-separated iteration counts >= 1"),
+    (["--baseline", "5,5"], "an iteration count is given twice"),
+    (["--baseline", ""], "--baseline: expected"),
+    (["--baseline-init", "pinn"], "--baseline-init: give --baseline"),
+    (["--baseline", "5", "--baseline-init", "warm"], "--baseline-init: invalid choice"),
+    (["--baseline", "5", "--sweep", "data-seed=0,1"], "several datasets"),
+    (["--baseline", "5", "--emit-commands"], "--emit-commands writes runner commands only"),
+], ids=["zero", "word", "twice", "empty", "init-alone", "init-unknown", "two-datasets", "emit"])
+def test_bad_baseline_flags_are_refused_before_any_run(tmp_path, capsys, argv, named):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", *argv, "--output-dir", str(out)])
+    assert stopped.value.code == 2 and named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_the_engine_installed_the_baseline_is_refused_with_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cdtools", None)  # import cdtools now raises ImportError
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--baseline", "5", "--output-dir", str(out)])
+    assert stopped.value.code == 2
+    assert 'pip install -e ".[baselines]"' in capsys.readouterr().err and not out.exists()
+
+
+def test_a_study_with_a_baseline_gets_flat_and_warm_rows_scored_like_its_runs(tmp_path, capsys):
+    pytest.importorskip("cdtools", reason='the iterative baseline engine is not installed (pip install -e ".[baselines]")')
+    out = tmp_path / "study"
+    status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-gridsize=1,2",
+                           "--baseline", "2,5", "--baseline-init", "pinn", "--output-dir", str(out)])
+    assert status in (0, 3)  # 3: a tiny run may collapse
+    printed = capsys.readouterr().out
+    rows = table(out)
+    runs = [r for r in rows if r["row"] == "run"]
+    baselines = [r for r in rows if r["row"] == "baseline"]
+    starts = ["flat", "pinn:gridsize=1", "pinn:gridsize=2"]
+    assert [(r["init"], int(r["iterations"])) for r in baselines] == [(s, k) for s in starts for k in (2, 5)]
+    assert all(f"iterative 5 it. from {s}" in printed for s in starts)
+    for run in runs:  # every run row reports its training time and a warm inference per scan
+        timing = json.loads((out / "runs" / run["cell"] / "timing.json").read_text())
+        assert timing["test_objects"] == 1 and timing["inference_seconds"] > 0
+        assert float(run["seconds_per_scan"]) == pytest.approx(timing["inference_seconds"])
+        assert float(run["train_seconds"]) == pytest.approx(timing["fit_seconds"])
+    record = json.loads((out / "baseline" / "baseline.json").read_text())
+    target = record["target_phase_ssim"]
+    flat5 = next(r for r in baselines if r["init"] == "flat" and r["iterations"] == "5")
+    assert float(flat5["phase_ssim"]) == pytest.approx(target)
+    test_data = load_npz(out / "data" / "test.npz", "test")
+    with np.load(out / "baseline" / "recon_flat.npz") as saved:  # the scores are our scoring of these objects
+        scores = score_objects(saved["recon"], test_data.YY_ground_truth)["mean"]
+    assert float(flat5["amplitude_ssim"]) == pytest.approx(scores["amplitude"]["ssim"])
+    assert float(flat5["phase_frc50"]) == pytest.approx(scores["phase"]["frc50"])
+    for r in baselines:
+        assert float(r["seconds"]) > 0 and float(r["seconds_per_scan"]) == pytest.approx(float(r["seconds"]))
+        if r["init"] != "flat" and r["target_iterations"]:
+            assert int(r["target_iterations"]) <= 5 and float(r["target_seconds"]) <= float(r["seconds"]) + 1e-9
+    assert (out / "comparison.png").is_file()
+    before = (out / "metrics_table.csv").read_text()
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-gridsize=1,2",
+                         "--summarize", "--output-dir", str(out)]) in (0, 3)
+    assert (out / "metrics_table.csv").read_text() == before  # --summarize reads the baseline rows back
