@@ -96,22 +96,31 @@ class Step:
 
 
 def start_objects(data: GridLinesData, init: np.ndarray | None) -> list[np.ndarray]:
-    """Each object's starting canvas: ones, with ``init`` (I, H, W) in the scored region when given,
-    its amplitude scaled by the least-squares factor that fits its patterns to the measured ones."""
+    """Each object's starting canvas: ones, or ``init`` (I, H, W) in the scored region within
+    ``flat_fill`` of it, the whole canvas scaled by the least-squares factor that fits its patterns'
+    amplitudes to the measured ones."""
     rows, cols = canvas_shape(data.coords, data.N)
     r0, r1, c0, c1 = stitched_region(data.metadata["object_size"], data.N, data.metadata["stride"])
     canvases = []
     for i in range(int(data.image_index.max()) + 1):
-        canvas = np.ones((rows, cols), dtype=np.complex64)
-        if init is not None:
-            canvas[r0:r1, c0:c1] = init[i]
-            mine = data.image_index == i
-            model = simulated_amplitudes(canvas, data.probeGuess, data.coords[mine], data.intensity_scale)
-            measured = data.diffraction[mine]
-            scale = float(np.sum(model * measured, dtype=np.float64) / max(np.sum(model**2, dtype=np.float64), 1e-30))
-            canvas[r0:r1, c0:c1] *= scale
-        canvases.append(canvas)
+        if init is None:
+            canvases.append(np.ones((rows, cols), dtype=np.complex64))
+            continue
+        canvas = np.full((rows, cols), flat_fill(init[i]), dtype=np.complex64)
+        canvas[r0:r1, c0:c1] = init[i]
+        mine = data.image_index == i
+        model = simulated_amplitudes(canvas, data.probeGuess, data.coords[mine], data.intensity_scale)
+        measured = data.diffraction[mine]
+        canvases.append(canvas * np.float32(np.sum(model * measured, dtype=np.float64)
+                                            / max(np.sum(model**2, dtype=np.float64), 1e-30)))
     return canvases
+
+
+def flat_fill(region: np.ndarray) -> complex:
+    """The flat value around a warm start: its mean amplitude at its mean phase. The global phase
+    of a reconstruction is arbitrary; a margin at phase 0 around a region at another phase would
+    put a step into every pattern that straddles the edge."""
+    return complex(np.abs(region).mean() * np.exp(1j * np.angle(region.sum(dtype=np.complex128))))
 
 
 def iterate(data: GridLinesData, iterations: int, *, init: np.ndarray | None = None, seed: int = 0) -> Iterator[Step]:
