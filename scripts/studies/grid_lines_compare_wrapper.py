@@ -11,7 +11,9 @@ runner's API into ``<output_dir>/runs/<cell>[/seed<k>]/``; then ``metrics_table.
 ``--jobs 1`` the cells run in this process and share one simulated dataset; with ``--jobs K`` each
 cell is the runner command that ``--emit-commands`` writes, K at a time. Flags come from the
 runner's field declarations: dataset settings keep their runner flag (``--object-size``),
-training/model/execution settings get ``--torch-<flag>``. No torch at import time.
+training/model/execution settings get ``--torch-<flag>``. ``--baseline 50,200`` adds rows of an
+iterative reference reconstruction of the same test split (``scripts.studies.baselines``). No torch
+at import time.
 """
 from __future__ import annotations
 
