@@ -273,7 +273,12 @@ def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tu
         for cell, cfg in zip(study.cells, study.configs):
             if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file():
                 with np.load(cfg.output_dir / "recon.npz") as saved:
-                    warm[cell_name_of(cell)] = saved["recon"]
+                    recon = saved["recon"]
+                if np.isfinite(recon).all():
+                    warm[cell_name_of(cell)] = recon
+                else:
+                    print(f"warning: --baseline-init pinn: {cell.folder}'s reconstruction is not finite; no warm "
+                          "start from it", file=sys.stderr)
     run_baselines(out, test_data, counts, warm, plans[0].execution, seed=plans[0].training.seed)
 
 

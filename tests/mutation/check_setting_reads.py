@@ -94,6 +94,7 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("reconstruction.py", "data.N"): "GridLinesData.N, the patch side of the arrays",
     ("training.py", "data.N"): "GridLinesData.N, the patch side of the arrays (gridsize 2 inference)",
     ("npz_data.py", "data.N"): "GridLinesData.N, the patch side of the arrays (a file to reconstruct)",
+    ("baseline.py", "data.N"): "GridLinesData.N, the patch side of the arrays (the iterative reference)",
     ("workflow.py", "resumed.checkpoint"): "resume.ResumePoint.checkpoint, the file a resumed run continues from",
     ("datamodule.py", "self.seed"): "EpochShuffle.seed, the sampler's copy of TrainingConfig.seed",
 }

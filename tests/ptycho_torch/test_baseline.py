@@ -145,3 +145,12 @@ def test_run_scores_each_count_and_finds_when_the_target_is_reached(dense_split)
     reachable = baseline.run(data, [8], target_phase_ssim=target)
     assert reachable["reached"]["iterations"] <= 8
     assert reachable["reached"]["seconds"] <= reachable["at"][8]["seconds"]
+
+
+def test_each_test_object_is_reconstructed_from_its_own_patterns():
+    data = simulate_splits(dataclasses.replace(TINY_SIMULATION, n_test_images=2, test_stride=4))["test"]
+    last = list(baseline.iterate(data, 250))[-1]
+    assert last.objects.shape == data.YY_ground_truth.shape and len(last.objects) == 2
+    errors = [[float(np.abs(np.abs(last.objects[i]) - np.abs(data.YY_ground_truth[j])).mean()) for j in (0, 1)]
+              for i in (0, 1)]
+    assert errors[0][0] < errors[0][1] and errors[1][1] < errors[1][0]  # each nearer its own truth
