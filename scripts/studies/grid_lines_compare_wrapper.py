@@ -250,7 +250,8 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
                 run_in_process(study, plans, todo, out, one_dataset)
             else:
                 run_in_processes(study, states, todo, out, jobs)
-            if baseline is not None:
+            if baseline is not None:  # the runs' tables first: a baseline cut short leaves them complete
+                write_study_results(out, study, one_dataset)
                 run_study_baseline(out, study, plans, *baseline)
         return write_study_results(out, study, one_dataset, with_baseline=baseline is not None or mode == "summarize")
 

@@ -85,3 +85,18 @@ def test_a_study_with_a_baseline_gets_flat_and_warm_rows_scored_like_its_runs(tm
     assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-gridsize=1,2",
                          "--summarize", "--output-dir", str(out)]) in (0, 3)
     assert (out / "metrics_table.csv").read_text() == before  # --summarize reads the baseline rows back
+
+
+def test_a_baseline_that_fails_leaves_the_runs_tables_complete(tmp_path, monkeypatch):
+    pytest.importorskip("cdtools", reason='the iterative baseline engine is not installed (pip install -e ".[baselines]")')
+    from ptycho_torch import baseline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("engine failure")
+
+    monkeypatch.setattr(baseline, "run", broken)
+    out = tmp_path / "study"
+    with pytest.raises(RuntimeError, match="engine failure"):
+        wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--baseline", "2", "--output-dir", str(out)])
+    rows = table(out)
+    assert [r["row"] for r in rows] == ["run", "mean", "std"] and rows[0]["cell"] == "cnn"
