@@ -16,7 +16,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
 
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.npz_data import GridLinesData
@@ -64,10 +64,16 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of an epoch, drawn from (seed, epoch) alone: no state carries over from one
+    epoch to the next, and no (seed, epoch) pair repeats another's (as seed + epoch would)."""
+    key = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.randperm(size, generator=torch.Generator().manual_seed(int(key))).tolist()
+
+
 class EpochShuffle(RandomSampler):
-    """A permutation of the dataset drawn from (seed, epoch): no state carries over from one epoch
-    to the next. Lightning calls ``set_epoch`` before each epoch; a RandomSampler subclass, so that
-    Lightning still treats the loader as shuffled (a DistributedSampler under DDP)."""
+    """``epoch_order`` as a sampler; Lightning calls ``set_epoch`` before each epoch. A
+    RandomSampler subclass, so that Lightning treats the loader as shuffled."""
 
     def __init__(self, dataset: Dataset, seed: int):
         super().__init__(dataset)
@@ -78,9 +84,22 @@ class EpochShuffle(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        key = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
-        order = torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(int(key)))
-        return iter(order.tolist())
+        return iter(epoch_order(len(self.data_source), self.seed, self.epoch))
+
+
+class EpochShard(DistributedSampler):
+    """Under DDP: this rank's share of ``epoch_order``, padded and strided as DistributedSampler
+    does. Lightning leaves a DistributedSampler as it is; the one it would put in its place draws
+    its order from PL_GLOBAL_SEED, the same for every training seed."""
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        order = epoch_order(len(self.dataset), self.seed, self.epoch)
+        while len(order) < self.total_size:  # pad by repeating the start, as DistributedSampler does
+            order += order[:self.total_size - len(order)]
+        return iter(order[self.rank:self.total_size:self.num_replicas])
 
 
 class GridLinesDataModule(L.LightningDataModule):
@@ -101,7 +120,13 @@ class GridLinesDataModule(L.LightningDataModule):
                           persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.training.batch_size, EpochShuffle(self.train_set, self.training.seed))
+        return self._loader(self.train_set, self.training.batch_size, self._train_sampler())
+
+    def _train_sampler(self) -> Sampler:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            return EpochShard(self.train_set, self.training.seed, trainer.world_size, trainer.global_rank)
+        return EpochShuffle(self.train_set, self.training.seed)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, self.execution.infer_batch_size, None) if self.val_set else []

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ptycho_torch.datamodule import EpochShuffle, split_indices
+from ptycho_torch.datamodule import EpochShard, EpochShuffle, split_indices
 from tests.strategies import rng_seeds as seeds, pattern_counts, val_fractions
 
 
@@ -78,3 +78,19 @@ def test_epochs_and_seeds_shuffle_differently(seed):
     orders = {tuple(epoch_order(sampler, epoch)) for epoch in range(4)}
     assert len(orders) == 4
     assert epoch_order(EpochShuffle(range(64), seed + 1), 0) != epoch_order(sampler, 0)
+
+
+@given(st.integers(1, 60), seeds, st.integers(0, 20), st.integers(2, 4))
+def test_under_ddp_the_ranks_share_the_seeds_epoch_order(count, seed, epoch, ranks):
+    """Each rank takes every ranks-th index of the same (seed, epoch) permutation, padded from its
+    start as torch's DistributedSampler pads, so the ranks together see every index each epoch."""
+    shards = [epoch_order(EpochShard(range(count), seed, ranks, rank), epoch) for rank in range(ranks)]
+    assert len({len(shard) for shard in shards}) == 1 and len(shards[0]) == -(-count // ranks)
+    order = epoch_order(EpochShuffle(range(count), seed), epoch)
+    assert [i for position in range(len(shards[0])) for i in (shard[position] for shard in shards)][:count] == order
+
+
+@given(seeds)
+def test_under_ddp_the_training_seed_sets_the_order(seed):
+    """Lightning's own DistributedSampler would draw every seed's order from PL_GLOBAL_SEED."""
+    assert epoch_order(EpochShard(range(64), seed, 2, 0), 0) != epoch_order(EpochShard(range(64), seed + 1, 2, 0), 0)

@@ -169,6 +169,21 @@ def data_order(cfg: TorchRunnerConfig, files: Files) -> str:
     return digest(*(batch["diffraction"].numpy() for batch in data_module(cfg).train_dataloader()))
 
 
+def ddp_data_order(cfg: TorchRunnerConfig, files: Files) -> str:
+    """Rank 0's first-epoch training batches under a two-process DDP Trainer, after Lightning's own
+    processing of the loader (where it puts its DistributedSampler in place of a shuffling one)."""
+    import lightning as L
+    from lightning.pytorch.trainer.states import RunningStage
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    module = data_module(cfg)
+    module.trainer = trainer
+    loader = trainer._data_connector._prepare_dataloader(module.train_dataloader(), shuffle=True,
+                                                         mode=RunningStage.TRAINING)
+    return digest(*(batch["diffraction"].numpy() for batch in loader))
+
+
 def loaders(cfg: TorchRunnerConfig, files: Files) -> tuple:
     module = data_module(cfg)
     train_loader, val_loader = module.train_dataloader(), module.val_dataloader()
@@ -273,7 +288,7 @@ class Case:
 
 # Which destination each observer shows acting ("runner" = the runner's own use of a setting).
 REACHES = {short_fit: ("model", "training"), network: ("model",), initial_weights: ("training",), validation_split: ("training",),
-           data_order: ("training",), simulated: ("simulation",), built_trainer: ("execution",),
+           data_order: ("training",), ddp_data_order: ("training",), simulated: ("simulation",), built_trainer: ("execution",),
            loaders: ("training", "execution"), prediction_batches: ("execution",),
            simulation_progress: ("execution",), loaded_data: ("runner",), run_outcome: ("runner",),
            fit_threads: ("execution",), prediction_threads: ("execution",)}
@@ -307,6 +322,7 @@ CASES = [
     Case("seed", initial_weights, 1, 2),
     Case("seed", validation_split, 1, 2),
     Case("seed", data_order, 1, 2, dict(val_fraction=0.0)),  # no split: only the order can differ
+    Case("seed", ddp_data_order, 1, 2, dict(val_fraction=0.0)),
     Case("epochs", short_fit, 1, 2),
     Case("batch_size", loaders, 4, 8),
     Case("batch_size", short_fit, 4, 8),
