@@ -16,7 +16,9 @@ Conventions, converted here and nowhere else (``tests/ptycho_torch/test_baseline
   (diffraction * intensity_scale)^2, and the probe as probe * intensity_scale; the object stays in
   the file's units.
 - transform: the library propagates fftshift(fft2(ifftshift(psi), ortho)); the real-space ifftshift
-  multiplies the field by (-1)^(k+l), so the amplitude is ours (``physics.far_field_amplitude``).
+  is a circular shift of psi, which changes only the far-field phase, so the amplitude is ours
+  (``physics.far_field_amplitude``).
+- device: the engine runs on the CPU (its seconds are CPU seconds, also in a GPU study).
 - canvas: rows and columns [0, max(coords) + N) of each object; scores use ``scan.stitched_region``.
 """
 

@@ -2,10 +2,11 @@
 
 The study's test split is reconstructed by the iterative engine (``ptycho_torch.baseline``) from a
 flat start, and with ``--baseline-init pinn`` again from each cell's stitched PINN reconstruction
-(first seed). Rows report the same scores as the runs at every requested iteration count, the
-engine's wall time (setup included, after one untimed warm-up iteration, at the runs' thread
-count) and, for warm starts, the iterations and seconds to reach the flat start's phase SSIM at
-the largest count. ``baseline/baseline.json`` keeps the rows (``--summarize`` reads them back),
+(first seed, runs whose status is ok). Rows report the same scores as the runs at every requested
+iteration count, the engine's wall time (on the CPU, setup included, after one untimed warm-up
+iteration, at the runs' thread count; in total and per test object) and, for warm starts, the
+iterations and the seconds per test object to reach the flat start's phase SSIM at the largest
+count (not counting the PINN's own prediction). ``baseline/baseline.json`` keeps the rows (``--summarize`` reads them back),
 ``baseline/recon_<start>.npz`` the objects at the largest count. Torch-free at import.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ FLAT = "flat"
 def parse_iterations(text: str) -> tuple[int, ...]:
     """``50,200`` -> (50, 200): distinct integers >= 1, in increasing order."""
     words = [w.strip() for w in text.split(",")]
-    if not all(w.isdigit() and int(w) >= 1 for w in words):
+    if not all(w.isascii() and w.isdigit() and int(w) >= 1 for w in words):
         raise argparse.ArgumentTypeError(f"expected comma-separated iteration counts >= 1 (e.g. 50,200), got {text!r}")
     counts = [int(w) for w in words]
     if len(set(counts)) != len(counts):
@@ -43,19 +46,22 @@ def run_baselines(out: Path, test_data, counts: Sequence[int], warm_starts: Mapp
     """Flat start, then one warm start per entry of ``warm_starts`` (cell name -> its stitched (I, H, W)
     reconstruction); writes baseline/ and returns the table rows."""
     from ptycho_torch import artifacts, baseline
-    from ptycho_torch.cpu_settings import run_threads
+    from ptycho_torch.cpu_settings import intra_op_threads
 
     results = []
-    with run_threads(execution):
+    with intra_op_threads(execution.num_threads):  # one CPU process: the runs' count, not shared among devices
         baseline.warm_up(test_data)
         flat = baseline.run(test_data, list(counts), seed=seed)
         target = flat["at"][max(counts)]["metrics"]["mean"]["phase"]["ssim"]
+        if target is None and warm_starts:
+            print("warning: --baseline-init pinn: the flat start's phase SSIM is undefined (constant ground-truth "
+                  "phase or a non-finite result), so no warm start has a target to reach", file=sys.stderr)
         results.append((FLAT, flat))
         for cell, init in warm_starts.items():
             results.append((start_name(cell), baseline.run(test_data, list(counts), init=init, seed=seed,
                                                            target_phase_ssim=target)))
     folder = out / BASELINE_RECORD.parent
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(exist_ok=True)  # emptied before the runs (remove_stale_baseline)
     objects = len(test_data.YY_ground_truth)
     rows = [row for start, result in results for row in result_rows(start, result, objects, target)]
     for start, result in results:
@@ -76,12 +82,20 @@ def result_rows(start: str, result: dict[str, Any], objects: int, target: float 
                "status": "ok" if at["finite"] else "failed", "init": start, "iterations": count,
                "seconds": at["seconds"], "seconds_per_scan": at["seconds"] / objects, "target_phase_ssim": target,
                "target_iterations": reached["iterations"] if reached else None,
-               "target_seconds": reached["seconds"] if reached else None}
+               "target_seconds_per_scan": reached["seconds"] / objects if reached else None}
         for channel in ("amplitude", "phase"):
             for name in ("ssim", "psnr", "mae", "frc50"):
                 row[f"{channel}_{name}"] = mean[channel][name]
         rows.append(row)
     return rows
+
+
+def remove_stale_baseline(out: Path) -> None:
+    """A study run again replaces its baseline: rows and warm starts of earlier runs would describe
+    PINNs that may have been trained again (without --baseline the study then has none)."""
+    folder = out / BASELINE_RECORD.parent
+    if folder.is_dir():
+        shutil.rmtree(folder)
 
 
 def read_baseline_rows(out: Path) -> list[dict[str, Any]]:

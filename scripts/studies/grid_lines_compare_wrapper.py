@@ -41,7 +41,9 @@ from scripts.studies.runner_cli import (
     outcome_status, run_command, settings_given,
 )
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
-from scripts.studies.baselines import INITS, flat_recon, parse_iterations, read_baseline_rows, run_baselines
+from scripts.studies.baselines import (
+    INITS, flat_recon, parse_iterations, read_baseline_rows, remove_stale_baseline, run_baselines,
+)
 from scripts.studies.study_table import markdown, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
     FINISHED, FRESH, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of, parse_seeds,
@@ -245,6 +247,7 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
             write_commands(out, study, states)
             return None
         if mode == "run":
+            remove_stale_baseline(out)
             todo = [i for i, state in enumerate(states) if state != FINISHED]
             if jobs == 1:
                 run_in_process(study, plans, todo, out, one_dataset)
@@ -269,17 +272,17 @@ def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tu
         print("warning: --baseline: no run left a test split to reconstruct; no baseline rows", file=sys.stderr)
         return
     test_data = load_npz(test_npz, "test", expected_N=plans[0].training.model.N)
+    firsts = [(cell, cfg) for cell, cfg in zip(study.cells, study.configs) if cell.seed in (None, study.cells[0].seed)]
     warm = {}
-    if init == "pinn":
-        for cell, cfg in zip(study.cells, study.configs):
-            if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file():
-                with np.load(cfg.output_dir / "recon.npz") as saved:
-                    recon = saved["recon"]
-                if np.isfinite(recon).all():
-                    warm[cell_name_of(cell)] = recon
-                else:
-                    print(f"warning: --baseline-init pinn: {cell.folder}'s reconstruction is not finite; no warm "
-                          "start from it", file=sys.stderr)
+    for cell, cfg in firsts if init == "pinn" else []:
+        metrics = cfg.output_dir / "metrics.json"
+        status = json.loads(metrics.read_text())["status"] if metrics.is_file() else "missing"
+        if status != "ok":  # a missing, collapsed (constant) or untrained start says nothing about the PINN
+            print(f"warning: --baseline-init pinn: run {cell.folder} has status {status}; no warm start from it",
+                  file=sys.stderr)
+            continue
+        with np.load(cfg.output_dir / "recon.npz") as saved:
+            warm[cell_name_of(cell)] = saved["recon"]
     run_baselines(out, test_data, counts, warm, plans[0].execution, seed=plans[0].training.seed)
 
 
@@ -291,7 +294,9 @@ def _plan(cfg: TorchRunnerConfig, state: str, continuing: bool, given: Sequence[
 
 
 def _one_dataset(study: Study) -> bool:
-    return len({setup_simulation_config(cfg) for cfg in study.configs}) == 1
+    """Every cell reads the same files, or (no files given) simulates with the same settings."""
+    return len({(cfg.train_npz, cfg.test_npz) if cfg.train_npz is not None else setup_simulation_config(cfg)
+                for cfg in study.configs}) == 1
 
 
 def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out: Path, one_dataset: bool) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 SCORES = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50", "phase_frc50",
           "amplitude_mae", "phase_mae", "phase_seam_ratio", "seconds", "train_seconds", "seconds_per_scan",
           "clip_bite_fraction")
-BASELINE_COLUMNS = ("iterations", "init", "target_phase_ssim", "target_iterations", "target_seconds")
+BASELINE_COLUMNS = ("iterations", "init", "target_phase_ssim", "target_iterations", "target_seconds_per_scan")
 RUN_COLUMNS = ("row", "cell", "seed", "architecture", "status", *SCORES, *BASELINE_COLUMNS, "collapsed",
                "optimizer_steps", "final_train_loss")
 MISSING = "missing"  # a cell whose run has no metrics.json (not run yet, or stopped)

@@ -25,13 +25,14 @@ def table(out: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize("argv, named", [
     (["--baseline", "0"], "--baseline: expected comma-separated iteration counts >= 1"),
     (["--baseline", "fifty"], "--baseline: expected comma-separated iteration counts >= 1"),
+    (["--baseline", "\u00b2"], "--baseline: expected comma-separated iteration counts >= 1"),  # isdigit, not int
     (["--baseline", "5,5"], "an iteration count is given twice"),
     (["--baseline", ""], "--baseline: expected"),
     (["--baseline-init", "pinn"], "--baseline-init: give --baseline"),
     (["--baseline", "5", "--baseline-init", "warm"], "--baseline-init: invalid choice"),
     (["--baseline", "5", "--sweep", "data-seed=0,1"], "several datasets"),
     (["--baseline", "5", "--emit-commands"], "--emit-commands writes runner commands only"),
-], ids=["zero", "word", "twice", "empty", "init-alone", "init-unknown", "two-datasets", "emit"])
+], ids=["zero", "word", "superscript", "twice", "empty", "init-alone", "init-unknown", "two-datasets", "emit"])
 def test_bad_baseline_flags_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
@@ -52,20 +53,22 @@ def test_without_the_engine_installed_the_baseline_is_refused_with_how_to_instal
 def test_a_study_with_a_baseline_gets_flat_and_warm_rows_scored_like_its_runs(tmp_path, capsys):
     pytest.importorskip("cdtools", reason='the iterative baseline engine is not installed (pip install -e ".[baselines]")')
     out = tmp_path / "study"
-    status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-gridsize=1,2",
-                           "--baseline", "2,5", "--baseline-init", "pinn", "--output-dir", str(out)])
+    study = [*TINY_WRAPPER_ARGV, "--n-test-images", "2", "--architectures", "cnn", "--sweep", "torch-gridsize=1,2"]
+    status = wrapper.main([*study, "--baseline", "2,5", "--baseline-init", "pinn", "--output-dir", str(out)])
     assert status in (0, 3)  # 3: a tiny run may collapse
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     rows = table(out)
     runs = [r for r in rows if r["row"] == "run"]
     baselines = [r for r in rows if r["row"] == "baseline"]
-    starts = ["flat", "pinn:gridsize=1", "pinn:gridsize=2"]
+    warm = [f"pinn:{r['cell']}" for r in runs if r["status"] == "ok"]  # no warm start from a collapsed run
+    assert all(f"run runs/{r['cell']} has status {r['status']}" in printed.err for r in runs if r["status"] != "ok")
+    starts = ["flat", *warm]
     assert [(r["init"], int(r["iterations"])) for r in baselines] == [(s, k) for s in starts for k in (2, 5)]
-    assert all(f"iterative 5 it. from {s}" in printed for s in starts)
+    assert all(f"iterative 5 it. from {s}" in printed.out for s in starts)
     for run in runs:  # every run row reports its training time and a warm inference per scan
         timing = json.loads((out / "runs" / run["cell"] / "timing.json").read_text())
-        assert timing["test_objects"] == 1 and timing["inference_seconds"] > 0
-        assert float(run["seconds_per_scan"]) == pytest.approx(timing["inference_seconds"])
+        assert timing["test_objects"] == 2 and timing["inference_seconds"] > 0
+        assert float(run["seconds_per_scan"]) == pytest.approx(timing["inference_seconds"] / 2)
         assert float(run["train_seconds"]) == pytest.approx(timing["fit_seconds"])
     record = json.loads((out / "baseline" / "baseline.json").read_text())
     target = record["target_phase_ssim"]
@@ -77,14 +80,33 @@ def test_a_study_with_a_baseline_gets_flat_and_warm_rows_scored_like_its_runs(tm
     assert float(flat5["amplitude_ssim"]) == pytest.approx(scores["amplitude"]["ssim"])
     assert float(flat5["phase_frc50"]) == pytest.approx(scores["phase"]["frc50"])
     for r in baselines:
-        assert float(r["seconds"]) > 0 and float(r["seconds_per_scan"]) == pytest.approx(float(r["seconds"]))
-        if r["init"] != "flat" and r["target_iterations"]:
-            assert int(r["target_iterations"]) <= 5 and float(r["target_seconds"]) <= float(r["seconds"]) + 1e-9
+        assert float(r["seconds"]) > 0 and float(r["seconds_per_scan"]) == pytest.approx(float(r["seconds"]) / 2)
+        if r["init"] == "flat":
+            continue
+        five = next(b for b in baselines if b["init"] == r["init"] and b["iterations"] == "5")
+        if r["target_iterations"]:  # reached: no later than where it shows, and sooner in seconds
+            assert float(five["phase_ssim"]) >= target or int(r["target_iterations"]) < 5
+            assert float(r["target_seconds_per_scan"]) <= float(five["seconds_per_scan"]) + 1e-9
+        else:  # not reached: the last count is below the target
+            assert float(five["phase_ssim"]) < target and r["target_seconds_per_scan"] == ""
     assert (out / "comparison.png").is_file()
     before = (out / "metrics_table.csv").read_text()
-    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-gridsize=1,2",
-                         "--summarize", "--output-dir", str(out)]) in (0, 3)
+    assert wrapper.main([*study, "--summarize", "--output-dir", str(out)]) in (0, 3)
     assert (out / "metrics_table.csv").read_text() == before  # --summarize reads the baseline rows back
+    assert wrapper.main([*study, "--output-dir", str(out)]) in (0, 3)  # run again without --baseline
+    assert not (out / "baseline").exists() and {r["row"] for r in table(out)} == {"run", "mean", "std"}
+
+
+def test_with_the_users_files_a_swept_data_setting_is_still_one_dataset(tmp_path, capsys):
+    files = []
+    for split in ("train", "test"):
+        files.append(tmp_path / f"{split}.npz")
+        files[-1].write_bytes(b"")  # the dry run resolves configs only
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--train-npz", str(files[0]), "--test-npz", str(files[1])]
+    study, _ = wrapper.parse_study([*argv, "--sweep", "data-seed=0,1", "--output-dir", str(tmp_path / "out")])
+    assert len(study.cells) == 2 and wrapper._one_dataset(study)
+    simulated, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--sweep", "data-seed=0,1", "--output-dir", str(tmp_path)])
+    assert not wrapper._one_dataset(simulated)
 
 
 def test_a_baseline_that_fails_leaves_the_runs_tables_complete(tmp_path, monkeypatch):
