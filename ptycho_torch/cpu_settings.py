@@ -16,6 +16,14 @@ Denormals. Arithmetic on subnormal floats (below 1.2e-38 in float32) takes a slo
 repeated steps on one batch drove a hybrid gridsize-2 step from 26 ms to 50 ms through them.
 Flushing them to zero changes only values that small, as TensorFlow does on CPUs by default.
 Both settings are restored when the block ends.
+
+Warm math kernels. With two or more threads, the first call in a process of torch's vectorized
+math functions (tanh, exp, log, sqrt, sin, cos, erf, ...: the MKL VML family) sometimes returns
+results that differ in the last bits from every later call (measured: 9 of 32 first calls of
+tanh / exp / sqrt / erf; never with one thread, never after a call on a tensor large enough for
+every thread to take part). A training run's first step then differed from one process to the
+next, and with it the whole run (3 distinct histories in 6 identical runs). ``intra_op_threads``
+therefore calls each of them once, on every thread, whenever it sets more threads than before.
 """
 
 from __future__ import annotations
@@ -101,12 +109,34 @@ def intra_op_threads(num_threads: int, processes: int = 1) -> Iterator[int]:
     count = num_threads if num_threads > 0 else (_chosen[-1] if _chosen else auto_threads(processes))
     before = torch.get_num_threads()
     torch.set_num_threads(count)
+    warm_math_kernels()
     _chosen.append(count)
     try:
         yield count
     finally:
         _chosen.pop()
         torch.set_num_threads(before)
+
+
+# torch's elementwise math that MKL's vector math library computes on this build, float32 and float64
+WARMED_FUNCTIONS = ("acos", "asin", "atan", "cos", "cosh", "erf", "erfc", "erfinv", "exp", "expm1", "log", "log10",
+                    "log1p", "log2", "sin", "sinh", "sqrt", "tan", "tanh", "trunc", "lgamma", "rsqrt", "reciprocal",
+                    "ceil", "floor", "round", "neg", "abs", "atanh", "digamma")
+_warmed_threads = 0
+
+
+def warm_math_kernels() -> None:
+    """One call of each WARMED_FUNCTIONS on every current thread, results discarded (module docstring)."""
+    global _warmed_threads
+    count = torch.get_num_threads()
+    if count <= _warmed_threads:
+        return
+    for dtype in (torch.float32, torch.float64):
+        # inside every function's domain; long enough that every thread gets chunks of torch's grain size
+        values = torch.linspace(0.1, 0.9, max(1 << 17, count << 16), dtype=dtype)
+        for name in WARMED_FUNCTIONS:
+            getattr(torch, name)(values)
+    _warmed_threads = count
 
 
 def run_threads(execution: PyTorchExecutionConfig) -> AbstractContextManager[int]:

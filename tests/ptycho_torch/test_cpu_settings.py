@@ -142,3 +142,35 @@ def test_a_run_uses_its_num_threads_or_shares_the_free_cores_among_its_devices(m
     execution = PyTorchExecutionConfig(num_threads=num_threads, devices=devices, strategy="ddp" if devices > 1 else "auto")
     with cpu_settings.run_threads(execution) as count:
         assert count == expected == torch.get_num_threads()
+
+
+FIRST_CALLS = """
+import torch
+from ptycho_torch.cpu_settings import intra_op_threads
+x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.1
+with intra_op_threads(2):
+    names = ("tanh", "exp", "sqrt", "erf", "log", "sin", "cos")
+    firsts = [getattr(torch, name)(x) for name in names]
+    print(sum(not torch.equal(first, getattr(torch, name)(x)) for first, name in zip(firsts, names)))
+"""
+
+
+def test_the_first_math_call_of_a_process_equals_every_later_one():
+    """Without the warm-up, 2 threads made about a quarter of these first calls differ in the last
+    bits (a run's first step then differed between processes); each process is fresh."""
+    differing = [int(subprocess.run([sys.executable, "-c", FIRST_CALLS], capture_output=True, text=True,
+                                    timeout=120, check=True).stdout) for _ in range(6)]  # one at a time: both threads run
+    assert differing == [0] * 6
+
+
+def test_math_kernels_are_warmed_on_every_thread_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_settings, "_warmed_threads", 0)
+    monkeypatch.setattr(torch, "tanh", lambda values: calls.append(len(values)))
+    with cpu_settings.intra_op_threads(2):
+        with cpu_settings.intra_op_threads(1):
+            pass
+    assert calls == [1 << 17, 1 << 17]  # float32 and float64, long enough for 2 threads; not again for 1
+    with cpu_settings.intra_op_threads(3):
+        pass
+    assert calls[2:] == [3 << 16, 3 << 16]  # more threads than warmed: warmed again
