@@ -24,9 +24,9 @@ demo: $(STAMP)  ## the main job on simulated data, into $(DEMO_DIR) (refused if 
 test: $(STAMP)  ## the whole suite, integration runs included
 	MPLBACKEND=Agg $(BIN)/python -m pytest -n auto
 
-compare: $(STAMP)  ## the three architectures on one dataset, into runs/compare
+compare: $(STAMP)  ## the three architectures and the iterative reference on one dataset, into runs/compare
 	MPLBACKEND=Agg $(BIN)/python -m scripts.studies.grid_lines_compare_wrapper --architectures cnn,fno,hybrid \
-		--output-dir runs/compare --torch-grad-clip 10 --no-torch-enable-progress-bar
+		--baseline 50,200 --output-dir runs/compare --torch-grad-clip 10 --no-torch-enable-progress-bar
 
 bench: $(STAMP)  ## training-step throughput (run it on an otherwise idle machine)
 	$(BIN)/python -m benchmarks.bench_throughput --contention
