@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scripts.studies.study_table import score_columns
+
 BASELINE_RECORD = Path("baseline") / "baseline.json"
 INITS = ("flat", "pinn")
 FLAT = "flat"
@@ -83,10 +85,7 @@ def result_rows(start: str, result: dict[str, Any], objects: int, target: float 
                "seconds": at["seconds"], "seconds_per_scan": at["seconds"] / objects, "target_phase_ssim": target,
                "target_iterations": reached["iterations"] if reached else None,
                "target_seconds_per_scan": reached["seconds"] / objects if reached else None}
-        for channel in ("amplitude", "phase"):
-            for name in ("ssim", "psnr", "mae", "frc50"):
-                row[f"{channel}_{name}"] = mean[channel][name]
-        rows.append(row)
+        rows.append(row | score_columns(mean))
     return rows
 
 

@@ -272,9 +272,8 @@ def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tu
         print("warning: --baseline: no run left a test split to reconstruct; no baseline rows", file=sys.stderr)
         return
     test_data = load_npz(test_npz, "test", expected_N=plans[0].training.model.N)
-    firsts = [(cell, cfg) for cell, cfg in zip(study.cells, study.configs) if cell.seed in (None, study.cells[0].seed)]
     warm = {}
-    for cell, cfg in firsts if init == "pinn" else []:
+    for cell, cfg in first_seeds(study) if init == "pinn" else []:
         metrics = cfg.output_dir / "metrics.json"
         status = json.loads(metrics.read_text())["status"] if metrics.is_file() else "missing"
         if status != "ok":  # a missing, collapsed (constant) or untrained start says nothing about the PINN
@@ -433,8 +432,7 @@ def write_study_results(out: Path, study: Study, one_dataset: bool, with_baselin
         x, others = varying[0], [s.name for s in varying[1:]]
         plots.plot_sweep(out / "sweep.png", x.flag, [value_word(v) for v in x.values],
                          sweep_series(rows, x.name, x.values, others))
-    firsts = [(cell, cfg) for cell, cfg in zip(study.cells, study.configs)
-              if cell.seed in (None, study.cells[0].seed) and (cfg.output_dir / "recon.npz").is_file()]
+    firsts = [(cell, cfg) for cell, cfg in first_seeds(study) if (cfg.output_dir / "recon.npz").is_file()]
     if one_dataset and firsts and len(firsts) <= 8:
         with np.load(firsts[0][1].output_dir / "recon.npz") as first:
             truth = first["ground_truth"][0]
@@ -447,6 +445,11 @@ def write_study_results(out: Path, study: Study, one_dataset: bool, with_baselin
             recons[f"iterative, {max(r['iterations'] for r in baseline_rows)} it."] = iterative[0]
         plots.plot_comparison(out / "comparison.png", truth, recons)
     return table
+
+
+def first_seeds(study: Study) -> list[tuple[Cell, TorchRunnerConfig]]:
+    """Each cell's run of the first seed (every run without --seeds), with its config."""
+    return [(cell, cfg) for cell, cfg in zip(study.cells, study.configs) if cell.seed in (None, study.cells[0].seed)]
 
 
 def cell_name_of(cell: Cell) -> str:

@@ -40,6 +40,12 @@ def clip_bite_fraction(history_csv: Path) -> float | None:
     return sum(float(r["grad_norm_postclip"]) < float(r["grad_norm_preclip"]) for r in rows) / len(rows)
 
 
+def score_columns(mean: dict[str, Any]) -> dict[str, Any]:
+    """score_objects' mean scores as table columns: amplitude_ssim, ..., phase_frc50."""
+    return {f"{channel}_{name}": mean[channel][name] for channel in ("amplitude", "phase")
+            for name in ("ssim", "psnr", "mae", "frc50")}
+
+
 def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) -> dict[str, Any]:
     """The table row of one run folder (status ``missing`` when it holds no metrics.json);
     ``swept``: the cell's swept settings and values, shown in their own columns."""
@@ -53,9 +59,7 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
             "status_reason": metrics["status_reason"], "collapsed": metrics.get("collapsed"),
             "optimizer_steps": metrics["optimizer_steps"], "final_train_loss": metrics["final_train_loss"],
             "phase_seam_ratio": metrics.get("phase_seam_ratio"), "seed": config["training"]["seed"]}
-    for channel in ("amplitude", "phase"):
-        for name in ("ssim", "psnr", "mae", "frc50"):
-            row[f"{channel}_{name}"] = metrics["mean"][channel][name]
+    row |= score_columns(metrics["mean"])
     timing_file = folder / "timing.json"
     if timing_file.is_file():
         timing = json.loads(timing_file.read_text())
