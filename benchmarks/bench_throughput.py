@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_throughput [--variants cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2]
         [--steps 20] [--repeats 5] [--threads 2] [--profile fno:1] [--contention] [--compile]
+        [--precisions 32-true,bf16-mixed]
 
 One step = forward, loss, backward and Adam (the default TrainingConfig: batch 16, N=32, no
 clipping) on a batch of simulated grid-lines patterns, outside Lightning (its per-step overhead is
@@ -10,7 +11,9 @@ bench_training's subject). Per variant it prints:
                    (5 n log2 n per complex transform of n points, half that for real ones)
   step ms          median over repeats of the median step time (warm-up first; variants
                    interleaved so that drifting load hits them alike)
-  GFLOP/s, ratio   achieved rate, and its ratio to a 1024^3 float32 matmul timed in this process
+  GFLOP/s, ratio   achieved rate, and its ratio to a 1024^3 matmul timed in this process, in
+                   float32, or in bf16 for a bf16-mixed variant (its forward under bf16 autocast,
+                   as Lightning's bf16-mixed runs it; the spectral products stay float32)
   contended ms     (--contention) the same step while another process keeps one core busy, with
                    the automatic thread count (``cpu_settings.auto_threads``) against a fixed --threads
 With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step.
@@ -79,9 +82,12 @@ def step_flops(step: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(repeats: int = 7) -> float:
-    """float32 GFLOP/s of a 1024^3 matmul in this process (median of ``repeats``)."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+MATMUL_DTYPES = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}
+
+
+def matmul_rate(repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a 1024^3 matmul in ``dtype`` in this process (median of ``repeats``)."""
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype) for _ in range(2))
     a @ b  # warm-up
     times = []
     for _ in range(repeats):
@@ -104,8 +110,10 @@ def first_batch(gridsize: int, batch_size: int) -> dict[str, torch.Tensor]:
 class Variant:
     """A model, its optimizer and a batch: ``step()`` is one training step."""
 
-    def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False):
-        self.name = f"{architecture} gs{gridsize}" + (" compiled" if compile_generator else "")
+    def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False, precision: str = "32-true"):
+        self.name = (f"{architecture} gs{gridsize}" + (" compiled" if compile_generator else "")
+                     + ("" if precision == "32-true" else f" {precision}"))
+        self.precision = precision
         cfg = TrainingConfig(model=ModelConfig(architecture=architecture, gridsize=gridsize))
         self.batch = first_batch(gridsize, cfg.batch_size)
         torch.manual_seed(0)
@@ -115,7 +123,8 @@ class Variant:
         self.optimizer = build_optimizer(self.module.parameters(), cfg)
 
     def step(self) -> None:
-        loss = self.module.loss(self.batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
+            loss = self.module.loss(self.batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -192,6 +201,15 @@ def parse_variants(text: str) -> list[tuple[str, int]]:
     return pairs
 
 
+def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
+    """The matmul rate at each precision, printed with the threads and load."""
+    rates = {p: matmul_rate(dtype=MATMUL_DTYPES[p]) for p in precisions}
+    for p, rate in rates.items():
+        print(f"matmul {MATMUL_SIZE}^3 {MATMUL_DTYPES[p]} {when}: {rate:.1f} GFLOP/s, "
+              f"{torch.get_num_threads()} threads, load {load()}")
+    return rates
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2")
@@ -201,26 +219,29 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default=None, help="ARCH:GRIDSIZE to profile")
     parser.add_argument("--contention", action="store_true", help="also time each step beside a busy process")
     parser.add_argument("--compile", action="store_true", help="also time each variant under torch.compile")
+    parser.add_argument("--precisions", default="32-true", help=f"comma-separated, of {', '.join(MATMUL_DTYPES)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
     pairs = parse_variants(args.variants)
-    variants = [Variant(a, g) for a, g in pairs]
+    precisions = args.precisions.split(",")
+    unknown = sorted(set(precisions) - set(MATMUL_DTYPES))
+    if unknown:
+        parser.error(f"--precisions: {unknown[0]!r} is not one of {', '.join(MATMUL_DTYPES)}")
+    variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
     if args.compile:
         variants += [Variant(a, g, compile_generator=True) for a, g in pairs]
     flops = {v.name: step_flops(v.step) for v in variants}
-    rate = matmul_rate()
-    print(f"matmul {MATMUL_SIZE}^3 float32: {rate:.1f} GFLOP/s, {torch.get_num_threads()} threads, load {load()}")
+    rates = reference_rates(precisions)
     times = timed(variants, args.steps, args.repeats)
-    rate_after = matmul_rate()
-    print(f"matmul again after timing: {rate_after:.1f} GFLOP/s, load {load()}")
-    reference = statistics.mean([rate, rate_after])
+    after = reference_rates(precisions, "again after timing")
+    reference = {p: statistics.mean([rates[p], after[p]]) for p in precisions}
     print("| variant | GFLOP/step | step ms | GFLOP/s | of matmul |")
     print("|---|---|---|---|---|")
     for v in variants:
         achieved = flops[v.name] / times[v.name] / 1e9
         print(f"| {v.name} | {flops[v.name] / 1e9:.2f} | {times[v.name] * 1e3:.1f} | {achieved:.1f} "
-              f"| {achieved / reference:.0%} |")
+              f"| {achieved / reference[v.precision]:.0%} |")
     print(f"load {load()}")
     if args.contention:
         rows = contended(variants, args.steps, max(1, args.repeats // 2), args.threads)

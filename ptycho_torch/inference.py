@@ -20,7 +20,7 @@ from ptycho_torch.config import PyTorchExecutionConfig
 class ReconstructionPlan:
     checkpoint: Path
     test_npz: Path
-    execution: PyTorchExecutionConfig  # accelerator, infer_batch_size, num_threads are used
+    execution: PyTorchExecutionConfig  # accelerator, infer_batch_size, num_threads, precision are used
     output_dir: Path
     overwrite: bool
     record: dict[str, Any]  # config.json: the command's settings, JSON-ready

@@ -7,6 +7,7 @@ as it found it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,9 +73,22 @@ def parameter_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def prediction_autocast(precision: str, device: torch.device):
+    """Prediction at the precision the run trains at, as Lightning's own predict loop would run it:
+    the mixed precisions predict under bf16 autocast (fp16 for ``16-mixed`` on a GPU; Lightning
+    runs bf16 for it on a CPU), ``32-true`` in float32. The FFTs, the heads and the overlap merge
+    stay in float32 either way (they leave autocast themselves)."""
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "16-mixed" and device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @torch.no_grad()
-def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) -> torch.Tensor:
-    """Object patches (M, N, N) complex64 for every pattern of ``data``, in file order.
+def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int,
+                    precision: str = "32-true") -> torch.Tensor:
+    """Object patches (M, N, N) complex64 for every pattern of ``data``, in file order, at
+    ``precision`` (``prediction_autocast``).
 
     A plain loop in this process, not ``trainer.predict``: under DDP that would shard the patterns
     across ranks, and stitching on rank 0 needs all of them. At gridsize 2 every group is predicted
@@ -82,6 +96,11 @@ def predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) ->
     weighted mean, ``overlap.assemble_objects``), and each pattern's patch is cut from its object.
     """
     module.eval()
+    with prediction_autocast(precision, module.device):
+        return _predict_patches(module, data, batch_size)
+
+
+def _predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) -> torch.Tensor:
     patterns = torch.from_numpy(data.diffraction)  # (M, N, N) float32
     gridsize = module.cfg.model.gridsize
     if gridsize == 1:

@@ -149,14 +149,15 @@ def write_rank_record(trained, folder: Path) -> None:
 
 
 def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
-    """Stitched test objects (I, H, W) complex64, predicted in batches of ``infer_batch_size``."""
+    """Stitched test objects (I, H, W) complex64, predicted in batches of ``infer_batch_size`` at the
+    run's ``precision``."""
     from ptycho_torch.cpu_settings import flushed_denormals, run_threads
     from ptycho_torch.reconstruction import stitch_objects
     from ptycho_torch.training import predict_patches
 
     with run_threads(execution), flushed_denormals():
-        patches = predict_patches(module, test_data, execution.infer_batch_size).numpy()  # (M, N, N) complex64
-    return stitch_objects(patches, test_data)  # (I, H, W) complex64
+        patches = predict_patches(module, test_data, execution.infer_batch_size, execution.precision)  # (M, N, N)
+    return stitch_objects(patches.numpy(), test_data)  # (I, H, W) complex64
 
 
 INFERENCE_REPEATS = 3

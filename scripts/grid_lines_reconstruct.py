@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ACCELERATORS, ConfigError, Problem, PyTorchExecutionConfig, Validated, to_jsonable
+from ptycho_torch.config import ACCELERATORS, PRECISIONS, ConfigError, Problem, PyTorchExecutionConfig, Validated, to_jsonable
 from scripts.studies.runner_cli import add_grouped_settings, build_config, new_parser, run_command, setting_flags
 from scripts.studies.runner_fields import route_of, setting
 
@@ -46,6 +46,9 @@ class ReconstructConfig(Validated):
                                machine_bound="needs a GPU: on a CPU-only machine every choice resolves to the CPU")
     infer_batch_size: int = setting(64, to=E, help="patterns (gridsize 1) or groups (gridsize 2) per forward pass")
     num_threads: int = setting(0, to=E, help="torch threads; 0 = the cores other work leaves free")
+    precision: str = setting("32-true", to=E, choices=PRECISIONS,
+                             help="numeric precision of the forward passes; bf16-mixed runs them under bf16 autocast "
+                                  "(several times faster on CPUs with bf16 matrix units)")
 
 
 def setup_execution_config(cfg: ReconstructConfig) -> PyTorchExecutionConfig:

@@ -114,7 +114,8 @@ class TorchRunnerConfig(Validated):
     devices: int = setting(1, to=E, help="devices per node")
     strategy: str = setting("auto", to=E, choices=STRATEGIES, help="Lightning strategy (ddp for several devices)")
     num_nodes: int = setting(1, to=E, help="nodes for multi-node DDP")
-    precision: str = setting("32-true", to=E, choices=PRECISIONS, help="numeric precision")
+    precision: str = setting("32-true", to=E, choices=PRECISIONS,
+                             help="numeric precision of training and of predicting the test split")
     deterministic: bool = setting(True, to=E, help="use deterministic torch algorithms")
     num_workers: int = setting(0, to=E, help="DataLoader worker processes")
     num_threads: int = setting(0, to=E, help="torch threads per process; 0 = the cores other work leaves free, "

@@ -32,13 +32,16 @@ def test_every_routed_field_arrives_in_the_execution_config(cfg):
     assert roundtrip_problems(cfg, resolve) == []
 
 
+ROUTED = ("accelerator", "infer_batch_size", "num_threads", "precision")  # what prediction reads
+
+
 def test_every_field_has_a_route_and_every_route_a_field():
     assert route_problems(ReconstructConfig) == []
     problems = source_problems(ReconstructConfig, {"execution": PyTorchExecutionConfig}, {})
     # execution fields prediction does not read keep their defaults: only routes to missing fields count
     assert [p for p in problems if "has no source" not in p] == []
     routed = {f.name for f in dataclasses.fields(ReconstructConfig) if route_of(f).to}
-    assert routed == {"accelerator", "infer_batch_size", "num_threads"}
+    assert routed == set(ROUTED)
 
 
 def test_defaults_equal_the_execution_configs_defaults():
@@ -52,7 +55,7 @@ def test_argv_from_config_parses_back_to_equal_config(cfg):
     assert parsed == cfg
 
 
-@given(reconstruct_configs(), st.sampled_from(["accelerator", "infer_batch_size", "num_threads"]), st.data())
+@given(reconstruct_configs(), st.sampled_from(ROUTED), st.data())
 def test_changing_one_flag_changes_the_execution_config(cfg, name, data):
     value = data.draw(valid_values(FIELD_RULES[name]).filter(lambda v: v != getattr(cfg, name)))
     changed = dataclasses.replace(cfg, **{name: value})
@@ -72,6 +75,7 @@ def test_missing_required_paths_exit_2_naming_both_flags(capsys):
     (["--infer-batch-size", "0"], "--infer-batch-size"),
     (["--num-threads", "-1"], "--num-threads"),
     (["--accelerator", "tpu"], "--accelerator"),
+    (["--precision", "bf16"], "--precision"),
     (["--checkpoint", ""], "--checkpoint"),
 ])
 def test_invalid_values_exit_2_naming_the_flag(argv, flag, capsys):

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
-from ptycho_torch.generators import GENERATORS, SpectralConv2d, build_generator, tiny_model_config
+from ptycho_torch.generators import GENERATORS, DenseGELU, SpectralConv2d, build_generator, tiny_model_config
 from ptycho_torch.spectral import spectral_conv
 from tests.helpers import examples
 from tests.strategies import circular_shifts, seeds
@@ -245,3 +245,28 @@ def test_spectral_conv_gradients_pass_gradcheck_in_double():
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(3, 4, 2, 2, 2, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: spectral_conv(a, b, 2).double(), (x, weight))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 24), st.integers(1, 12), st.integers(1, 12), seeds,
+       st.sampled_from([torch.float32, torch.bfloat16]))
+def test_dense_gelu_equals_gelu_of_a_contiguous_tensor_and_keeps_channels_last(batch, channels, h, w, seed, dtype):
+    """Bit for bit, forward and backward, whatever the layout it is given."""
+    gen = torch.Generator().manual_seed(seed)
+    plain = torch.randn(batch, channels, h, w, generator=gen).to(dtype)
+    upstream = torch.randn(batch, channels, h, w, generator=gen).to(dtype)
+    reference = plain.clone().requires_grad_()
+    expected = torch.nn.functional.gelu(reference)
+    expected.backward(upstream)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = plain.clone(memory_format=layout).requires_grad_()
+        out = DenseGELU()(x)
+        out.backward(upstream.contiguous(memory_format=layout))
+        assert torch.equal(out, expected) and torch.equal(x.grad, reference.grad)
+        assert out.is_contiguous(memory_format=layout)
+
+
+def test_every_generator_uses_the_layout_aware_gelu():
+    for architecture in ARCHITECTURES:
+        acts = [type(m) for m in build_generator(tiny_model_config(architecture)).modules() if isinstance(m, torch.nn.GELU)]
+        assert acts and set(acts) == {DenseGELU}, architecture

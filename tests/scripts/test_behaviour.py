@@ -226,6 +226,19 @@ def prediction_batches(cfg: TorchRunnerConfig, files: Files) -> tuple:
     return tuple(sizes)
 
 
+def prediction_dtypes(cfg: TorchRunnerConfig, files: Files) -> tuple:
+    """The dtypes the generator's convolutions compute in while the test split is reconstructed."""
+    training, execution = setup_torch_configs(cfg)
+    test = splits_of(cfg)["test"]
+    module = build_module(training, test.probeGuess)
+    seen: set[str] = set()
+    for layer in module.generator.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda _, __, out: seen.add(str(out.dtype)))
+    workflow.reconstruct(module, test, execution)
+    return tuple(sorted(seen))
+
+
 def fit_threads(cfg: TorchRunnerConfig, files: Files) -> int:
     """torch's intra-op thread count while the model trains."""
     training, execution = setup_torch_configs(cfg)
@@ -289,7 +302,7 @@ class Case:
 # Which destination each observer shows acting ("runner" = the runner's own use of a setting).
 REACHES = {short_fit: ("model", "training"), network: ("model",), initial_weights: ("training",), validation_split: ("training",),
            data_order: ("training",), ddp_data_order: ("training",), simulated: ("simulation",), built_trainer: ("execution",),
-           loaders: ("training", "execution"), prediction_batches: ("execution",),
+           loaders: ("training", "execution"), prediction_batches: ("execution",), prediction_dtypes: ("execution",),
            simulation_progress: ("execution",), loaded_data: ("runner",), run_outcome: ("runner",),
            fit_threads: ("execution",), prediction_threads: ("execution",)}
 PLATEAU = dict(scheduler="ReduceLROnPlateau", plateau_threshold=1.0, plateau_patience=0, epochs=3)
@@ -370,6 +383,7 @@ CASES = [
     Case("strategy", built_trainer, "ddp", "ddp_spawn"),
     Case("num_nodes", built_trainer, 1, 2, dict(strategy="ddp")),
     Case("precision", built_trainer, "32-true", "bf16-mixed"),
+    Case("precision", prediction_dtypes, "32-true", "bf16-mixed"),
     Case("deterministic", built_trainer, True, False),
     Case("num_workers", loaders, 0, 1),
     Case("num_threads", fit_threads, 1, 2),

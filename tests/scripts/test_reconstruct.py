@@ -123,6 +123,27 @@ def test_num_threads_sets_the_threads_prediction_runs_with(trained, tmp_path, mo
     assert {threads for _, threads in calls} == {2} and torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("name", RUNS)
+def test_precision_sets_the_dtype_the_generator_computes_in(trained, tmp_path, monkeypatch, name):
+    """bf16-mixed: the convolutions run in bf16, the patches stay complex64 and close to float32's."""
+    seen, forward = [], torch.nn.Conv2d.forward
+
+    def recorded(self, x):
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recorded)
+    assert reconstruct(trained[name], tmp_path / "fp32") == 0
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    assert reconstruct(trained[name], tmp_path / "bf16", "--precision", "bf16-mixed") == 0
+    assert set(seen) == {torch.bfloat16}
+    with np.load(tmp_path / "fp32" / "recon.npz") as full, np.load(tmp_path / "bf16" / "recon.npz") as half:
+        assert half["recon"].dtype == np.complex64 and not np.array_equal(full["recon"], half["recon"])
+        assert np.abs(half["recon"] - full["recon"]).max() < 0.05 * np.abs(full["recon"]).max()
+
+
 def test_accelerator_is_checked_against_this_machine(trained, tmp_path, capsys):
     """Machine-bound: no GPU here, so a GPU accelerator is refused before anything is written."""
     if torch.cuda.is_available():
