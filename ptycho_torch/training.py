@@ -75,12 +75,12 @@ def parameter_digest(module: torch.nn.Module) -> str:
 
 def prediction_autocast(precision: str, device: torch.device):
     """Prediction at the precision the run trains at, as Lightning's own predict loop would run it:
-    the mixed precisions predict under bf16 autocast (fp16 for ``16-mixed`` on a GPU; Lightning
-    runs bf16 for it on a CPU), ``32-true`` in float32. The FFTs, the heads and the overlap merge
-    stay in float32 either way (they leave autocast themselves)."""
+    ``bf16-mixed`` under bf16 autocast, ``16-mixed`` under fp16 autocast (bf16 on a CPU, where
+    Lightning replaces it by bf16-mixed), ``32-true`` in float32. The FFTs, the heads and the
+    overlap merge stay in float32 either way (they leave autocast themselves)."""
     if precision == "32-true":
         return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "16-mixed" and device.type == "cuda" else torch.bfloat16
+    dtype = torch.float16 if precision == "16-mixed" and device.type != "cpu" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

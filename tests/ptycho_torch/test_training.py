@@ -15,7 +15,7 @@ from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
 from ptycho_torch.optimization import warmup_cosine_factor
 from ptycho_torch.physics import forward_amplitude
-from ptycho_torch.training import train
+from ptycho_torch.training import prediction_autocast, train
 from tests.helpers import QUIET, TRAINING_RUNS
 
 
@@ -168,3 +168,20 @@ def test_physics_loss_is_zero_for_the_true_object_on_noiseless_data(tiny_data):
     noiseless = forward_amplitude(truth, module.probe)
     assert float(module.loss({"diffraction": noiseless})) == pytest.approx(0.0, abs=1e-6)
     assert float(module.loss({"diffraction": torch.from_numpy(data.diffraction)})) < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # the cuda case, built on a CPU-only machine
+@pytest.mark.parametrize("precision, device, dtype", [
+    ("bf16-mixed", "cpu", torch.bfloat16), ("bf16-mixed", "mps", torch.bfloat16),
+    ("16-mixed", "cpu", torch.bfloat16),  # Lightning runs bf16-mixed for it on a CPU
+    ("16-mixed", "mps", torch.float16), ("16-mixed", "cuda", torch.float16),
+])
+def test_prediction_autocasts_as_training_does(precision, device, dtype):
+    context = prediction_autocast(precision, torch.device(device))
+    assert isinstance(context, torch.autocast) and context.device == device and context.fast_dtype == dtype
+
+
+def test_float32_prediction_does_not_autocast():
+    with prediction_autocast("32-true", torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
