@@ -16,7 +16,7 @@ bench_training's subject). Per variant it prints:
                    as Lightning's bf16-mixed runs it; the spectral products stay float32)
   contended ms     (--contention) the same step while another process keeps one core busy, with
                    the automatic thread count (``cpu_settings.auto_threads``) against a fixed --threads
-With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step.
+With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step (per precision).
 With --compile, each variant again with the generator run through torch.compile (timed after
 its first, compiling, step).
 The 1-minute load average is printed beside every figure: run it on an otherwise idle machine.
@@ -224,13 +224,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
     pairs = parse_variants(args.variants)
-    precisions = args.precisions.split(",")
+    precisions = list(dict.fromkeys(args.precisions.split(",")))  # each once, in the order given
     unknown = sorted(set(precisions) - set(MATMUL_DTYPES))
     if unknown:
         parser.error(f"--precisions: {unknown[0]!r} is not one of {', '.join(MATMUL_DTYPES)}")
     variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
     if args.compile:
-        variants += [Variant(a, g, compile_generator=True) for a, g in pairs]
+        variants += [Variant(a, g, compile_generator=True, precision=p) for p in precisions for a, g in pairs]
     flops = {v.name: step_flops(v.step) for v in variants}
     rates = reference_rates(precisions)
     times = timed(variants, args.steps, args.repeats)
@@ -255,8 +255,9 @@ def main(argv=None) -> None:
         print(f"load {load()}")
     if args.profile:
         architecture, gridsize = parse_variants(args.profile)[0]
-        print(f"\nprofile of {architecture} gs{gridsize}, 5 steps, load {load()}")
-        print(profile(Variant(architecture, gridsize)))
+        for precision in precisions:
+            print(f"\nprofile of {architecture} gs{gridsize} {precision}, 5 steps, load {load()}")
+            print(profile(Variant(architecture, gridsize, precision=precision)))
 
 
 if __name__ == "__main__":

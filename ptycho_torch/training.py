@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
+from ptycho_torch.config import PRECISIONS, PyTorchExecutionConfig, TrainingConfig, check_shared_fields
 from ptycho_torch.cpu_settings import flushed_denormals, run_threads
 from ptycho_torch.datamodule import GridLinesDataModule
 from ptycho_torch.model import PtychoPINN
@@ -76,8 +76,11 @@ def parameter_digest(module: torch.nn.Module) -> str:
 def prediction_autocast(precision: str, device: torch.device):
     """Prediction at the precision the run trains at, as Lightning's own predict loop would run it:
     ``bf16-mixed`` under bf16 autocast, ``16-mixed`` under fp16 autocast (bf16 on a CPU, where
-    Lightning replaces it by bf16-mixed), ``32-true`` in float32. The FFTs, the heads and the
-    overlap merge stay in float32 either way (they leave autocast themselves)."""
+    Lightning replaces it by bf16-mixed), ``32-true`` in float32. The spectral layers' DFT
+    products, the heads' output activations and the overlap merge stay in float32 either way
+    (they leave autocast themselves); the convolutions, the heads' 1x1 projection included, do not."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: must be one of {', '.join(PRECISIONS)}")
     if precision == "32-true":
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "16-mixed" and device.type != "cpu" else torch.bfloat16

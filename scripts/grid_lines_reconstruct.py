@@ -48,7 +48,7 @@ class ReconstructConfig(Validated):
     num_threads: int = setting(0, to=E, help="torch threads; 0 = the cores other work leaves free")
     precision: str = setting("32-true", to=E, choices=PRECISIONS,
                              help="numeric precision of the forward passes; bf16-mixed runs them under bf16 autocast "
-                                  "(several times faster on CPUs with bf16 matrix units)")
+                                  "(about 2x faster on CPUs with bf16 matrix units)")
 
 
 def setup_execution_config(cfg: ReconstructConfig) -> PyTorchExecutionConfig:

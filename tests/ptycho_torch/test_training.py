@@ -181,6 +181,24 @@ def test_prediction_autocasts_as_training_does(precision, device, dtype):
     assert isinstance(context, torch.autocast) and context.device == device and context.fast_dtype == dtype
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_prediction_on_the_cpu_autocasts_like_lightnings_precision_plugin(precision):
+    import warnings
+
+    import lightning as L
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning says it replaces 16-mixed on a CPU
+        plugin = L.Trainer(accelerator="cpu", precision=precision, logger=False).precision_plugin
+    theirs, ours = plugin.autocast_context_manager(), prediction_autocast(precision, torch.device("cpu"))
+    assert (ours.device, ours.fast_dtype) == (theirs.device, theirs.fast_dtype)
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ValueError, match="precision='bf16'"):
+        prediction_autocast("bf16", torch.device("cpu"))
+
+
 def test_float32_prediction_does_not_autocast():
     with prediction_autocast("32-true", torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
