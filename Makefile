@@ -29,4 +29,4 @@ compare: $(STAMP)  ## the three architectures and the iterative reference on one
 		--baseline 50,200 --output-dir runs/compare --torch-grad-clip 10 --no-torch-enable-progress-bar
 
 bench: $(STAMP)  ## training-step throughput (run it on an otherwise idle machine)
-	$(BIN)/python -m benchmarks.bench_throughput --contention
+	$(BIN)/python -m benchmarks.bench_throughput --contention --precisions 32-true,bf16-mixed
