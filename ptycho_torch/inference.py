@@ -9,6 +9,7 @@ run scores its test split. The library side of ``scripts.grid_lines_reconstruct`
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,11 @@ def prepare(plan: ReconstructionPlan):
     from ptycho_torch.preflight import check_machine, training_items
 
     check_machine(plan.execution)
-    module = load_model(plan.checkpoint, device_of(plan.execution.accelerator))
+    device = device_of(plan.execution.accelerator)
+    if plan.execution.precision == "16-mixed" and device.type == "cpu":
+        warnings.warn("precision=16-mixed on the CPU: predicting under bf16 autocast (a CPU has no fp16 autocast; "
+                      "training runs it as bf16-mixed too)", stacklevel=2)
+    module = load_model(plan.checkpoint, device)
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
     _refuse_a_run_folder(plan.output_dir)

@@ -123,9 +123,8 @@ def test_num_threads_sets_the_threads_prediction_runs_with(trained, tmp_path, mo
     assert {threads for _, threads in calls} == {2} and torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("name", RUNS)
-def test_precision_sets_the_dtype_the_generator_computes_in(trained, tmp_path, monkeypatch, name):
-    """bf16-mixed: the convolutions run in bf16, the patches stay complex64 and close to float32's."""
+def conv_dtypes(monkeypatch) -> list[torch.dtype]:
+    """The dtype of every convolution's output."""
     seen, forward = [], torch.nn.Conv2d.forward
 
     def recorded(self, x):
@@ -134,6 +133,13 @@ def test_precision_sets_the_dtype_the_generator_computes_in(trained, tmp_path, m
         return out
 
     monkeypatch.setattr(torch.nn.Conv2d, "forward", recorded)
+    return seen
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_precision_sets_the_dtype_the_generator_computes_in(trained, tmp_path, monkeypatch, name):
+    """bf16-mixed: the convolutions run in bf16, the patches stay complex64 and close to float32's."""
+    seen = conv_dtypes(monkeypatch)
     assert reconstruct(trained[name], tmp_path / "fp32") == 0
     assert set(seen) == {torch.float32}
     seen.clear()
@@ -142,6 +148,13 @@ def test_precision_sets_the_dtype_the_generator_computes_in(trained, tmp_path, m
     with np.load(tmp_path / "fp32" / "recon.npz") as full, np.load(tmp_path / "bf16" / "recon.npz") as half:
         assert half["recon"].dtype == np.complex64 and not np.array_equal(full["recon"], half["recon"])
         assert np.abs(half["recon"] - full["recon"]).max() < 0.05 * np.abs(full["recon"]).max()
+
+
+def test_fp16_on_the_cpu_warns_and_predicts_in_bf16(trained, tmp_path, monkeypatch):
+    seen = conv_dtypes(monkeypatch)
+    with pytest.warns(UserWarning, match="precision=16-mixed on the CPU: predicting under bf16"):
+        assert reconstruct(trained["gs1"], tmp_path / "fp16", "--precision", "16-mixed") == 0
+    assert set(seen) == {torch.bfloat16}
 
 
 def test_accelerator_is_checked_against_this_machine(trained, tmp_path, capsys):
