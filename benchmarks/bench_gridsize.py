@@ -45,12 +45,16 @@ def row(name: str, result: dict) -> str:
             f"{result['wall_s']:.0f} | {result['peak_mib']:.0f} | {result['load']:.2f} |")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architectures", default="cnn,hybrid")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_gridsize"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     print("| run | amp SSIM | amp PSNR | amp FRC50 | phase SSIM | phase PSNR | phase FRC50 | seam ratio "
           "| wall s | peak MiB | load |")
     print("|---|" + "---|" * 10)

@@ -95,11 +95,15 @@ def report(row: dict) -> str:
             f"tracemalloc peak {row['tracemalloc_peak_mib']:.0f} MiB; {sizes}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--memory-of", choices=CASES, help=argparse.SUPPRESS)  # the subprocess's job
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.memory_of:
         print(json.dumps(measure_memory(args.memory_of)))
         return

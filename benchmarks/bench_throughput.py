@@ -210,7 +210,16 @@ def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
     return rates
 
 
-def main(argv=None) -> None:
+def parse_precisions(text: str) -> list[str]:
+    """'32-true,bf16-mixed' -> each named precision once, in the order given."""
+    precisions = list(dict.fromkeys(text.split(",")))
+    unknown = [p for p in precisions if p not in MATMUL_DTYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]!r} is not one of {', '.join(MATMUL_DTYPES)}")
+    return precisions
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2")
     parser.add_argument("--steps", type=int, default=20)
@@ -219,15 +228,17 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default=None, help="ARCH:GRIDSIZE to profile")
     parser.add_argument("--contention", action="store_true", help="also time each step beside a busy process")
     parser.add_argument("--compile", action="store_true", help="also time each variant under torch.compile")
-    parser.add_argument("--precisions", default="32-true", help=f"comma-separated, of {', '.join(MATMUL_DTYPES)}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--precisions", type=parse_precisions, default=["32-true"],
+                        help=f"comma-separated, of {', '.join(MATMUL_DTYPES)}")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
     pairs = parse_variants(args.variants)
-    precisions = list(dict.fromkeys(args.precisions.split(",")))  # each once, in the order given
-    unknown = sorted(set(precisions) - set(MATMUL_DTYPES))
-    if unknown:
-        parser.error(f"--precisions: {unknown[0]!r} is not one of {', '.join(MATMUL_DTYPES)}")
+    precisions = args.precisions
     variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
     if args.compile:
         variants += [Variant(a, g, compile_generator=True, precision=p) for p in precisions for a, g in pairs]

@@ -113,11 +113,15 @@ def peak_memory_mib(steps: int) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(2)
     data = dataset(args.steps, 16)
     runs: dict[str, list[float]] = {k: [] for k in ("off", "norm", "nolog", "item", "fit_wall", "loop_wall")}
