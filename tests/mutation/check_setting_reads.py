@@ -103,7 +103,7 @@ FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py"
                 "tests/scripts/test_reconstruct.py", "tests/scripts/test_resume.py")
 # Stage 1: the likely killers; stage 2: the rest of tests/. Passing both = passing the whole suite.
 STAGES = (list(FAST_KILLERS), ["tests", *(f"--ignore={path}" for path in FAST_KILLERS)])
-COPIED = ("ptycho_torch", "scripts", "tests", "benchmarks", "conftest.py", "pyproject.toml", "README.md")
+COPIED = ("ptycho_torch", "scripts", "tests", "benchmarks", "conftest.py", "pyproject.toml", "README.md", "Makefile")
 NOT_COPIED = (".venv", ".git", "runs", ".artifacts", "__pycache__", ".hypothesis", ".pytest_cache", "*.egg-info")
 TAIL_LINES = 15
 
