@@ -103,8 +103,6 @@ FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py"
                 "tests/scripts/test_reconstruct.py", "tests/scripts/test_resume.py")
 # Stage 1: the likely killers; stage 2: the rest of tests/. Passing both = passing the whole suite.
 STAGES = (list(FAST_KILLERS), ["tests", *(f"--ignore={path}" for path in FAST_KILLERS)])
-COPIED = ("ptycho_torch", "scripts", "tests", "benchmarks", "conftest.py", "pyproject.toml", "README.md", "Makefile")
-NOT_COPIED = (".venv", ".git", "runs", ".artifacts", "__pycache__", ".hypothesis", ".pytest_cache", "*.egg-info")
 TAIL_LINES = 15
 
 
@@ -293,13 +291,18 @@ class Copies:
         self._dir.cleanup()
 
 
+def project_files() -> list[str]:
+    """Every file git tracks or would track (not ignored), as the suite sees the checkout: a copy
+    missing one (the README or the Makefile a test reads) would fail every mutant and count as kills."""
+    done = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return [name for name in done.stdout.split("\0") if name and (REPO / name).is_file()]
+
+
 def make_copy(root: Path) -> Path:
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns(*NOT_COPIED))
-        elif source.exists():
-            shutil.copy2(source, root / name)
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
     check_imports_resolve(root)
     return root
 
