@@ -73,10 +73,11 @@ def prepare(plan: ReconstructionPlan):
     from ptycho_torch.npz_data import load_any_split
     from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive
     from ptycho_torch.preflight import check_machine, training_items
+    from ptycho_torch.trainer import fp16_runs_as_bf16
 
     check_machine(plan.execution)
     device = device_of(plan.execution.accelerator)
-    if plan.execution.precision == "16-mixed" and device.type == "cpu":
+    if fp16_runs_as_bf16(plan.execution.precision, device.type):
         warnings.warn("precision=16-mixed on the CPU: predicting under bf16 autocast (a CPU has no fp16 autocast; "
                       "training runs it as bf16-mixed too)", stacklevel=2)
     module = load_model(plan.checkpoint, device)

@@ -105,10 +105,15 @@ def build_logger(execution: PyTorchExecutionConfig, output_dir: Path) -> Logger 
     return False
 
 
+def fp16_runs_as_bf16(precision: str, device_type: str) -> bool:
+    """Whether Lightning runs ``precision`` as bf16-mixed there: a CPU has no fp16 autocast."""
+    return precision == "16-mixed" and device_type == "cpu"
+
+
 def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, output_dir: Path, *,
                   plugins: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> L.Trainer:
     check_shared_fields(training, execution)
-    if execution.precision == "16-mixed" and execution.accelerator == "cpu" and not plugins:
+    if fp16_runs_as_bf16(execution.precision, execution.accelerator) and not plugins:
         warnings.warn("precision=16-mixed on accelerator=cpu: Lightning runs bf16 autocast without a GradScaler",
                       stacklevel=2)
     checkpoints = output_dir / "checkpoints" if execution.enable_checkpointing else None
