@@ -64,9 +64,10 @@ def grads_finite(params: Params) -> torch.Tensor:
 
 
 def _unit_norms(tensor: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each unit (slice along dim 0), float32, shaped to broadcast against ``tensor``."""
+    """L2 norm of each unit (slice along dim 0), in float32 or wider, shaped to broadcast against ``tensor``."""
     dims = tuple(range(1, tensor.ndim)) if tensor.ndim > 1 else None  # None: the whole tensor
-    return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True, dtype=torch.float32)
+    dtype = torch.promote_types(tensor.dtype, torch.float32)  # float64 may not be narrowed
+    return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True, dtype=dtype)
 
 
 def _agc_norms(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +91,19 @@ def _agc_(params: list[torch.Tensor], lam: float) -> None:
         # Units within the bound get a factor of exactly 1, which leaves them bitwise unchanged.
         scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-30), 1.0)
         param.grad.mul_(scale.to(param.grad.dtype))
+
+
+def _clip_value_(params: list[torch.Tensor], clip_val: float) -> None:
+    """Clamp to [-c, c] per gradient dtype, c capped at the dtype's largest finite value.
+
+    torch refuses a clamp bound its dtype cannot hold (1e5 for float16, anything past 3.4e38 for
+    float32); clamping to the largest finite value is what such a bound means for those elements.
+    """
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for param in params:
+        by_dtype.setdefault(param.grad.dtype, []).append(param)
+    for dtype, group in by_dtype.items():
+        nn.utils.clip_grad_value_(group, clip_value=min(clip_val, torch.finfo(dtype).max))
 
 
 def check_clip_args(algorithm: str, clip_val: float | None) -> None:
@@ -118,6 +132,6 @@ def clip_gradients_(params: Params, algorithm: str, clip_val: float | None) -> N
     if algorithm == "norm":
         nn.utils.clip_grad_norm_(params, max_norm=float(clip_val))  # factor min(1, c / (norm + 1e-6))
     elif algorithm == "value":
-        nn.utils.clip_grad_value_(params, clip_value=float(clip_val))
+        _clip_value_(params, float(clip_val))
     else:
         _agc_(params, float(clip_val))

@@ -103,6 +103,35 @@ def test_clipping_actually_bites():
         assert measure(params) <= 0.1 * (1 + 1e-5), algorithm
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+GRAD_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("clip_val", [1e5, math.nextafter(FLOAT32_MAX, math.inf), 1e300],
+                         ids=["past-float16", "past-float32", "past-everything-but-float64"])
+@pytest.mark.parametrize("dtype", GRAD_DTYPES, ids=str)
+@pytest.mark.parametrize("algorithm", CLIP_ALGORITHMS)
+def test_a_bound_past_the_gradients_range_leaves_them_unchanged(algorithm, dtype, clip_val):
+    """A finite bound the gradients' dtype cannot hold is valid config (the rule only asks > 0):
+    torch's clamp refuses such a scalar, so clipping must cap it rather than crash mid-run."""
+    params = [nn.Parameter(p.detach().to(dtype)) for p in params_with_grads(seed=6, scale=2.0)]
+    for p, source in zip(params, params_with_grads(seed=6, scale=2.0)):
+        p.grad = None if source.grad is None else source.grad.to(dtype)
+    before = grads_of(params)
+    clip_gradients_(params, algorithm, clip_val)
+    assert all(old is None and p.grad is None or torch.equal(p.grad, old) for old, p in zip(before, params))
+
+
+def test_value_clipping_of_mixed_dtypes_caps_each_dtype_separately():
+    """One float16 gradient must not lower the bound applied to a float32 one."""
+    half, single = nn.Parameter(torch.zeros(2, dtype=torch.float16)), nn.Parameter(torch.zeros(2))
+    half.grad = torch.tensor([60000.0, -60000.0], dtype=torch.float16)
+    single.grad = torch.tensor([1e6, -3e5])
+    clip_gradients_([half, single], "value", 5e5)
+    assert torch.equal(half.grad, torch.tensor([60000.0, -60000.0], dtype=torch.float16))
+    assert torch.equal(single.grad, torch.tensor([5e5, -3e5]))
+
+
 def linear_with(weight: torch.Tensor, grad: torch.Tensor) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     with torch.no_grad():
