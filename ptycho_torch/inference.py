@@ -81,12 +81,26 @@ def prepare(plan: ReconstructionPlan):
         warnings.warn("precision=16-mixed on the CPU: predicting under bf16 autocast (a CPU has no fp16 autocast; "
                       "training runs it as bf16-mixed too)", stacklevel=2)
     module = load_model(plan.checkpoint, device)
+    _warn_of_another_precision(plan.execution.precision, module.trained_precision, device.type)
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
     _refuse_a_run_folder(plan.output_dir)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
     return module, data
+
+
+def _warn_of_another_precision(precision: str, trained: str | None, device_type: str) -> None:
+    """Predicting at another precision than the checkpoint trained at is allowed (float32 is the
+    more exact), but its recon.npz then differs from the run's own: say so, and how to match it."""
+    from ptycho_torch.trainer import fp16_runs_as_bf16
+
+    if trained is None or precision == trained:
+        return
+    predicted = "bf16-mixed" if fp16_runs_as_bf16(precision, device_type) else precision
+    if predicted != trained:  # 16-mixed asked on a CPU predicts as a CPU trained it: bf16-mixed
+        warnings.warn(f"the checkpoint trained at precision={trained}; predicting at precision={predicted}: "
+                      f"pass --precision {trained} to reproduce the run's own reconstruction", stacklevel=3)
 
 
 def _refuse_a_run_folder(folder: Path) -> None:

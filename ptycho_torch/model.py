@@ -62,6 +62,7 @@ class PtychoPINN(L.LightningModule):
         self._val_losses: list[torch.Tensor] = []
         self.last_val_loss: float | None = None
         self.trained_threads: int | None = None  # from a checkpoint: the intra-op threads it trained with
+        self.trained_precision: str | None = None  # from a checkpoint: the precision Lightning trained at
 
     # --- forward and loss ------------------------------------------------------------------
 
@@ -179,7 +180,8 @@ class PtychoPINN(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_STATE] = {"history": list(self.history), "nonfinite_skips": self.nonfinite_skips,
                                  "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss,
-                                 "threads": torch.get_num_threads()}  # a resumed run sums with as many
+                                 "threads": torch.get_num_threads(),  # a resumed run sums with as many
+                                 "precision": str(self.trainer.precision)}  # as run: 16-mixed on a CPU is bf16-mixed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RUN_STATE)
@@ -190,6 +192,7 @@ class PtychoPINN(L.LightningModule):
         self.optimizer_steps = state["optimizer_steps"]
         self.last_val_loss = state["last_val_loss"]
         self.trained_threads = state.get("threads")  # what prediction can use to sum in the same order
+        self.trained_precision = state.get("precision")  # absent in checkpoints written before it was recorded
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.cfg)

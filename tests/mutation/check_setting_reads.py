@@ -19,9 +19,11 @@ noticed rather than skipped. ``ptycho_torch/config.py`` (validation code) is not
 
 Each mutant first runs the most likely killers (``FAST_KILLERS``), then the rest of ``tests/``;
 pytest exit code 0 on both = survived, 1 = killed, anything else = a broken mutant (its output
-tail is shown). Settings whose effect needs hardware this machine lacks (``machine_bound`` in
-their runner route) are run and listed under their own heading; their survivors do not fail
-the check. This script's name does not match ``test_*.py``, so pytest never collects it.
+tail is shown). A kill is confirmed by running the killing test again on the restored copy: when
+it fails there too (a file the copy lacks, a flaky test), the mutant is broken, not killed.
+Settings whose effect needs hardware this machine lacks (``machine_bound`` in their runner route)
+are run and listed under their own heading; their survivors do not fail the check. This
+script's name does not match ``test_*.py``, so pytest never collects it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ CONFIG_NAMES: dict[str, dict[str, type]] = {
 NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("generators.py", "self.N"): "Generator.N, the generator's copy of ModelConfig.N (read from cfg.N in __init__)",
     ("model.py", "self.trainer.strategy"): "Lightning's Trainer.strategy object",
+    ("model.py", "self.trainer.precision"): "Lightning's Trainer.precision, the precision it runs (recorded in checkpoints)",
     ("trainer.py", "trainer.strategy"): "Lightning's Trainer.strategy object (StopOnSignal)",
     ("reconstruction.py", "data.N"): "GridLinesData.N, the patch side of the arrays",
     ("training.py", "data.N"): "GridLinesData.N, the patch side of the arrays (gridsize 2 inference)",
@@ -380,8 +383,26 @@ def run_stages(root: Path, timeout: float) -> tuple[str, str]:
     return "survived", ""
 
 
+PASSES_UNMUTATED: dict[str, bool] = {}  # killing test -> whether it passes on an unmutated copy
+PASSES_LOCK = threading.Lock()
+
+
+def passes_unmutated(root: Path, test_id: str, timeout: float) -> bool:
+    """Whether ``test_id`` passes on ``root`` as copied (asked once per test): a test that fails
+    without any mutant would count every mutant it meets as killed."""
+    with PASSES_LOCK:
+        known = PASSES_UNMUTATED.get(test_id)
+    if known is None:
+        code, _ = run_pytest(root, [test_id], timeout)
+        known = code == 0
+        with PASSES_LOCK:
+            PASSES_UNMUTATED[test_id] = known
+    return known
+
+
 def run_mutant(mutant: Mutant, copies: Copies, timeout: float) -> Outcome:
-    """Write the mutant into a borrowed copy, run the suite, restore the module."""
+    """Write the mutant into a borrowed copy, run the suite, restore the module; a kill counts
+    only when the killing test passes once the module is restored."""
     started, root = time.monotonic(), copies.borrow()
     target = root / mutant.read.path
     try:
@@ -389,6 +410,9 @@ def run_mutant(mutant: Mutant, copies: Copies, timeout: float) -> Outcome:
             return Outcome(mutant, "broken", f"{mutant.read.path} changed between the scan and the copy; rerun")
         target.write_text(mutant.source)
         verdict, detail = run_stages(root, timeout)
+        target.write_text(mutant.original)
+        if verdict == "killed" and not passes_unmutated(root, detail, timeout):
+            verdict, detail = "broken", f"not a kill: {detail} fails without the mutant too"
         return Outcome(mutant, verdict, detail, time.monotonic() - started)
     finally:
         target.write_text(mutant.original)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from ptycho_torch.config import TrainingConfig, from_jsonable
-from ptycho_torch.model import PtychoPINN
+from ptycho_torch.model import RUN_STATE, PtychoPINN
 from ptycho_torch.npz_data import load_npz, write_npz
 from ptycho_torch.physics import apply_probe_mask
 from scripts.grid_lines_reconstruct import main
@@ -155,6 +156,47 @@ def test_fp16_on_the_cpu_warns_and_predicts_in_bf16(trained, tmp_path, monkeypat
     with pytest.warns(UserWarning, match="precision=16-mixed on the CPU: predicting under bf16"):
         assert reconstruct(trained["gs1"], tmp_path / "fp16", "--precision", "16-mixed") == 0
     assert set(seen) == {torch.bfloat16}
+
+
+def with_trained_precision(run: Path, folder: Path, precision: str | None) -> Path:
+    """A copy of ``run`` whose checkpoint says it trained at ``precision`` (None: says nothing, as
+    checkpoints written before the precision was recorded)."""
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint[RUN_STATE]
+    if precision is None:
+        del state["precision"]
+    else:
+        state["precision"] = precision
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save(checkpoint, folder / "checkpoints" / "last.ckpt")
+    (folder / "data").symlink_to(run / "data")
+    return folder
+
+
+def precision_warnings(run: Path, out: Path, *extra: str) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reconstruct(run, out, *extra) == 0
+    return [str(w.message) for w in caught if "the checkpoint trained at" in str(w.message)]
+
+
+def test_a_checkpoint_records_the_precision_it_trained_at(trained):
+    checkpoint = torch.load(trained["gs1"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint[RUN_STATE]["precision"] == "32-true"  # TINY_ARGV trains in float32
+    module = PtychoPINN.load_from_checkpoint(trained["gs1"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert module.trained_precision == "32-true"
+
+
+def test_predicting_at_another_precision_than_trained_warns_how_to_match_it(trained, tmp_path):
+    run = with_trained_precision(trained["gs1"], tmp_path / "bf16_run", "bf16-mixed")
+    (message,) = precision_warnings(run, tmp_path / "default")
+    assert message == ("the checkpoint trained at precision=bf16-mixed; predicting at precision=32-true: "
+                       "pass --precision bf16-mixed to reproduce the run's own reconstruction")
+    assert precision_warnings(run, tmp_path / "same", "--precision", "bf16-mixed") == []
+    assert precision_warnings(run, tmp_path / "fp16", "--precision", "16-mixed") == []  # bf16 on a CPU too
+    assert precision_warnings(trained["gs1"], tmp_path / "fp32") == []
+    older = with_trained_precision(trained["gs1"], tmp_path / "older_run", None)
+    assert precision_warnings(older, tmp_path / "older") == []  # nothing recorded: nothing to compare
 
 
 def test_accelerator_is_checked_against_this_machine(trained, tmp_path, capsys):
