@@ -14,6 +14,7 @@ optimization. Settings are read only from TrainingConfig, by attribute.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +64,10 @@ class PtychoPINN(L.LightningModule):
         self.last_val_loss: float | None = None
         self.trained_threads: int | None = None  # from a checkpoint: the intra-op threads it trained with
         self.trained_precision: str | None = None  # from a checkpoint: the precision Lightning trained at
+        # Fit time of the weights across resumes: what the checkpoint resumed from had spent (None when
+        # it predates the record), plus this process's fit since on_fit_start.
+        self.prior_fit_seconds: float | None = 0.0
+        self._fit_started: float | None = None
 
     # --- forward and loss ------------------------------------------------------------------
 
@@ -177,11 +182,21 @@ class PtychoPINN(L.LightningModule):
 
     # --- checkpoints: the run's records travel with the weights ----------------------------------
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def fit_seconds(self) -> float | None:
+        """Seconds of fitting these weights have had, earlier processes included (None: unknown)."""
+        if self.prior_fit_seconds is None:
+            return None
+        return self.prior_fit_seconds + (0.0 if self._fit_started is None else time.perf_counter() - self._fit_started)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_STATE] = {"history": list(self.history), "nonfinite_skips": self.nonfinite_skips,
                                  "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss,
                                  "threads": torch.get_num_threads(),  # a resumed run sums with as many
-                                 "precision": str(self.trainer.precision)}  # as run: 16-mixed on a CPU is bf16-mixed
+                                 "precision": str(self.trainer.precision),  # as run: 16-mixed on a CPU is bf16-mixed
+                                 "fit_seconds": self.fit_seconds()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RUN_STATE)
@@ -193,6 +208,7 @@ class PtychoPINN(L.LightningModule):
         self.last_val_loss = state["last_val_loss"]
         self.trained_threads = state.get("threads")  # what prediction can use to sum in the same order
         self.trained_precision = state.get("precision")  # absent in checkpoints written before it was recorded
+        self.prior_fit_seconds = state.get("fit_seconds")
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.cfg)

@@ -132,7 +132,9 @@ def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_r
         fit_seconds = time.perf_counter() - started
         if trained.trainer.world_size > 1:
             write_rank_record(trained, out / "ranks")
-        timing = {"fit_seconds": fit_seconds, "threads": threads}
+        prior = trained.module.prior_fit_seconds  # what a resumed run's checkpoint had spent (None: not recorded)
+        timing = {"fit_seconds": None if prior is None else prior + fit_seconds,
+                  "fit_seconds_this_process": fit_seconds, "threads": threads}
         return write_results(out, plan.execution, trained, test_data, timing) if main_rank else None
 
 

@@ -167,6 +167,34 @@ def test_a_resumed_run_takes_the_thread_count_it_trained_with_unless_one_is_set(
     assert json.loads((run_dir / "timing.json").read_text())["threads"] == (3 if num_threads == 0 else 1)
 
 
+@pytest.mark.parametrize("recorded", [1000.0, None], ids=["recorded", "predates-the-record"])
+def test_a_resumed_runs_fit_seconds_count_the_fit_before_the_resume(tmp_path, recorded):
+    """timing.json's fit_seconds is the weights' whole fit: a resumed run adds the time its checkpoint
+    records; with no record (an older checkpoint) the whole is unknown, and says so."""
+    run_dir = tmp_path / "run"
+    done = run(RUNNER, *TINY_ARGV, "--epochs", "1", "--output-dir", str(run_dir))
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    first = json.loads((run_dir / "timing.json").read_text())
+    assert first["fit_seconds"] == first["fit_seconds_this_process"] > 0
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert 0 < state["ptycho_run_state"]["fit_seconds"] <= first["fit_seconds"]  # saved inside the fit
+    if recorded is None:
+        del state["ptycho_run_state"]["fit_seconds"]
+    else:
+        state["ptycho_run_state"]["fit_seconds"] = recorded  # as if the first epoch had taken that long
+    torch.save(state, checkpoint)
+    done = run(RUNNER, "--resume", "--epochs", "2", "--output-dir", str(run_dir))
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert 0 < timing["fit_seconds_this_process"] < 1000
+    if recorded is None:
+        assert timing["fit_seconds"] is None
+    else:
+        assert timing["fit_seconds"] == pytest.approx(recorded + timing["fit_seconds_this_process"], rel=1e-12)
+        assert torch.load(checkpoint, weights_only=True)["ptycho_run_state"]["fit_seconds"] > recorded
+
+
 def test_a_finished_run_trained_further_and_killed_keeps_no_stale_results(tmp_path):
     out = tmp_path / "run"
     assert run(RUNNER, *settings(1, 1, out)).returncode in FINISHED
