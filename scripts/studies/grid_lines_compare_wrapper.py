@@ -42,7 +42,7 @@ from scripts.studies.runner_cli import (
 )
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 from scripts.studies.baselines import (
-    INITS, flat_recon, parse_iterations, read_baseline_rows, remove_stale_baseline, run_baselines,
+    INITS, MAX_ITERATIONS, flat_recon, parse_iterations, read_baseline_rows, remove_stale_baseline, run_baselines,
 )
 from scripts.studies.study_table import markdown, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow writing into a non-empty output folder (a previous comparison is removed)")
     parser.add_argument("--baseline", type=parse_iterations, default=None, metavar="ITERATIONS",
                         help="also reconstruct the test split with an iterative engine (cdtools-py, the 'baselines' "
-                             "extra) from a flat start, scored after each of these iteration counts (e.g. 50,200)")
+                             "extra) from a flat start, scored after each of these iteration counts (e.g. 50,200; "
+                             f"each from 1 to {MAX_ITERATIONS})")
     parser.add_argument("--baseline-init", choices=INITS, default=None,
                         help="pinn: also start the engine from each cell's stitched PINN reconstruction and report "
                              "the iterations and seconds to reach the flat start's phase SSIM (default: flat)")
