@@ -189,6 +189,16 @@ def real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: boo
 
 
 CLIP_RULE = Optional(Interval(float, 0.0, message="must be None/0 (off) or a finite number > 0 (on)"))
+# The optimizers hand these to torch as scalars for float32 parameters, and torch refuses a scalar
+# its dtype cannot hold: past float32's largest finite value a run would crash mid-step.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def optimizer_scalar(*, positive: bool) -> Interval:
+    lower = "> 0" if positive else ">= 0"
+    return Interval(float, 0.0, FLOAT32_MAX, lo_open=positive,
+                    message=f"must be a finite number {lower} and <= {FLOAT32_MAX!r} (float32's largest: "
+                            "the optimizer applies it to float32 parameters)")
 
 
 FIELD_RULES: dict[str, Rule] = {
@@ -209,12 +219,12 @@ FIELD_RULES: dict[str, Rule] = {
     "seed": integer(0, MAX_SEED),
     "epochs": integer(1),
     "batch_size": integer(1),
-    "learning_rate": real(0.0, lo_open=True),
+    "learning_rate": optimizer_scalar(positive=True),
     "gradient_clip_val": CLIP_RULE,
     "gradient_clip_algorithm": Choice(CLIP_ALGORITHMS),
     "torch_loss_mode": Choice(LOSS_MODES),
     "optimizer": Choice(OPTIMIZERS),
-    "weight_decay": real(0.0),
+    "weight_decay": optimizer_scalar(positive=False),
     "momentum": real(0.0, 1.0, hi_open=True),
     "adam_beta1": real(0.0, 1.0, hi_open=True),
     "adam_beta2": real(0.0, 1.0, hi_open=True),
@@ -224,7 +234,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr_min_ratio": real(0.0, 1.0),
     "plateau_factor": real(0.0, 1.0, lo_open=True, hi_open=True),
     "plateau_patience": integer(0),
-    "plateau_min_lr": real(0.0),
+    "plateau_min_lr": optimizer_scalar(positive=False),  # a floor the learning rate is raised to
     "plateau_threshold": real(0.0),
     "val_fraction": real(0.0, 0.5),
     "log_grad_norm": Boolean(),

@@ -10,10 +10,10 @@ from hypothesis import given, strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ptycho_torch.clipping import agc_unit_ratios, global_grad_norm
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import FLOAT32_MAX, ConfigError, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
-from ptycho_torch.optimization import warmup_cosine_factor
+from ptycho_torch.optimization import build_optimizer, warmup_cosine_factor
 from ptycho_torch.physics import forward_amplitude
 from ptycho_torch.training import prediction_autocast, train
 from tests.helpers import QUIET, TRAINING_RUNS
@@ -203,3 +203,27 @@ def test_float32_prediction_does_not_autocast():
     with prediction_autocast("32-true", torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
         assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_every_optimizer_steps_at_the_largest_learning_rate_and_weight_decay_the_rules_allow(optimizer):
+    """The rules stop at float32's largest value because torch refuses a larger scalar for float32
+    parameters (it would crash mid-run); at the bound itself a step runs (its result may overflow,
+    which the run then reports as diverged)."""
+    def step(learning_rate: float) -> None:
+        param = torch.nn.Parameter(torch.ones(3))
+        param.grad = torch.full((3,), 0.5)
+        cfg = TrainingConfig(model=tiny_model_config("cnn"), optimizer=optimizer, learning_rate=FLOAT32_MAX,
+                             weight_decay=FLOAT32_MAX, momentum=0.5)
+        opt = build_optimizer([param], cfg)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate  # past the rule only here, to show what the bound prevents
+        opt.step()
+
+    step(FLOAT32_MAX)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainingConfig(learning_rate=math.nextafter(FLOAT32_MAX, math.inf))
+    if optimizer == "sgd":  # SGD hands the rate to torch as a float32 scalar: past the bound it crashes
+        with pytest.raises(RuntimeError, match="overflow"):
+            step(math.nextafter(FLOAT32_MAX, math.inf))
+
