@@ -145,7 +145,7 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
             return summary
         summary |= {**score_objects(recons, truth),
                     "phase_seam_ratio": phase_seam_ratio(recons, truth, data.metadata["stride"])}
-        artifacts.write_json(out / "metrics.json", summary)
         artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=truth)
         plots.plot_reconstruction(out / "reconstruction.png", truth[0], recons[0], title)
+        artifacts.write_json(out / "metrics.json", summary)  # last, as a run's: its presence means complete
         return summary

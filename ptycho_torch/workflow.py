@@ -211,7 +211,6 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
                "phase_seam_ratio": phase_seam_ratio(recons, test_data.YY_ground_truth, test_data.metadata["stride"]),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
-    artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_json(out / "timing.json", {"fit_seconds": None, **(timing or {}),
                                                "reconstruct_seconds": reconstruct_seconds,
                                                "inference_seconds": inference_seconds,
@@ -223,4 +222,6 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
                               f"{architecture}: test object 0")
     plots.plot_training(out / "training.png", module.history, training.gradient_clip_val,
                         training.gradient_clip_algorithm)
+    # Last: a folder with metrics.json holds a whole run (a restarted study keeps such a run as finished).
+    artifacts.write_json(out / "metrics.json", metrics)
     return metrics

@@ -422,6 +422,48 @@ def test_the_wrapper_checks_every_rows_folder_before_writing(tmp_path, capsys):
     assert "runs/fno" in capsys.readouterr().err and sorted(out.rglob("*")) == before
 
 
+def test_a_run_that_fails_while_writing_its_results_leaves_no_metrics_json(tmp_path, capsys, monkeypatch):
+    """metrics.json is written last: its presence means a whole run, which a restarted study keeps as
+    finished. A write failing after the others (here the last picture, as on a full disk) exits 1
+    and leaves a folder that is not mistaken for a finished run."""
+    import errno
+
+    from ptycho_torch import plots
+    from scripts.studies.sweep import FINISHED as FINISHED_CELL, cell_state
+    from scripts.studies.grid_lines_torch_runner import parse_config
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(plots, "plot_training", disk_full)
+    out = tmp_path / "run"
+    argv = [*TINY["runner"], "--output-dir", str(out)]
+    assert exit_status("runner", argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert (out / "recon.npz").is_file() and (out / "history.csv").is_file()  # written before the failure
+    assert not (out / "metrics.json").exists()
+    assert cell_state(parse_config(argv)[0]) != FINISHED_CELL
+
+
+def test_a_reconstruction_that_fails_while_writing_leaves_no_metrics_json(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from ptycho_torch import plots
+    from scripts.grid_lines_reconstruct import main as reconstruct
+
+    run = tmp_path / "run"
+    assert exit_status("runner", [*TINY["runner"], "--output-dir", str(run)]) in FINISHED
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(plots, "plot_reconstruction", disk_full)
+    out = tmp_path / "applied"
+    assert reconstruct(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--test-npz",
+                        str(run / "data" / "test.npz"), "--output-dir", str(out)]) == 1
+    assert (out / "recon.npz").is_file() and not (out / "metrics.json").exists()
+
+
 # --- honest outcomes ----------------------------------------------------------------------------------------
 
 def test_a_diverged_run_writes_its_artifacts_records_null_scores_and_exits_3(tmp_path, capsys):
