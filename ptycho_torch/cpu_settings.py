@@ -87,7 +87,10 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
 def environment_limit() -> int | None:
     """OMP_NUM_THREADS when it is a positive integer: the user's own cap."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    # isdigit alone admits '²' and 5000-digit strings, which int() refuses: a bad cap is no cap
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        return None
+    return int(value) or None
 
 
 def auto_threads(processes: int = 1) -> int:

@@ -34,7 +34,9 @@ MAX_ITERATIONS = 100_000
 def parse_iterations(text: str) -> tuple[int, ...]:
     """``50,200`` -> (50, 200): distinct integers in [1, MAX_ITERATIONS], in increasing order."""
     words = [w.strip() for w in text.split(",")]
-    if not all(w.isascii() and w.isdigit() and 1 <= int(w) <= MAX_ITERATIONS for w in words):
+    # the length first: int() refuses more than 4300 digits with a ValueError argparse would not explain
+    digits = len(str(MAX_ITERATIONS))
+    if not all(w.isascii() and w.isdigit() and len(w) <= digits and 1 <= int(w) <= MAX_ITERATIONS for w in words):
         raise argparse.ArgumentTypeError(f"expected comma-separated iteration counts from 1 to {MAX_ITERATIONS} "
                                          f"(e.g. 50,200), got {text!r}")
     counts = [int(w) for w in words]

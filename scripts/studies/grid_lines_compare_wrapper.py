@@ -74,7 +74,8 @@ def sweep_flags() -> dict[str, str]:
 
 
 def _jobs(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
+    word = text.strip()
+    value = int(word) if word.isascii() and word.isdigit() and len(word) <= 9 else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value

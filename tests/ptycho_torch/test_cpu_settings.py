@@ -42,8 +42,9 @@ def test_auto_threads_respect_omp_num_threads(machine, monkeypatch):
     machine(8, 0.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cpu_settings.auto_threads() == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
-    assert cpu_settings.auto_threads() == 8
+    for not_a_cap in ("not a number", "\u00b2", "9" * 5000, "0"):  # '²' passes isdigit, int() refuses it
+        monkeypatch.setenv("OMP_NUM_THREADS", not_a_cap)
+        assert cpu_settings.auto_threads() == 8, not_a_cap
 
 
 def test_busy_cores_exclude_this_process_own_work(monkeypatch):

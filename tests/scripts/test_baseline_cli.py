@@ -26,6 +26,7 @@ def table(out: Path) -> list[dict[str, str]]:
     (["--baseline", "0"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
     (["--baseline", "100001"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
     (["--baseline", "50,99999999999"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
+    (["--baseline", "9" * 5000], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
     (["--baseline", "fifty"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
     (["--baseline", "\u00b2"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),  # isdigit, not int
     (["--baseline", "5,5"], "an iteration count is given twice"),
@@ -34,7 +35,7 @@ def table(out: Path) -> list[dict[str, str]]:
     (["--baseline", "5", "--baseline-init", "warm"], "--baseline-init: invalid choice"),
     (["--baseline", "5", "--sweep", "data-seed=0,1"], "several datasets"),
     (["--baseline", "5", "--emit-commands"], "--emit-commands writes runner commands only"),
-], ids=["zero", "past-the-most", "far-past-the-most", "word", "superscript", "twice", "empty", "init-alone", "init-unknown", "two-datasets", "emit"])
+], ids=["zero", "past-the-most", "far-past-the-most", "5000-digits", "word", "superscript", "twice", "empty", "init-alone", "init-unknown", "two-datasets", "emit"])
 def test_bad_baseline_flags_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:

@@ -165,9 +165,11 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--sweep", "torch-epochs=1", "--sweep", "torch-epochs=2"], "swept twice"),
     (["--seeds", "0,x"], "--seeds='0,x'"),
     (["--jobs", "0"], "--jobs"),
+    (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
+    (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
 ], ids=["unknown", "bad-value", "rule", "twice", "no-values", "output-dir", "architectures", "swept-twice",
-        "seeds", "jobs", "cross-rule"])
+        "seeds", "jobs", "jobs-superscript", "jobs-5000-digits", "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
