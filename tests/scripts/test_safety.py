@@ -441,7 +441,7 @@ def test_a_run_that_fails_while_writing_its_results_leaves_no_metrics_json(tmp_p
     assert exit_status("runner", argv) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert (out / "recon.npz").is_file() and (out / "history.csv").is_file()  # written before the failure
-    assert not (out / "metrics.json").exists()
+    assert not (out / "metrics.json").exists() and leftovers(out) == []  # claim released, no temporary
     assert cell_state(parse_config(argv)[0]) != FINISHED_CELL
 
 
@@ -461,7 +461,7 @@ def test_a_reconstruction_that_fails_while_writing_leaves_no_metrics_json(tmp_pa
     out = tmp_path / "applied"
     assert reconstruct(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--test-npz",
                         str(run / "data" / "test.npz"), "--output-dir", str(out)]) == 1
-    assert (out / "recon.npz").is_file() and not (out / "metrics.json").exists()
+    assert (out / "recon.npz").is_file() and not (out / "metrics.json").exists() and leftovers(out) == []
 
 
 # --- honest outcomes ----------------------------------------------------------------------------------------
