@@ -66,6 +66,14 @@ class ConfigError(ValueError):
 Checked = tuple[Any, str | None]
 
 
+def plain_int(text: str, digits: int = 9) -> int | None:
+    """``text`` as an integer when it is ASCII decimal digits (at most ``digits``), else None.
+
+    ``str.isdigit`` alone admits '²' and strings of thousands of digits, which int() refuses."""
+    word = text.strip()
+    return int(word) if word.isascii() and word.isdigit() and len(word) <= digits else None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

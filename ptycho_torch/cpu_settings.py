@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
-from ptycho_torch.config import PyTorchExecutionConfig
+from ptycho_torch.config import PyTorchExecutionConfig, plain_int
 
 SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over the sample
 _chosen: list[int] = []  # the counts chosen by the enclosing ``intra_op_threads`` contexts
@@ -86,11 +86,7 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
 
 def environment_limit() -> int | None:
     """OMP_NUM_THREADS when it is a positive integer: the user's own cap."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    # isdigit alone admits '²' and 5000-digit strings, which int() refuses: a bad cap is no cap
-    if not (value.isascii() and value.isdigit() and len(value) <= 9):
-        return None
-    return int(value) or None
+    return plain_int(os.environ.get("OMP_NUM_THREADS", "")) or None  # not a positive integer: no cap
 
 
 def auto_threads(processes: int = 1) -> int:

@@ -93,11 +93,11 @@ def prepare(plan: ReconstructionPlan):
 def _warn_of_another_precision(precision: str, trained: str | None, device_type: str) -> None:
     """Predicting at another precision than the checkpoint trained at is allowed (float32 is the
     more exact), but its recon.npz then differs from the run's own: say so, and how to match it."""
-    from ptycho_torch.trainer import fp16_runs_as_bf16
+    from ptycho_torch.trainer import precision_run
 
     if trained is None or precision == trained:
         return
-    predicted = "bf16-mixed" if fp16_runs_as_bf16(precision, device_type) else precision
+    predicted = precision_run(precision, device_type)
     if predicted != trained:  # 16-mixed asked on a CPU predicts as a CPU trained it: bf16-mixed
         warnings.warn(f"the checkpoint trained at precision={trained}; predicting at precision={predicted}: "
                       f"pass --precision {trained} to reproduce the run's own reconstruction", stacklevel=3)

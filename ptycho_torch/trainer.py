@@ -110,6 +110,11 @@ def fp16_runs_as_bf16(precision: str, device_type: str) -> bool:
     return precision == "16-mixed" and device_type == "cpu"
 
 
+def precision_run(precision: str, device_type: str) -> str:
+    """The precision Lightning runs when asked for ``precision`` on that device type."""
+    return "bf16-mixed" if fp16_runs_as_bf16(precision, device_type) else precision
+
+
 def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, output_dir: Path, *,
                   plugins: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> L.Trainer:
     check_shared_fields(training, execution)

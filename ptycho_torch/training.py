@@ -25,7 +25,7 @@ from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
 from ptycho_torch.overlap import assemble_objects, canvas_side, group_members, group_offsets
 from ptycho_torch.scan import extract_patches
-from ptycho_torch.trainer import build_trainer, fp16_runs_as_bf16
+from ptycho_torch.trainer import build_trainer, precision_run
 
 
 @dataclass
@@ -83,7 +83,7 @@ def prediction_autocast(precision: str, device: torch.device):
         raise ValueError(f"precision={precision!r}: must be one of {', '.join(PRECISIONS)}")
     if precision == "32-true":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16-mixed" or fp16_runs_as_bf16(precision, device.type) else torch.float16
+    dtype = torch.bfloat16 if precision_run(precision, device.type) == "bf16-mixed" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

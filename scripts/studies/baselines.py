@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ptycho_torch.config import plain_int
 from scripts.studies.study_table import score_columns
 
 BASELINE_RECORD = Path("baseline") / "baseline.json"
@@ -33,13 +34,10 @@ MAX_ITERATIONS = 100_000
 
 def parse_iterations(text: str) -> tuple[int, ...]:
     """``50,200`` -> (50, 200): distinct integers in [1, MAX_ITERATIONS], in increasing order."""
-    words = [w.strip() for w in text.split(",")]
-    # the length first: int() refuses more than 4300 digits with a ValueError argparse would not explain
-    digits = len(str(MAX_ITERATIONS))
-    if not all(w.isascii() and w.isdigit() and len(w) <= digits and 1 <= int(w) <= MAX_ITERATIONS for w in words):
+    counts = [plain_int(w, digits=len(str(MAX_ITERATIONS))) for w in text.split(",")]
+    if not all(c is not None and 1 <= c <= MAX_ITERATIONS for c in counts):
         raise argparse.ArgumentTypeError(f"expected comma-separated iteration counts from 1 to {MAX_ITERATIONS} "
                                          f"(e.g. 50,200), got {text!r}")
-    counts = [int(w) for w in words]
     if len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError(f"{text!r}: an iteration count is given twice")
     return tuple(sorted(counts))

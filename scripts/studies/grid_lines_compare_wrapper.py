@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ARCHITECTURES, ConfigError
+from ptycho_torch.config import ARCHITECTURES, ConfigError, plain_int
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
     TorchRunnerConfig, ignored_given, plan_of, resolved_json, setup_simulation_config, warn_ignored,
@@ -74,8 +74,7 @@ def sweep_flags() -> dict[str, str]:
 
 
 def _jobs(text: str) -> int:
-    word = text.strip()
-    value = int(word) if word.isascii() and word.isdigit() and len(word) <= 9 else 0
+    value = plain_int(text) or 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
