@@ -175,3 +175,56 @@ def test_math_kernels_are_warmed_on_every_thread_once(monkeypatch):
     with cpu_settings.intra_op_threads(3):
         pass
     assert calls[2:] == [3 << 16, 3 << 16]  # more threads than warmed: warmed again
+
+
+PAGE_FAULTS_PER_FORWARD = """
+import resource
+import torch
+from ptycho_torch.config import ModelConfig
+from ptycho_torch.cpu_settings import intra_op_threads
+from ptycho_torch.generators import build_generator
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+generator = build_generator(ModelConfig(architecture="cnn")).eval()
+patterns = torch.rand(64, 32, 32, generator=torch.Generator().manual_seed(0))
+with intra_op_threads(1), torch.no_grad():
+    for _ in range(3):
+        generator(patterns)
+    before = faults()
+    for _ in range(5):
+        generator(patterns)
+    print((faults() - before) / 5)
+"""
+
+
+def _faults_per_forward(**environment: str) -> float:
+    import os
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")} | environment
+    return float(subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_FORWARD], capture_output=True, text=True,
+                                timeout=120, check=True, env=env).stdout)
+
+
+@pytest.mark.skipif(cpu_settings._glibc() is None, reason="malloc thresholds are glibc's")
+def test_freed_memory_is_reused_instead_of_faulting_fresh_pages():
+    """Every forward of the cnn on 64 patterns faulted thousands of fresh pages (glibc returned its
+    freed activations to the system); with the thresholds fixed, repeated forwards fault none."""
+    assert _faults_per_forward() < 50
+    # a MALLOC_ variable (one that leaves the thresholds alone) keeps glibc's adaptive defaults
+    assert _faults_per_forward(MALLOC_ARENA_MAX="8") > 1000
+
+
+@pytest.mark.skipif(cpu_settings._glibc() is None, reason="malloc thresholds are glibc's")
+def test_malloc_tunables_of_the_user_are_left_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_settings, "_memory_retained", False)
+    monkeypatch.setattr(cpu_settings, "_glibc", lambda: type("libc", (), {"mallopt": lambda *a: calls.append(a) or 1}))
+    for name, value in (("MALLOC_ARENA_MAX", "2"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert cpu_settings.retain_freed_memory() is False
+    assert calls == []
+    assert cpu_settings.retain_freed_memory() is True
+    assert calls == [(cpu_settings.M_MMAP_THRESHOLD, 32 << 20), (cpu_settings.M_TRIM_THRESHOLD, 512 << 20)]
