@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ptycho_torch.config import ModelConfig
+from ptycho_torch.fused import ConvGELUSequential
 from ptycho_torch.spectral import spectral_conv
 
 MIN_CNN_SIZE = 8  # the cnn bottleneck stops at 8x8 pixels (N=64 -> three levels)
@@ -103,8 +104,8 @@ class DenseGELU(nn.GELU):
 
 
 def conv_block(in_channels: int, out_channels: int, first: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
-    """Two 3x3 convolutions with GELU; the spatial size is kept."""
-    return nn.Sequential(
+    """Two 3x3 convolutions with GELU; the spatial size is kept (each pair fused in prediction)."""
+    return ConvGELUSequential(
         first(in_channels, out_channels, 3, padding=1), DenseGELU(),
         nn.Conv2d(out_channels, out_channels, 3, padding=1), DenseGELU(),
     )
@@ -220,7 +221,7 @@ class FNOGenerator(Generator):
         layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
         for _ in range(cfg.fno_cnn_blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), DenseGELU()]
-        super().__init__(cfg, nn.Sequential(*layers), width)
+        super().__init__(cfg, ConvGELUSequential(*layers), width)
 
 
 class HybridGenerator(Generator):
@@ -237,7 +238,7 @@ class HybridGenerator(Generator):
                 size //= 2
         channels = pyramid_channels(cfg.cnn_channels, downsamples)
         layers += [nn.Conv2d(cfg.fno_width, channels[-1], 1), DenseGELU(), ConvDecoder(channels)]
-        super().__init__(cfg, nn.Sequential(*layers), channels[0])
+        super().__init__(cfg, ConvGELUSequential(*layers), channels[0])
 
 
 GENERATORS: dict[str, Callable[[ModelConfig], Generator]] = {

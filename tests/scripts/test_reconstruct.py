@@ -125,15 +125,20 @@ def test_num_threads_sets_the_threads_prediction_runs_with(trained, tmp_path, mo
 
 
 def conv_dtypes(monkeypatch) -> list[torch.dtype]:
-    """The dtype of every convolution's output."""
-    seen, forward = [], torch.nn.Conv2d.forward
+    """The dtype of every convolution's output, those fused with their GELU (``fused``) included."""
+    from ptycho_torch import fused
 
-    def recorded(self, x):
-        out = forward(self, x)
-        seen.append(out.dtype)
-        return out
+    seen = []
 
-    monkeypatch.setattr(torch.nn.Conv2d, "forward", recorded)
+    def recorded(function):
+        def call(*args):
+            out = function(*args)
+            seen.append(out.dtype)
+            return out
+        return call
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recorded(torch.nn.Conv2d.forward))
+    monkeypatch.setattr(fused, "conv_gelu", recorded(fused.conv_gelu))
     return seen
 
 
