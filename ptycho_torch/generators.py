@@ -72,8 +72,15 @@ class ComplexHead(nn.Module):
         # back to the plain layout: the physics, the overlap merge and the losses index patches by pixel
         first, second = self.project(features).float().contiguous().split(self.patches, dim=1)  # 2 x (B, P, n, n)
         if self.output_mode == "amp_phase":
-            return torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, P, n, n) complex64
+            return polar(torch.sigmoid(first), math.pi * torch.tanh(second))  # (B, P, n, n) complex64
         return torch.complex(first, second)  # (B, P, n, n) complex64
+
+
+def polar(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """amplitude * exp(i phase), as ``torch.polar`` to float32 rounding, with vectorized cos and sin:
+    torch 2.13's CPU polar kernel is scalar (586 us against 149 us for 169 patches of 32 x 32 here,
+    half the head's time in prediction)."""
+    return torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
 
 
 class InputConv2d(nn.Conv2d):

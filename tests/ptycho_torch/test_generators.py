@@ -270,3 +270,21 @@ def test_every_generator_uses_the_layout_aware_gelu():
     for architecture in ARCHITECTURES:
         acts = [type(m) for m in build_generator(tiny_model_config(architecture)).modules() if isinstance(m, torch.nn.GELU)]
         assert acts and set(acts) == {DenseGELU}, architecture
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3000), seeds)
+def test_the_heads_polar_equals_torch_polar_to_float32_rounding_forward_and_backward(size, seed):
+    from ptycho_torch.generators import polar
+
+    gen = torch.Generator().manual_seed(seed)
+    amplitude, phase, upstream = torch.rand(size, generator=gen), (torch.rand(size, generator=gen) - 0.5) * 2 * math.pi, \
+        torch.randn(size, dtype=torch.complex64, generator=gen)
+    results = []
+    for function in (polar, torch.polar):
+        a, p = amplitude.clone().requires_grad_(), phase.clone().requires_grad_()
+        out = function(a, p)
+        out.backward(upstream)
+        results.append((out, a.grad, p.grad))
+    for mine, torchs in zip(*results):
+        torch.testing.assert_close(mine, torchs, rtol=1e-6, atol=1e-6)
