@@ -450,7 +450,7 @@ class PyTorchExecutionConfig(Validated):
     deterministic: bool = True  # torch deterministic algorithms
     num_workers: int = 0  # DataLoader worker processes
     num_threads: int = 0  # torch intra-op threads per process; 0 = automatic (ptycho_torch.cpu_settings)
-    infer_batch_size: int = 64  # batch size for predicting the test split
+    infer_batch_size: int = 256  # batch size for predicting the test split and validating (demo: one forward)
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     logger_backend: str = "csv"  # csv | tensorboard | none

@@ -162,7 +162,7 @@ def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
     return stitch_objects(patches.numpy(), test_data)  # (I, H, W) complex64
 
 
-INFERENCE_REPEATS = 3
+INFERENCE_REPEATS = 10
 
 
 def warm_inference_seconds(module, test_data, execution: PyTorchExecutionConfig) -> float:

@@ -44,7 +44,7 @@ class ReconstructConfig(Validated):
                               help="allow writing into a non-empty output folder")
     accelerator: str = setting("cpu", to=E, choices=ACCELERATORS, help="device to predict on",
                                machine_bound="needs a GPU: on a CPU-only machine every choice resolves to the CPU")
-    infer_batch_size: int = setting(64, to=E, help="patterns (gridsize 1) or groups (gridsize 2) per forward pass")
+    infer_batch_size: int = setting(256, to=E, help="patterns (gridsize 1) or groups (gridsize 2) per forward pass")
     num_threads: int = setting(0, to=E, help="torch threads; 0 = the cores other work leaves free")
     precision: str = setting("32-true", to=E, choices=PRECISIONS,
                              help="numeric precision of the forward passes; bf16-mixed runs them under bf16 autocast "

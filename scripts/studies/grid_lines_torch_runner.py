@@ -120,7 +120,7 @@ class TorchRunnerConfig(Validated):
     num_workers: int = setting(0, to=E, help="DataLoader worker processes")
     num_threads: int = setting(0, to=E, help="torch threads per process; 0 = the cores other work leaves free, "
                                              "shared among DDP ranks (give each of several concurrent runs its share)")
-    infer_batch_size: int = setting(64, to=E, help="batch size when predicting the test split")
+    infer_batch_size: int = setting(256, to=E, help="batch size when predicting the test split")
     enable_progress_bar: bool = setting(True, to=E, help="show Lightning's progress bar")
     enable_checkpointing: bool = setting(True, to=E, help="write checkpoints under output_dir")
     logger_backend: str = setting("csv", to=E, choices=LOGGER_BACKENDS, help="Lightning logger")
