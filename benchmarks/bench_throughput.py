@@ -15,7 +15,9 @@ bench_training's subject). Per variant it prints:
                    float32, or in bf16 for a bf16-mixed variant (its forward under bf16 autocast,
                    as Lightning's bf16-mixed runs it; the spectral products stay float32)
   contended ms     (--contention) the same step while another process keeps one core busy, with
-                   the automatic thread count (``cpu_settings.auto_threads``) against a fixed --threads
+                   the automatic thread count (``cpu_settings.auto_threads``) against a fixed --threads;
+                   and the step with the automatic count on the idle machine: the slowdown is the
+                   lost core (idle-machine ratio) times the interference (contended / idle, same threads)
 With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step (per precision).
 With --compile, each variant again with the generator run through torch.compile (timed after
 its first, compiling, step).
@@ -156,8 +158,11 @@ def busy_process() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def contended(variants: list[Variant], steps: int, repeats: int, fixed_threads: int) -> dict[str, tuple[int, float, float]]:
-    """Per variant: (auto threads, step time with them, step time with ``fixed_threads``), one core busy."""
+def contended(variants: list[Variant], steps: int, repeats: int,
+              fixed_threads: int) -> dict[str, tuple[int, float, float, float]]:
+    """Per variant: (auto threads, step time with them, step time with ``fixed_threads``), one core
+    busy, and the step time with the auto thread count on the idle machine (after the busy process):
+    what the run would take with those threads alone, so that auto / alone is the interference."""
     try:
         from ptycho_torch.cpu_settings import auto_threads
     except ImportError:  # a checkout from before the thread setting (a baseline): torch's own default
@@ -174,10 +179,14 @@ def contended(variants: list[Variant], steps: int, repeats: int, fixed_threads: 
             torch.set_num_threads(fixed_threads)
             fixed = timed([variant], steps, repeats)[variant.name]
             result[variant.name] = (threads, auto, fixed)
-        return result
     finally:
         busy.kill()
         busy.wait()
+    time.sleep(1.0)
+    torch.set_num_threads(threads)
+    alone = {variant.name: timed([variant], steps, repeats)[variant.name] for variant in variants}
+    torch.set_num_threads(fixed_threads)
+    return {name: (*row, alone[name]) for name, row in result.items()}
 
 
 def profile(variant: Variant, rows: int = 15) -> str:
@@ -237,6 +246,12 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
+    try:
+        from ptycho_torch.cpu_settings import retain_freed_memory
+    except ImportError:  # a checkout from before the setting (a baseline): glibc's adaptive thresholds
+        retain_freed_memory = None
+    if retain_freed_memory is not None:
+        print(f"freed memory kept for reuse (as runs do): {retain_freed_memory()}")
     pairs = parse_variants(args.variants)
     precisions = args.precisions
     variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
@@ -256,13 +271,13 @@ def main(argv=None) -> None:
     print(f"load {load()}")
     if args.contention:
         rows = contended(variants, args.steps, max(1, args.repeats // 2), args.threads)
-        print("\n| variant (one core busy) | auto threads | auto ms | slowdown | "
-              f"{args.threads} threads ms | slowdown |")
-        print("|---|---|---|---|---|---|")
+        print("\n| variant (one core busy) | auto threads | auto ms | slowdown | same threads, idle machine ms | "
+              f"interference | {args.threads} threads ms | slowdown |")
+        print("|---|---|---|---|---|---|---|---|")
         for v in variants:
-            threads, auto, fixed = rows[v.name]
-            print(f"| {v.name} | {threads} | {auto * 1e3:.1f} | {auto / times[v.name]:.2f}x | {fixed * 1e3:.1f} "
-                  f"| {fixed / times[v.name]:.2f}x |")
+            threads, auto, fixed, alone = rows[v.name]
+            print(f"| {v.name} | {threads} | {auto * 1e3:.1f} | {auto / times[v.name]:.2f}x | {alone * 1e3:.1f} "
+                  f"| {auto / alone:.2f}x | {fixed * 1e3:.1f} | {fixed / times[v.name]:.2f}x |")
         print(f"load {load()}")
     if args.profile:
         architecture, gridsize = parse_variants(args.profile)[0]
