@@ -80,6 +80,6 @@ def stitch_patches(patches: Any, positions: np.ndarray, N: int, stride: int) -> 
     positions = np.asarray(positions)
     order, n_rows, n_cols = _grid_order(positions, stride)
     c = crop_offset(N, stride)
-    crops = patches[order][:, c:c + stride, c:c + stride]  # (M, s, s), row-major
+    crops = patches[:, c:c + stride, c:c + stride][order]  # (M, s, s), row-major; copies the crops only
     tiles = crops.reshape(n_rows, n_cols, stride, stride).swapaxes(1, 2)  # (n_rows, s, n_cols, s)
     return tiles.reshape(n_rows * stride, n_cols * stride)  # (H, W)
