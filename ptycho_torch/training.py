@@ -109,7 +109,7 @@ def _predict_patches(module: PtychoPINN, data: GridLinesData, batch_size: int) -
     if gridsize == 1:
         batches = [module(patterns[i:i + batch_size].to(module.device)).to(torch.complex64).cpu()
                    for i in range(0, len(patterns), batch_size)]
-        return torch.cat(batches)  # (M, N, N) complex64
+        return batches[0] if len(batches) == 1 else torch.cat(batches)  # (M, N, N) complex64
     groups = group_members(data.coords, data.image_index, gridsize)  # (G, C)
     offsets = torch.from_numpy(group_offsets(data.coords, groups))  # (G, C, 2)
     side = canvas_side(offsets, data.N)
