@@ -27,9 +27,10 @@ therefore calls each of them once, on every thread, whenever it sets more thread
 
 Freed memory kept for reuse. glibc's malloc returns large freed blocks to the system (blocks
 above its adaptive mmap threshold, and a heap top above twice that), so the next tensor of that
-size is fresh memory whose every page faults on first touch: 4,064 page faults per cnn forward
-of 64 patterns, 18,272 per fno forward, 2,083 per fno training step, measured here, which cost
-a quarter of a reconstruction's time. ``retain_freed_memory`` fixes glibc's thresholds once per
+size is fresh memory whose every page faults on first touch: 8,000-20,000 page faults per fno
+forward of 64 patterns, 2,000-2,800 per fno training step, 4,064 per cnn forward (or none: it
+depends on where the address space puts the heap), measured here; they cost a quarter of a
+reconstruction's time. ``retain_freed_memory`` fixes glibc's thresholds once per
 process (blocks up to 32 MiB, glibc's largest, come from the heap; up to 512 MiB of free heap top
 is kept), after which those counts are 0. Like the warm-up, it is a process-wide setting that
 ``intra_op_threads`` applies and does not undo; it is left alone where the user tuned malloc
