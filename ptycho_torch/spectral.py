@@ -118,6 +118,13 @@ class _SpectralConv(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
+        # The backward runs in the caller's autocast state (Lightning calls it inside the training
+        # step's bf16 autocast): the DFT products must stay float32 there too, as in the forward.
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            return _SpectralConv._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: torch.Tensor):
         x_modes, stored = ctx.saved_tensors
         adjoint = ctx.adjoint
         g_modes = _analyse(grad.contiguous(), adjoint.row_analysis, adjoint.column_analysis)  # (K, B, out)

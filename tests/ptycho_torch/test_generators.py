@@ -240,6 +240,26 @@ def test_spectral_conv_equals_the_per_mode_definition_forward_and_backward(case)
         torch.testing.assert_close(got, want.float(), rtol=0, atol=tolerance, msg=lambda m: f"grad {name}: {m}")
 
 
+@pytest.mark.parametrize("architecture", ["fno", "hybrid"])
+def test_spectral_gradients_are_float32_when_the_backward_runs_inside_bf16_autocast(architecture):
+    """Lightning's manual optimization calls backward inside the training step's autocast: the
+    spectral layer's backward must still compute its DFT products in float32 (it crashed there, and
+    before that it silently ran them in bf16), so its gradients equal a backward outside autocast."""
+    grads = []
+    for inside in (False, True):
+        generator = seeded_generator(architecture=architecture, N=16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = generator(amplitudes(3, 16)).abs().square().sum()
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append({name: p.grad for name, p in generator.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+
 def test_spectral_conv_gradients_pass_gradcheck_in_double():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -227,3 +228,12 @@ def test_every_optimizer_steps_at_the_largest_learning_rate_and_weight_decay_the
         with pytest.raises(RuntimeError, match="overflow"):
             step(math.nextafter(FLOAT32_MAX, math.inf))
 
+
+
+@pytest.mark.parametrize("architecture", ["fno", "hybrid"])
+def test_spectral_architectures_train_at_bf16_mixed(architecture, tiny_data, tmp_path):
+    """Lightning runs the backward inside the step's bf16 autocast (the spectral backward crashed there)."""
+    cfg, execution = configs(architecture, epochs=1)
+    execution = dataclasses.replace(execution, precision="bf16-mixed")
+    module = train(cfg, execution, tiny_data[0], tmp_path).module
+    assert module.optimizer_steps > 0 and all(math.isfinite(row["loss"]) for row in module.history)
