@@ -47,7 +47,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer`` applied to ``x`` may run fused with a following GELU."""
     return (_POINTWISE_CONV is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available() and isinstance(layer, nn.Conv2d)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled  # the user may turn it off
+            and isinstance(layer, nn.Conv2d)
             and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
             and compute_dtype(x) in FUSED_DTYPES and layer.weight.dtype in FUSED_DTYPES)
 

@@ -140,3 +140,14 @@ def test_a_gelu_without_a_convolution_before_it_is_not_fused(fused_calls):
 def test_parameter_names_are_those_of_nn_sequential_so_checkpoints_load_either_way():
     layers = [nn.Conv2d(1, 2, 3), DenseGELU(), nn.Conv2d(2, 2, 3), DenseGELU()]
     assert list(ConvGELUSequential(*layers).state_dict()) == list(nn.Sequential(*layers).state_dict())
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note on entering the flags
+def test_nothing_is_fused_where_the_user_turned_onednn_off(fused_calls):
+    pair = ConvGELUSequential(nn.Conv2d(2, 3, 3, padding=1), DenseGELU())
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        pair(torch.randn(1, 2, 8, 8))
+    assert fused_calls == []
+    with torch.no_grad():
+        pair(torch.randn(1, 2, 8, 8))
+    assert len(fused_calls) == 1
