@@ -10,10 +10,12 @@ and exit status 2. Torch-free, like the declarations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,7 +199,7 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
     from ptycho_torch.output_folder import OutputDirError
 
     try:
-        with signals_interrupt():
+        with signals_interrupt(), one_line_warnings():
             with deferred():  # a signal inside torch's first import would cut its C++ set-up short (SIGABRT)
                 import torch  # noqa: F401
             return work()
@@ -215,6 +217,27 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
         return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
     except OSError as err:
         return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)
+
+
+OWN_PACKAGES = tuple(Path(__file__).resolve().parents[2] / name for name in ("ptycho_torch", "scripts"))
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """This project's own warnings printed as the commands' other messages ("warning: ..."), not
+    with Python's file:line prefix and source line; other libraries' warnings keep their format."""
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if any(Path(filename).resolve().is_relative_to(package) for package in OWN_PACKAGES):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 def _fail(message: str, status: int, label: str = "error") -> int:

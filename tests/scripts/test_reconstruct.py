@@ -310,3 +310,28 @@ def test_a_training_runs_folder_is_refused_even_with_overwrite(trained, tmp_path
     assert reconstruct(run_copy, run_copy, "--overwrite") == 2
     assert "holds a training run" in capsys.readouterr().err
     assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_the_command_prints_its_own_warnings_as_one_line_each(trained, tmp_path):
+    """As the runner's "warning: ..." lines: no file:line prefix, no source line."""
+    run = trained["gs1"]
+    done = subprocess.run([sys.executable, "-m", "scripts.grid_lines_reconstruct", "--checkpoint",
+                           str(run / "checkpoints" / "last.ckpt"), "--test-npz", str(run / "data" / "test.npz"),
+                           "--output-dir", str(tmp_path / "out"), "--precision", "bf16-mixed", "--num-threads", "1"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr
+    ours = [line for line in done.stderr.splitlines() if "the checkpoint trained at precision=32-true" in line]
+    assert ours == ["warning: the checkpoint trained at precision=32-true; predicting at precision=bf16-mixed: "
+                    "pass --precision 32-true to reproduce the run's own reconstruction"], done.stderr
+    assert "UserWarning" not in done.stderr and "inference.py" not in done.stderr
+
+
+def test_other_libraries_warnings_keep_their_format():
+    from scripts.studies.runner_cli import one_line_warnings
+
+    with one_line_warnings():
+        foreign = warnings.formatwarning("deprecated", DeprecationWarning, "/elsewhere/lib.py", 7, "x = 1")
+        own = warnings.formatwarning("careful", UserWarning, str(Path("ptycho_torch/inference.py").resolve()), 3, "")
+    assert foreign.startswith("/elsewhere/lib.py:7: DeprecationWarning: deprecated")
+    assert own == "warning: careful\n"
+    assert warnings.formatwarning("careful", UserWarning, "ptycho_torch/inference.py", 3, "") != own  # restored
