@@ -66,7 +66,7 @@ class ComplexHead(nn.Module):
         self.output_mode = output_mode
         self.patches = patches
         # channels [0, P) / [P, 2P): amp / phase (or re / im) of each patch
-        self.project = nn.Conv2d(in_channels, 2 * patches, kernel_size=1)
+        self.project = PointwiseConv2d(in_channels, 2 * patches)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # back to the plain layout: the physics, the overlap merge and the losses index patches by pixel
@@ -93,6 +93,27 @@ class InputConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).contiguous(memory_format=torch.channels_last)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution computed as one matrix product over the pixels, answering in channels_last.
+
+    A channels_last (B, C, H, W) tensor is a (B H W, C) matrix in memory, so the layer is
+    ``addmm(bias, pixels, weight^T)`` and its backward two more products. oneDNN's 1x1
+    convolution took 0.58 ms forward and 1.3 ms with the backward for the fno's lift from one
+    input channel (16 x 32 x 32 pixels, 32 outputs) on this CPU, the product 0.06 / 0.3 ms. The
+    parameters are those of ``nn.Conv2d(in, out, 1)``: checkpoints load either way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # (B H W, in): a view in channels_last
+        weight = self.weight.view(self.out_channels, self.in_channels).t()  # (in, out)
+        out = pixels @ weight if self.bias is None else torch.addmm(self.bias, pixels, weight)
+        return out.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)  # channels_last
 
 
 class DenseGELU(nn.GELU):
@@ -224,7 +245,7 @@ class FNOGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         width = cfg.fno_width
-        layers: list[nn.Module] = [InputConv2d(group_size(cfg), width, 1)]
+        layers: list[nn.Module] = [PointwiseConv2d(group_size(cfg), width)]
         layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
         for _ in range(cfg.fno_cnn_blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), DenseGELU()]
@@ -236,7 +257,7 @@ class HybridGenerator(Generator):
 
     def __init__(self, cfg: ModelConfig):
         downsamples = halvings(cfg.N, MIN_HYBRID_SIZE, most=cfg.fno_blocks)
-        layers: list[nn.Module] = [InputConv2d(group_size(cfg), cfg.fno_width, 1)]
+        layers: list[nn.Module] = [PointwiseConv2d(group_size(cfg), cfg.fno_width)]
         size = cfg.N
         for stage in range(cfg.fno_blocks):
             layers.append(SpectralBlock(cfg.fno_width, min(cfg.fno_modes, size // 2)))
@@ -244,7 +265,7 @@ class HybridGenerator(Generator):
                 layers.append(nn.AvgPool2d(2))  # (B, width, size/2, size/2)
                 size //= 2
         channels = pyramid_channels(cfg.cnn_channels, downsamples)
-        layers += [nn.Conv2d(cfg.fno_width, channels[-1], 1), DenseGELU(), ConvDecoder(channels)]
+        layers += [PointwiseConv2d(cfg.fno_width, channels[-1]), DenseGELU(), ConvDecoder(channels)]
         super().__init__(cfg, ConvGELUSequential(*layers), channels[0])
 
 

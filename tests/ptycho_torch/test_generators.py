@@ -11,7 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
-from ptycho_torch.generators import GENERATORS, DenseGELU, SpectralConv2d, build_generator, tiny_model_config
+from ptycho_torch.generators import (GENERATORS, DenseGELU, PointwiseConv2d, SpectralConv2d, build_generator,
+                                     tiny_model_config)
 from ptycho_torch.spectral import spectral_conv
 from tests.helpers import examples
 from tests.strategies import circular_shifts, seeds
@@ -284,6 +285,50 @@ def test_dense_gelu_equals_gelu_of_a_contiguous_tensor_and_keeps_channels_last(b
         out.backward(upstream.contiguous(memory_format=layout))
         assert torch.equal(out, expected) and torch.equal(x.grad, reference.grad)
         assert out.is_contiguous(memory_format=layout)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9), st.booleans(),
+       st.sampled_from([torch.channels_last, torch.contiguous_format]), seeds)
+def test_pointwise_conv_equals_a_1x1_convolution_forward_and_backward(batch, inputs, outputs, h, w, bias, layout, seed):
+    """The matrix-product 1x1 layer against torch's convolution with the same parameters, any layout
+    in, channels_last out."""
+    gen = torch.Generator().manual_seed(seed)
+    layer = PointwiseConv2d(inputs, outputs)
+    if not bias:
+        layer.bias = None
+    plain = torch.randn(batch, inputs, h, w, generator=gen)
+    upstream = torch.randn(batch, outputs, h, w, generator=gen)
+    results = []
+    for function in (layer, lambda x: torch.nn.functional.conv2d(x, layer.weight, layer.bias)):
+        layer.zero_grad(set_to_none=True)
+        x = plain.clone(memory_format=layout).requires_grad_()
+        out = function(x)
+        out.backward(upstream)
+        results.append((out, x.grad, layer.weight.grad, None if layer.bias is None else layer.bias.grad))
+    (mine, *my_grads), (torchs, *torch_grads) = results
+    torch.testing.assert_close(mine, torchs, rtol=1e-5, atol=1e-5)
+    for a, b in zip(my_grads, torch_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert mine.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pointwise_conv_follows_bf16_autocast_like_a_convolution():
+    layer, x = PointwiseConv2d(3, 5), torch.randn(2, 3, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, reference = layer(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias)
+    assert out.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_every_1x1_convolution_of_the_generators_is_the_matrix_product_layer():
+    for architecture in ARCHITECTURES:
+        for gridsize in (1, 2):
+            model = build_generator(tiny_model_config(architecture, gridsize=gridsize))
+            pointwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+            assert pointwise and all(isinstance(m, PointwiseConv2d) for m in pointwise), (architecture, gridsize)
 
 
 def test_every_generator_uses_the_layout_aware_gelu():
