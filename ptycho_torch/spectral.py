@@ -17,11 +17,17 @@ and the Nyquist column, 2 for the others, which stand for their mirror images to
 column synthesis matrix, its normalization in both synthesis matrices (1/W and 1/H).
 
 The backward pass is written out as the adjoint of each linear step in reverse order: analysis
-and synthesis are each other's adjoints with conjugate-transposed matrices (``_transforms``
-returns both sets), so with G = the adjoint of the synthesis applied to the incoming gradient,
+and synthesis are each other's adjoints with conjugate-transposed matrices, so with G = the
+adjoint of the synthesis applied to the incoming gradient,
 
     grad_x = adjoint of the analysis applied to  G W^H    (the layer again, with W^H per mode)
     grad_W[o, k, i] = G_o[k] conj(X_i[k])
+
+It works with conj(G) instead, which the adjoint matrices conjugated give directly (``_transforms``
+returns that set: conjugating the row matrices and negating the imaginary rows or columns of the
+column matrices conjugates what they produce, or what they consume): conj(G) W^T is conj(G W^H)
+with the stored weight read in place (W^H would be a conjugated copy of it), and conj(G)^T X is
+conj(grad_W) from two plain operands.
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ class _Transforms(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def _transforms(height: int, width: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[_Transforms, _Transforms]:
-    """(forward, adjoint) matrices for an (H, W) input and m modes, built in float64."""
+    """(forward, conjugated adjoint) matrices for an (H, W) input and m modes, built in float64.
+
+    With the second set, ``_analyse`` gives the conjugate of the adjoint synthesis and ``_synthesise``
+    applies the adjoint analysis to the conjugate of its input."""
     frequencies = torch.cat([torch.arange(m), torch.arange(height - m, height)]).double()  # (2m,)
     row_angles = 2 * math.pi * torch.outer(frequencies, torch.arange(height).double()) / height  # (2m, H)
     row_analysis = torch.polar(torch.ones_like(row_angles), -row_angles)
@@ -64,11 +73,14 @@ def _transforms(height: int, width: int, m: int, dtype: torch.dtype, device: tor
     forward = _Transforms(row_analysis, column_analysis, row_analysis.conj().T / height, synthesis_rows.T)
     adjoint = _Transforms(*(matrix.conj().T for matrix in (forward.row_synthesis, forward.column_synthesis,
                                                           forward.row_analysis, forward.column_analysis)))
+    imaginary = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(m)  # -1 at the im part of each column c
+    conjugated_adjoint = _Transforms(adjoint.row_analysis.conj(), imaginary[:, None] * adjoint.column_analysis,
+                                     adjoint.row_synthesis.conj(), adjoint.column_synthesis * imaginary)
 
     def cast(matrices: _Transforms) -> _Transforms:
         return _Transforms(*(t.to(device=device, dtype=dtype if not t.is_complex() else dtype.to_complex())
                              .contiguous() for t in matrices))
-    return cast(forward), cast(adjoint)
+    return cast(forward), cast(conjugated_adjoint)
 
 
 def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -105,12 +117,12 @@ class _SpectralConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
         height, width = x.shape[1:3]
-        forward, adjoint = _transforms(height, width, modes, x.dtype, x.device)
+        forward, conjugated_adjoint = _transforms(height, width, modes, x.dtype, x.device)
         out_channels, in_channels = weight.shape[0], weight.shape[3]
         stored = torch.view_as_complex(weight).view(out_channels, -1, in_channels)  # (out, K, in)
         x_modes = _analyse(x, forward.row_analysis, forward.column_analysis)  # (K, B, in)
         ctx.save_for_backward(x_modes, stored)
-        ctx.adjoint = adjoint
+        ctx.conjugated_adjoint = conjugated_adjoint
         ctx.weight_shape = weight.shape
         mixed = torch.bmm(x_modes, stored.permute(1, 2, 0))  # (K, B, out)
         return _synthesise(mixed, forward.row_synthesis, forward.column_synthesis)
@@ -126,16 +138,17 @@ class _SpectralConv(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad: torch.Tensor):
         x_modes, stored = ctx.saved_tensors
-        adjoint = ctx.adjoint
-        g_modes = _analyse(grad.contiguous(), adjoint.row_analysis, adjoint.column_analysis)  # (K, B, out)
+        conjugated = ctx.conjugated_adjoint
+        g_conj = _analyse(grad.contiguous(), conjugated.row_analysis, conjugated.column_analysis)  # conj(G) (K, B, out)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            conjugate_transposed = stored.conj().resolve_conj().transpose(0, 1)  # (K, out, in): W^H per mode
-            grad_x = _synthesise(torch.bmm(g_modes, conjugate_transposed), adjoint.row_synthesis,
-                                 adjoint.column_synthesis)
+        if ctx.needs_input_grad[0]:  # conj(G) W^T per mode = conj(G W^H); the synthesis conjugates it back
+            grad_x = _synthesise(torch.bmm(g_conj, stored.transpose(0, 1)), conjugated.row_synthesis,
+                                 conjugated.column_synthesis)
         if ctx.needs_input_grad[1]:
-            per_mode = torch.bmm(g_modes.transpose(1, 2), x_modes.conj())  # (K, out, in)
-            grad_w = torch.view_as_real(per_mode.transpose(0, 1).contiguous()).view(ctx.weight_shape)
+            conj_per_mode = torch.bmm(g_conj.transpose(1, 2), x_modes)  # conj(G^T conj(X)): (K, out, in)
+            per_mode = torch.empty(stored.shape, dtype=stored.dtype, device=stored.device)  # (out, K, in)
+            torch.conj_physical(conj_per_mode.transpose(0, 1), out=per_mode)
+            grad_w = torch.view_as_real(per_mode).view(ctx.weight_shape)
         return grad_x, grad_w, None
 
 
