@@ -199,7 +199,9 @@ class SpectralBlock(nn.Module):
         self.act = DenseGELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.act(self.spectral(x) + self.local(x))  # (B, width, n, n)
+        # local first: the sum takes the convolution's channels_last layout and reads the spectral
+        # output (laid out (n, n, B, width), see ``spectral._synthesise``) in place
+        return x + self.act(self.local(x) + self.spectral(x))  # (B, width, n, n)
 
 
 class Generator(nn.Module):

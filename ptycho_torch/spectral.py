@@ -14,7 +14,11 @@ axes go through matrix products with the DFT matrices of exactly the kept column
 channels_last layout (B, H, W, C), which leaves the modes contiguous and mode-major: (K, B, in)
 against each mode's (in, out) matrix in one batched product. irfft2's weights c_k (1 for column 0
 and the Nyquist column, 2 for the others, which stand for their mirror images too) sit inside the
-column synthesis matrix, its normalization in both synthesis matrices (1/W and 1/H).
+column synthesis matrix, its normalization in both synthesis matrices (1/W and 1/H). The
+synthesis works on the real and imaginary planes of the mixed modes (one split of them, then two
+real products), so that no complex result has to be split into planes at the full image size, and
+it leaves its result laid out (H, W, B, C): the shape is (B, H, W, C), and the caller's sum reads
+it in place (``generators.SpectralBlock``).
 
 The backward pass is written out as the adjoint of each linear step in reverse order: analysis
 and synthesis are each other's adjoints with conjugate-transposed matrices, so with G = the
@@ -50,8 +54,9 @@ class _Transforms(NamedTuple):
 
     row_analysis: torch.Tensor  # (2m, H) complex: e^{-2 pi i f h / H} for the kept row frequencies f
     column_analysis: torch.Tensor  # (2m, W) real: rows (cos, -sin) of 2 pi c w / W, c < m: rfft's columns
-    row_synthesis: torch.Tensor  # (H, 2m) complex: e^{+2 pi i f h / H} / H, ifft's normalization
-    column_synthesis: torch.Tensor  # (W, 2m) real: columns (cos, -sin) * c_c / W: irfft, zero-padded
+    # the synthesis matrices act on real and imaginary planes (``_planar_synthesis``)
+    row_synthesis: torch.Tensor  # (2H, 4m) real: S = e^{+2 pi i f h / H} / H (ifft's normalization) as a real map
+    column_synthesis: torch.Tensor  # (W, 2m) real: columns (cos | -sin) * c_c / W: irfft, zero-padded
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,8 +84,20 @@ def _transforms(height: int, width: int, m: int, dtype: torch.dtype, device: tor
 
     def cast(matrices: _Transforms) -> _Transforms:
         return _Transforms(*(t.to(device=device, dtype=dtype if not t.is_complex() else dtype.to_complex())
-                             .contiguous() for t in matrices))
+                             .contiguous() for t in _planar_synthesis(matrices)))
     return cast(forward), cast(conjugated_adjoint)
+
+
+def _planar_synthesis(matrices: _Transforms) -> _Transforms:
+    """The synthesis matrices rewritten for real and imaginary planes: the complex row matrix S as the
+    real (2H, 4m) map [[Re S, -Im S], [Im S, Re S]] with rows (h, re/im) and columns (re/im, f), the
+    column matrix's columns from (c, re/im) to (re/im, c)."""
+    rows, columns = matrices.row_synthesis, matrices.column_synthesis
+    height, width, m = rows.shape[0], columns.shape[0], columns.shape[1] // 2
+    block = torch.stack([torch.cat([rows.real, -rows.imag], dim=1),
+                         torch.cat([rows.imag, rows.real], dim=1)], dim=1).reshape(2 * height, 4 * m)
+    planar_columns = columns.view(width, m, 2).transpose(1, 2).reshape(width, 2 * m)
+    return matrices._replace(row_synthesis=block, column_synthesis=planar_columns)
 
 
 def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -100,15 +117,19 @@ def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torc
 
 
 def _synthesise(modes: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """(K, B, C) complex -> (B, H, W, C) real: ``rows`` (H, 2m) along H, ``columns`` (W, 2m) along W.
+    """(K, B, C) complex -> (B, H, W, C) real: ``rows`` (2H, 4m) along H, ``columns`` (W, 2m) along W
+    (``_planar_synthesis``). The result is laid out (H, W, B, C) in memory: the last product writes
+    it so, and a copy into (B, H, W, C) would cost a third of the synthesis; the caller's next
+    elementwise pass reads it in place.
 
     With the synthesis matrices this is irfft2 of the kept modes (0 elsewhere); with the adjoint
     analysis matrices it is the adjoint of ``_analyse``."""
     _, batch, channels = modes.shape
-    height, width, m = rows.shape[0], columns.shape[0], columns.shape[1] // 2
-    by_row = (rows @ modes.view(2 * m, m * batch * channels)).view(height, m, batch, channels)  # complex
-    by_column = torch.view_as_real(by_row).permute(2, 0, 1, 4, 3).reshape(batch * height, 2 * m, channels)
-    return torch.matmul(columns, by_column).view(batch, height, width, channels)
+    height, width, m = rows.shape[0] // 2, columns.shape[0], columns.shape[1] // 2
+    # the modes' real and imaginary planes, one (2m, m B C) matrix each: the only stride-2 read here
+    planes = torch.view_as_real(modes).permute(3, 0, 1, 2).contiguous().view(4 * m, m * batch * channels)
+    by_row = (rows @ planes).view(height, 2 * m, batch * channels)  # (H, (re/im, c), B C)
+    return torch.matmul(columns, by_row).view(height, width, batch, channels).permute(2, 0, 1, 3)
 
 
 class _SpectralConv(torch.autograd.Function):

@@ -11,8 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
-from ptycho_torch.generators import (GENERATORS, DenseGELU, PointwiseConv2d, SpectralConv2d, build_generator,
-                                     tiny_model_config)
+from ptycho_torch.generators import (GENERATORS, DenseGELU, PointwiseConv2d, SpectralBlock, SpectralConv2d,
+                                     build_generator, tiny_model_config)
 from ptycho_torch.spectral import spectral_conv
 from tests.helpers import examples
 from tests.strategies import circular_shifts, seeds
@@ -329,6 +329,21 @@ def test_every_1x1_convolution_of_the_generators_is_the_matrix_product_layer():
             model = build_generator(tiny_model_config(architecture, gridsize=gridsize))
             pointwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
             assert pointwise and all(isinstance(m, PointwiseConv2d) for m in pointwise), (architecture, gridsize)
+
+
+def test_a_spectral_block_answers_in_channels_last_and_so_does_its_input_gradient():
+    """The spectral output is laid out (n, n, B, C); the block's sum must still take the
+    convolution's channels_last layout, or every later layer would convert."""
+    block = SpectralBlock(6, 3)
+    block.local.to(memory_format=torch.channels_last)
+    summed = []
+    block.act.register_forward_hook(lambda module, inputs, output: summed.append(inputs[0]))
+    x = torch.randn(3, 6, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = block(x)
+    out.backward(torch.randn_like(out))
+    assert summed[0].is_contiguous(memory_format=torch.channels_last)  # what the GELU (and its backward) reads
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_every_generator_uses_the_layout_aware_gelu():
