@@ -8,7 +8,8 @@ One step = forward, loss, backward and Adam (the default TrainingConfig: batch 1
 clipping) on a batch of simulated grid-lines patterns, outside Lightning (its per-step overhead is
 bench_training's subject). Per variant it prints:
   GFLOP per step   torch's flop counter over one step, plus the FFTs it does not count
-                   (5 n log2 n per complex transform of n points, half that for real ones)
+                   (5 n log2 n per complex transform of n points, half that for real ones), with
+                   complex matrix products at 8 real FLOPs per multiply-add (the counter says 2)
   step ms          median over repeats of the median step time (warm-up first; variants
                    interleaved so that drifting load hits them alike)
   GFLOP/s, ratio   achieved rate, and its ratio to a 1024^3 matmul timed in this process, in
@@ -38,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.datamodule import GroupDataset, PatternDataset
@@ -77,8 +78,21 @@ def _real_fft_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
 FFT_FLOPS = {aten._fft_c2c: _complex_fft_flops, aten._fft_r2c: _real_fft_flops, aten._fft_c2r: _real_fft_flops}
 
 
+def _complex_aware(product):
+    """torch's count of a matrix product (2 m k n), times 4 when it is complex: a complex
+    multiply-add is 4 real multiplications and 4 additions. The counter itself counts shapes only."""
+    def count(*args, out_val=None, **kwargs) -> int:
+        flops = product(*args, out_val=out_val, **kwargs)
+        return 4 * flops if any(isinstance(a, torch.Tensor) and a.is_complex() for a in args) else flops
+    count._get_raw = True  # hand ``count`` the tensors, not their shapes
+    return count
+
+
+PRODUCT_FLOPS = {op: _complex_aware(flop_registry[op]) for op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)}
+
+
 def step_flops(step: Callable[[], None]) -> int:
-    counter = FlopCounterMode(display=False, custom_mapping=FFT_FLOPS)
+    counter = FlopCounterMode(display=False, custom_mapping={**FFT_FLOPS, **PRODUCT_FLOPS})
     with counter:
         step()
     return counter.get_total_flops()
