@@ -133,7 +133,7 @@ def _synthesise(modes: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) 
 
 
 class _SpectralConv(torch.autograd.Function):
-    """x (B, H, W, in) real, weight (out, 2m, m, in, 2) real -> (B, H, W, out)."""
+    """x (B, H, W, in) real, weight (out, 2m, m, in, 2) real -> (B, H, W, out), laid out (H, W, B, out)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
@@ -174,8 +174,9 @@ class _SpectralConv(torch.autograd.Function):
 
 
 def spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
-    """(B, in, H, W) real, weight (out, 2m, m, in, 2) real (re, im) of x's dtype -> (B, out, H, W)."""
+    """(B, in, H, W) real, weight (out, 2m, m, in, 2) real (re, im) of x's dtype -> (B, out, H, W),
+    laid out (H, W, B, out) in memory (``_synthesise``)."""
     height, width = x.shape[-2:]
     check_modes(modes, height, width)
     channels_last = x.permute(0, 2, 3, 1).contiguous()  # no copy when x is channels_last already
-    return _SpectralConv.apply(channels_last, weight, modes).permute(0, 3, 1, 2)  # channels_last (B, out, H, W)
+    return _SpectralConv.apply(channels_last, weight, modes).permute(0, 3, 1, 2)
