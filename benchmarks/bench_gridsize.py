@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.arguments import architectures, integer_at_least
+
 RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", "--no-enable-progress-bar"]
 
 
@@ -47,8 +49,9 @@ def row(name: str, result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--architectures", default="cnn,hybrid")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--architectures", type=architectures, default=architectures("cnn,hybrid"))
+    parser.add_argument("--epochs", type=integer_at_least(2), default=30,
+                        help="epochs of the timed runs (>= 2: a 1-epoch run is the fixed cost subtracted)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_gridsize"))
     return parser
 
@@ -59,7 +62,7 @@ def main(argv=None) -> None:
           "| wall s | peak MiB | load |")
     print("|---|" + "---|" * 10)
     fixed = {}
-    for arch in args.architectures.split(","):
+    for arch in args.architectures:
         for gridsize in (1, 2):
             once = run(args.out / f"{arch}_gs{gridsize}_1epoch", ["--architecture", arch, "--gridsize",
                                                                   str(gridsize), "--epochs", "1"])

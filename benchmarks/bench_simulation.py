@@ -24,6 +24,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchmarks.arguments import integer_at_least
 from ptycho_torch.config import SimulationConfig
 from ptycho_torch.scan import raster_positions
 from ptycho_torch.simulation import simulate_dataset, split_plan
@@ -97,7 +98,7 @@ def report(row: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
+    parser.add_argument("--repeats", type=integer_at_least(1), default=5, help="timed runs per case (median reported)")
     parser.add_argument("--memory-of", choices=CASES, help=argparse.SUPPRESS)  # the subprocess's job
     return parser
 

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from benchmarks.arguments import integer_at_least, variant, variants
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.datamodule import GroupDataset, PatternDataset
 from ptycho_torch.model import PtychoPINN
@@ -216,14 +217,6 @@ def profile(variant: Variant, rows: int = 15) -> str:
 
 # --- report -------------------------------------------------------------------------------------
 
-def parse_variants(text: str) -> list[tuple[str, int]]:
-    pairs = []
-    for item in text.split(","):
-        architecture, _, gridsize = item.partition(":")
-        pairs.append((architecture, int(gridsize or 1)))
-    return pairs
-
-
 def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
     """The matmul rate at each precision, printed with the threads and load."""
     rates = {p: matmul_rate(dtype=MATMUL_DTYPES[p]) for p in precisions}
@@ -244,11 +237,13 @@ def parse_precisions(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for the uncontended figures")
-    parser.add_argument("--profile", default=None, help="ARCH:GRIDSIZE to profile")
+    parser.add_argument("--variants", type=variants, default=variants("cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2"),
+                        help="comma-separated ARCH:GRIDSIZE")
+    parser.add_argument("--steps", type=integer_at_least(1), default=20)
+    parser.add_argument("--repeats", type=integer_at_least(1), default=5)
+    parser.add_argument("--threads", type=integer_at_least(1), default=2,
+                        help="intra-op threads for the uncontended figures")
+    parser.add_argument("--profile", type=variant, default=None, help="ARCH:GRIDSIZE to profile")
     parser.add_argument("--contention", action="store_true", help="also time each step beside a busy process")
     parser.add_argument("--compile", action="store_true", help="also time each variant under torch.compile")
     parser.add_argument("--precisions", type=parse_precisions, default=["32-true"],
@@ -266,7 +261,7 @@ def main(argv=None) -> None:
         retain_freed_memory = None
     if retain_freed_memory is not None:
         print(f"freed memory kept for reuse (as runs do): {retain_freed_memory()}")
-    pairs = parse_variants(args.variants)
+    pairs = args.variants
     precisions = args.precisions
     variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
     if args.compile:
@@ -294,7 +289,7 @@ def main(argv=None) -> None:
                   f"| {auto / alone:.2f}x | {fixed * 1e3:.1f} | {fixed / times[v.name]:.2f}x |")
         print(f"load {load()}")
     if args.profile:
-        architecture, gridsize = parse_variants(args.profile)[0]
+        architecture, gridsize = args.profile
         for precision in precisions:
             print(f"\nprofile of {architecture} gs{gridsize} {precision}, 5 steps, load {load()}")
             print(profile(Variant(architecture, gridsize, precision=precision)))

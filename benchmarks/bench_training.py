@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks.arguments import integer_at_least
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINN
@@ -115,8 +116,8 @@ def peak_memory_mib(steps: int) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=integer_at_least(1), default=20)
+    parser.add_argument("--repeats", type=integer_at_least(1), default=3)
     return parser
 
 

@@ -27,3 +27,38 @@ def test_a_complex_product_counts_four_times_the_real_one_of_its_shape(product):
 def test_ffts_are_counted_at_5_n_log2_n_per_complex_transform_and_half_for_real_ones():
     assert step_flops(lambda: torch.fft.fft(torch.ones(4, 16, dtype=torch.complex64))) == 4 * 5 * 16 * 4
     assert step_flops(lambda: torch.fft.rfft(torch.ones(4, 16))) == int(4 * 2.5 * 16 * math.log2(16))
+
+
+BAD_ARGUMENTS = [
+    ("benchmarks.bench_throughput", ["--variants", "foo:1"], "--variants", "architecture='foo': must be one of"),
+    ("benchmarks.bench_throughput", ["--variants", "fno:3"], "--variants", "gridsize"),
+    ("benchmarks.bench_throughput", ["--variants", "fno:x"], "--variants", "ARCHITECTURE:GRIDSIZE"),
+    ("benchmarks.bench_throughput", ["--variants", ""], "--variants", "architecture='': must be one of"),
+    ("benchmarks.bench_throughput", ["--profile", "bar:1"], "--profile", "architecture='bar': must be one of"),
+    ("benchmarks.bench_throughput", ["--steps", "0"], "--steps", ">= 1"),
+    ("benchmarks.bench_throughput", ["--repeats", "-2"], "--repeats", ">= 1"),
+    ("benchmarks.bench_throughput", ["--threads", "0"], "--threads", ">= 1"),
+    ("benchmarks.bench_training", ["--steps", "²"], "--steps", ">= 1"),
+    ("benchmarks.bench_training", ["--repeats", "0"], "--repeats", ">= 1"),
+    ("benchmarks.bench_simulation", ["--repeats", "1.5"], "--repeats", ">= 1"),
+    ("benchmarks.bench_gridsize", ["--epochs", "1"], "--epochs", ">= 2"),
+    ("benchmarks.bench_gridsize", ["--architectures", "cnn,unet"], "--architectures", "'unet' is not one of"),
+]
+
+
+@pytest.mark.parametrize("module, argv, flag, rule", BAD_ARGUMENTS, ids=[" ".join(a[1]) for a in BAD_ARGUMENTS])
+def test_a_bad_benchmark_argument_exits_2_naming_the_flag_and_the_rule(module, argv, flag, rule, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {flag}" in message and rule in message
+
+
+def test_good_benchmark_arguments_parse_to_their_values():
+    from benchmarks.bench_throughput import build_parser
+
+    args = build_parser().parse_args(["--variants", "fno:2,cnn,fno:2", "--profile", "hybrid:2", "--steps", "3"])
+    assert args.variants == [("fno", 2), ("cnn", 1)] and args.profile == ("hybrid", 2) and args.steps == 3
