@@ -100,7 +100,7 @@ class PointwiseConv2d(nn.Conv2d):
 
     A channels_last (B, C, H, W) tensor is a (B H W, C) matrix in memory, so the layer is
     ``addmm(bias, pixels, weight^T)`` and its backward two more products. oneDNN's 1x1
-    convolution took 0.58 ms forward and 1.3 ms with the backward for the fno's lift from one
+    convolution took 0.58 ms forward and 1.0-1.3 ms with the backward for the fno's lift from one
     input channel (16 x 32 x 32 pixels, 32 outputs) on this CPU, the product 0.06 / 0.3 ms. The
     parameters are those of ``nn.Conv2d(in, out, 1)``: checkpoints load either way.
     """
