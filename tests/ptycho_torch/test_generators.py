@@ -315,6 +315,13 @@ def test_pointwise_conv_equals_a_1x1_convolution_forward_and_backward(batch, inp
     assert mine.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_a_1x1_convolutions_checkpoint_loads_into_the_matrix_product_layer_and_answers_alike():
+    conv, x = torch.nn.Conv2d(3, 5, 1), torch.randn(2, 3, 4, 4)
+    layer = PointwiseConv2d(3, 5)
+    layer.load_state_dict(conv.state_dict())  # strict: same names and shapes
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
 def test_pointwise_conv_follows_bf16_autocast_like_a_convolution():
     layer, x = PointwiseConv2d(3, 5), torch.randn(2, 3, 4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
