@@ -287,7 +287,7 @@ def test_dense_gelu_equals_gelu_of_a_contiguous_tensor_and_keeps_channels_last(b
         assert out.is_contiguous(memory_format=layout)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9), st.booleans(),
        st.sampled_from([torch.channels_last, torch.contiguous_format]), seeds)
 def test_pointwise_conv_equals_a_1x1_convolution_forward_and_backward(batch, inputs, outputs, h, w, bias, layout, seed):
