@@ -109,6 +109,8 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:  # an unbatched (C, H, W) input: the convolution's own path
+            return super().forward(x)
         batch, _, height, width = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(-1, self.in_channels)  # (B H W, in): a view in channels_last
         weight = self.weight.view(self.out_channels, self.in_channels).t()  # (in, out)

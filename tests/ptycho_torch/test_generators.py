@@ -320,6 +320,7 @@ def test_a_1x1_convolutions_checkpoint_loads_into_the_matrix_product_layer_and_a
     layer = PointwiseConv2d(3, 5)
     layer.load_state_dict(conv.state_dict())  # strict: same names and shapes
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer(x[0]), conv(x[0]), rtol=1e-5, atol=1e-6)  # unbatched, as nn.Conv2d allows
 
 
 def test_pointwise_conv_follows_bf16_autocast_like_a_convolution():
