@@ -1,7 +1,7 @@
 """Training-step throughput against the machine's arithmetic limit, per architecture and gridsize.
 
     python -m benchmarks.bench_throughput [--variants cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2]
-        [--steps 20] [--repeats 5] [--threads 2] [--profile fno:1] [--contention] [--compile]
+        [--steps 20] [--repeats 5] [--threads 2] [--profile fno:1] [--layers fno:1] [--contention] [--compile]
         [--precisions 32-true,bf16-mixed]
 
 One step = forward, loss, backward and Adam (the default TrainingConfig: batch 16, N=32, no
@@ -19,7 +19,10 @@ bench_training's subject). Per variant it prints:
                    the automatic thread count (``cpu_settings.auto_threads``) against a fixed --threads;
                    and the step with the automatic count on the idle machine: the slowdown is the
                    lost core (idle-machine ratio) times the interference (contended / idle, same threads)
-With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step (per precision).
+With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of that step (per precision);
+the profiler's per-call overhead inflates small operations several times here, so --layers
+ARCH:GRIDSIZE prints wall-clock medians instead: each generator layer's forward and backward
+(hooks) and the step's phases (forward with loss, backward, optimizer).
 With --compile, each variant again with the generator run through torch.compile (timed after
 its first, compiling, step).
 The 1-minute load average is printed beside every figure: run it on an otherwise idle machine.
@@ -38,12 +41,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from benchmarks.arguments import integer_at_least, variant, variants
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.datamodule import GroupDataset, PatternDataset
+from ptycho_torch.generators import ConvDecoder
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.optimization import build_optimizer
 from ptycho_torch.probe import ideal_probe
@@ -139,12 +144,17 @@ class Variant:
             self.module.generator = torch.compile(self.module.generator)
         self.optimizer = build_optimizer(self.module.parameters(), cfg)
 
-    def step(self) -> None:
+    def step(self) -> tuple[float, float, float]:
+        """One step; its phases' wall times in seconds: forward with loss, backward, optimizer."""
+        start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
             loss = self.module.loss(self.batch)
+        forward = time.perf_counter()
         loss.backward()
+        backward = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return forward - start, backward - forward, time.perf_counter() - backward
 
     def median_step(self, steps: int, warmup: int = 3) -> float:
         for _ in range(warmup):
@@ -215,6 +225,77 @@ def profile(variant: Variant, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+# --- where the time goes, by wall clock -----------------------------------------------------------
+
+def timed_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The layers a breakdown times: containers (Sequential, ModuleList, the decoder) are opened,
+    everything else (a convolution, a GELU, a spectral block, ...) is one row."""
+    rows = []
+    for name, child in module.named_children():
+        label = f"{prefix}{name}"
+        if isinstance(child, (nn.Sequential, nn.ModuleList, ConvDecoder)):
+            rows += timed_layers(child, label + ".")
+        else:
+            rows.append((label, child))
+    return rows
+
+
+def layer_breakdown(variant: Variant, steps: int) -> tuple[list[tuple[str, float, float | None]], dict[str, float]]:
+    """Median forward and backward wall time (ms) of each layer of the generator over ``steps`` steps,
+    by hooks, and the median of each phase of the step (forward with loss, backward, optimizer).
+    A layer whose input needs no gradient (the first, reading the data) has no backward of its own to
+    time (None): its weight gradients fall to the step's backward phase."""
+    layers = [(f"body.{name}", layer) for name, layer in timed_layers(variant.module.generator.body)]
+    layers.append(("head", variant.module.generator.head))
+    starts: dict[tuple[str, str], float] = {}
+    times: dict[tuple[str, str], list[float]] = {}
+    needs_gradient: dict[str, bool] = {}
+
+    def start(key):
+        def hook(module, inputs, *_):
+            if key[1] == "f":
+                needs_gradient[key[0]] = any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+            starts[key] = time.perf_counter()
+        return hook
+
+    def stop(key):
+        return lambda *_: times.setdefault(key, []).append(time.perf_counter() - starts[key])
+
+    handles = []
+    for name, layer in layers:
+        handles += [layer.register_forward_pre_hook(start((name, "f"))), layer.register_forward_hook(stop((name, "f")))]
+    phases: dict[str, list[float]] = {"forward and loss": [], "backward": [], "optimizer": []}
+    try:
+        for _ in range(3):  # warm-up, which also finds the layers that have a backward to time
+            variant.step()
+        for name, layer in layers:
+            if needs_gradient[name]:
+                handles += [layer.register_full_backward_pre_hook(start((name, "b"))),
+                            layer.register_full_backward_hook(stop((name, "b")))]
+        times.clear()
+        for _ in range(steps):
+            for phase, seconds in zip(phases, variant.step()):
+                phases[phase].append(seconds)
+    finally:
+        for handle in handles:
+            handle.remove()
+    median_ms = lambda key: 1e3 * statistics.median(times[key]) if times.get(key) else None  # noqa: E731
+    rows = [(name, median_ms((name, "f")), median_ms((name, "b"))) for name, _ in layers]
+    return rows, {phase: 1e3 * statistics.median(values) for phase, values in phases.items()}
+
+
+def breakdown_table(variant: Variant, steps: int) -> str:
+    rows, phases = layer_breakdown(variant, steps)
+    lines = ["| layer | forward ms | backward ms |", "|---|---|---|"]
+    lines += [f"| {name} | {forward:.3f} | {'-' if backward is None else f'{backward:.3f}'} |"
+              for name, forward, backward in rows]
+    lines.append(f"| all layers | {sum(r[1] for r in rows):.2f} | {sum(r[2] or 0.0 for r in rows):.2f} |")
+    lines.append("")
+    lines.append("step phases (ms): " + ", ".join(f"{phase} {ms:.2f}" for phase, ms in phases.items())
+                 + f"; total {sum(phases.values()):.2f} (hooks included)")
+    return "\n".join(lines)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
@@ -244,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=integer_at_least(1), default=2,
                         help="intra-op threads for the uncontended figures")
     parser.add_argument("--profile", type=variant, default=None, help="ARCH:GRIDSIZE to profile")
+    parser.add_argument("--layers", type=variant, default=None,
+                        help="ARCH:GRIDSIZE: forward and backward wall time of each layer, and the step's phases")
     parser.add_argument("--contention", action="store_true", help="also time each step beside a busy process")
     parser.add_argument("--compile", action="store_true", help="also time each variant under torch.compile")
     parser.add_argument("--precisions", type=parse_precisions, default=["32-true"],
@@ -288,6 +371,12 @@ def main(argv=None) -> None:
             print(f"| {v.name} | {threads} | {auto * 1e3:.1f} | {auto / times[v.name]:.2f}x | {alone * 1e3:.1f} "
                   f"| {auto / alone:.2f}x | {fixed * 1e3:.1f} | {fixed / times[v.name]:.2f}x |")
         print(f"load {load()}")
+    if args.layers:
+        architecture, gridsize = args.layers
+        for precision in precisions:
+            print(f"\nlayers of {architecture} gs{gridsize} {precision}, medians of {args.steps} steps, load {load()}")
+            print(breakdown_table(Variant(architecture, gridsize, precision=precision), args.steps))
+            print(f"load {load()}")
     if args.profile:
         architecture, gridsize = args.profile
         for precision in precisions:

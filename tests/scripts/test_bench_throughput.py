@@ -62,3 +62,19 @@ def test_good_benchmark_arguments_parse_to_their_values():
 
     args = build_parser().parse_args(["--variants", "fno:2,cnn,fno:2", "--profile", "hybrid:2", "--steps", "3"])
     assert args.variants == [("fno", 2), ("cnn", 1)] and args.profile == ("hybrid", 2) and args.steps == 3
+
+
+def test_the_layer_breakdown_times_every_layer_and_the_steps_phases_then_removes_its_hooks():
+    from benchmarks.bench_throughput import Variant, layer_breakdown, timed_layers
+
+    variant = Variant("hybrid", 1)
+    rows, phases = layer_breakdown(variant, steps=2)
+    names = [name for name, _, _ in rows]
+    assert names == [f"body.{name}" for name, _ in timed_layers(variant.module.generator.body)] + ["head"]
+    assert any(".stages." in name for name in names)  # the decoder is opened, its layers timed one by one
+    assert all(forward > 0 for _, forward, _ in rows)
+    assert rows[0][2] is None  # body.0 reads the data: no backward of its own
+    assert all(backward > 0 for _, _, backward in rows[1:])
+    assert set(phases) == {"forward and loss", "backward", "optimizer"} and all(ms > 0 for ms in phases.values())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in variant.module.modules())
