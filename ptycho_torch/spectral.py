@@ -76,11 +76,11 @@ def _transforms(height: int, width: int, m: int, dtype: torch.dtype, device: tor
         twice[-1] = 1.0  # the Nyquist column is its own mirror
     synthesis_rows = (twice * column_analysis.view(m, 2, width) / width).reshape(2 * m, width)
     forward = _Transforms(row_analysis, column_analysis, row_analysis.conj().T / height, synthesis_rows.T)
-    adjoint = _Transforms(*(matrix.conj().T for matrix in (forward.row_synthesis, forward.column_synthesis,
-                                                          forward.row_analysis, forward.column_analysis)))
+    # the adjoint's analysis is the forward synthesis conjugate-transposed and vice versa; conjugated,
+    # the row matrices are plain transposes, and the real column matrices negate their imaginary part
     imaginary = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(m)  # -1 at the im part of each column c
-    conjugated_adjoint = _Transforms(adjoint.row_analysis.conj(), imaginary[:, None] * adjoint.column_analysis,
-                                     adjoint.row_synthesis.conj(), adjoint.column_synthesis * imaginary)
+    conjugated_adjoint = _Transforms(forward.row_synthesis.T, imaginary[:, None] * forward.column_synthesis.T,
+                                     forward.row_analysis.T, forward.column_analysis.T * imaginary)
 
     def cast(matrices: _Transforms) -> _Transforms:
         return _Transforms(*(t.to(device=device, dtype=dtype if not t.is_complex() else dtype.to_complex())
