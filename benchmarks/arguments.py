@@ -4,19 +4,8 @@ argparse's exit status 2 and a message that names the flag and the rule."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from ptycho_torch.config import ARCHITECTURES, ConfigError, ModelConfig, plain_int
-
-
-def integer_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a plain decimal integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        value = plain_int(text)
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def architectures(text: str) -> list[str]:

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.arguments import architectures, integer_at_least
+from benchmarks.arguments import architectures
+from scripts.studies.runner_cli import integer_at_least
 
 RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", "--no-enable-progress-bar"]
 

@@ -24,10 +24,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from benchmarks.arguments import integer_at_least
 from ptycho_torch.config import SimulationConfig
 from ptycho_torch.scan import raster_positions
 from ptycho_torch.simulation import simulate_dataset, split_plan
+from scripts.studies.runner_cli import integer_at_least
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from benchmarks.arguments import integer_at_least, variant, variants
+from benchmarks.arguments import variant, variants
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.datamodule import GroupDataset, PatternDataset
 from ptycho_torch.generators import ConvDecoder
@@ -53,6 +53,7 @@ from ptycho_torch.model import PtychoPINN
 from ptycho_torch.optimization import build_optimizer
 from ptycho_torch.probe import ideal_probe
 from ptycho_torch.simulation import simulate_split
+from scripts.studies.runner_cli import integer_at_least
 
 aten = torch.ops.aten
 MATMUL_SIZE = 1024

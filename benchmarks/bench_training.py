@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks.arguments import integer_at_least
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINN
@@ -36,6 +35,7 @@ from ptycho_torch.probe import ideal_probe
 from ptycho_torch.scan import raster_positions
 from ptycho_torch.simulation import simulate_split
 from ptycho_torch.training import train
+from scripts.studies.runner_cli import integer_at_least
 
 QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ARCHITECTURES, ConfigError, plain_int
+from ptycho_torch.config import ARCHITECTURES, ConfigError
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
     TorchRunnerConfig, ignored_given, plan_of, resolved_json, setup_simulation_config, warn_ignored,
 )
 from scripts.studies.runner_cli import (
-    FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, new_parser, nonempty_path,
-    outcome_status, run_command, settings_given,
+    FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, integer_at_least, new_parser,
+    nonempty_path, outcome_status, run_command, settings_given,
 )
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 from scripts.studies.baselines import (
@@ -73,13 +73,6 @@ def sweep_flags() -> dict[str, str]:
             for flag in flags_of(f, TORCH_PREFIX if is_torch_setting(f) else "--")}
 
 
-def _jobs(text: str) -> int:
-    value = plain_int(text) or 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(
         "python -m scripts.studies.grid_lines_compare_wrapper",
@@ -93,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "data-seed=0,1); repeat for a grid")
     parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
                         help="training seeds: every cell is run once per seed (default: --torch-seed alone)")
-    parser.add_argument("--jobs", type=_jobs, default=1,
+    parser.add_argument("--jobs", type=integer_at_least(1), default=1,
                         help="cells run at once, each in its own process with cores/jobs torch threads (default: 1, "
                              "in this process)")
     parser.add_argument("--output-dir", type=nonempty_path, default=Path("runs/grid_lines_compare"),

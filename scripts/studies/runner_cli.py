@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ConfigError
+from ptycho_torch.config import ConfigError, plain_int
 from scripts.studies.config_file import CONFIG_FLAG, read_settings
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 
@@ -81,6 +81,16 @@ def value_parser(cls: type, f: dataclasses.Field) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
         return value
 
+    return parse
+
+
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a plain decimal integer >= ``minimum`` (``plain_int``: no '²', no 5000 digits)."""
+    def parse(text: str) -> int:
+        value = plain_int(text)
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
     return parse
 
 
