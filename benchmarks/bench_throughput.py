@@ -160,12 +160,7 @@ class Variant:
     def median_step(self, steps: int, warmup: int = 3) -> float:
         for _ in range(warmup):
             self.step()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            self.step()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(sum(self.step()) for _ in range(steps))
 
 
 def timed(variants: list[Variant], steps: int, repeats: int) -> dict[str, float]:
