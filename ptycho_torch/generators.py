@@ -185,10 +185,12 @@ class SpectralConv2d(nn.Module):
         drawn = std * torch.randn(out_channels, in_channels, 2 * modes, modes, 2)  # the draw order of (out, in, ...)
         self.weight = nn.Parameter(drawn.permute(0, 2, 3, 1, 4).contiguous())  # (out, 2m, m, in, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in, h, w) -> (B, out, h, w) float32 channels_last; ``add_to`` + that where given (the
+        sum may be computed in ``add_to``'s memory: the caller gives it up, see ``spectral_conv``)."""
         # The DFT products stay in float32 even under autocast: bf16 / fp16 spectra lose the small modes.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return spectral_conv(x.float(), self.weight.float(), self.modes)  # (B, out, h, w) float32
+            return spectral_conv(x.float(), self.weight.float(), self.modes, add_to)
 
 
 class SpectralBlock(nn.Module):
@@ -201,9 +203,9 @@ class SpectralBlock(nn.Module):
         self.act = DenseGELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # local first: the sum takes the convolution's channels_last layout and reads the spectral
-        # output (laid out (n, n, B, width), see ``spectral._synthesise``) in place
-        return x + self.act(self.local(x) + self.spectral(x))  # (B, width, n, n)
+        # the spectral layer adds itself into the convolution's output (float32; under bf16
+        # autocast the convolution's bf16 output is summed out of place, into float32)
+        return x + self.act(self.spectral(x, add_to=self.local(x)))  # (B, width, n, n)
 
 
 class Generator(nn.Module):

@@ -16,9 +16,9 @@ against each mode's (in, out) matrix in one batched product. irfft2's weights c_
 and the Nyquist column, 2 for the others, which stand for their mirror images too) sit inside the
 column synthesis matrix, its normalization in both synthesis matrices (1/W and 1/H). The
 synthesis works on the real and imaginary planes of the mixed modes (one split of them, then two
-real products), so that no complex result has to be split into planes at the full image size, and
-it leaves its result laid out (H, W, B, C): the shape is (B, H, W, C), and the caller's sum reads
-it in place (``generators.SpectralBlock``).
+real products), so that no complex result has to be split into planes at the full image size. Its
+last product can add into an existing channels_last tensor: ``generators.SpectralBlock`` sums the
+3x3 convolution and this layer that way, without a pass of its own over the sum.
 
 The backward pass is written out as the adjoint of each linear step in reverse order: analysis
 and synthesis are each other's adjoints with conjugate-transposed matrices, so with G = the
@@ -116,37 +116,47 @@ def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torc
     return (rows @ by_row).view(-1, batch, channels)  # (2m, m B C) = (K, B, C)
 
 
-def _synthesise(modes: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def _synthesise(modes: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                add_to: torch.Tensor | None = None) -> torch.Tensor:
     """(K, B, C) complex -> (B, H, W, C) real: ``rows`` (2H, 4m) along H, ``columns`` (W, 2m) along W
-    (``_planar_synthesis``). The result is laid out (H, W, B, C) in memory: the last product writes
-    it so, and a copy into (B, H, W, C) would cost a third of the synthesis; the caller's next
-    elementwise pass reads it in place.
+    (``_planar_synthesis``), one image at a time, so that the result comes out in the layout the
+    convolutions use. With ``add_to`` (B, H, W, C) contiguous, the result is added into it by the
+    last product (no separate pass over the sum) and ``add_to`` is returned.
 
     With the synthesis matrices this is irfft2 of the kept modes (0 elsewhere); with the adjoint
     analysis matrices it is the adjoint of ``_analyse``."""
     _, batch, channels = modes.shape
     height, width, m = rows.shape[0] // 2, columns.shape[0], columns.shape[1] // 2
-    # the modes' real and imaginary planes, one (2m, m B C) matrix each: the only stride-2 read here
-    planes = torch.view_as_real(modes).permute(3, 0, 1, 2).contiguous().view(4 * m, m * batch * channels)
-    by_row = (rows @ planes).view(height, 2 * m, batch * channels)  # (H, (re/im, c), B C)
-    return torch.matmul(columns, by_row).view(height, width, batch, channels).permute(2, 0, 1, 3)
+    # per image, the modes' real and imaginary planes as one ((re/im, f), (c, C)) matrix: the only
+    # stride-2 read here
+    planes = torch.view_as_real(modes).permute(1, 3, 0, 2).contiguous().view(batch, 4 * m, m * channels)
+    by_row = torch.matmul(rows, planes).view(batch * height, 2 * m, channels)  # (B H, (re/im, c), C)
+    if add_to is None:
+        return torch.matmul(columns, by_row).view(batch, height, width, channels)
+    add_to.view(batch * height, width, channels).baddbmm_(columns.expand(batch * height, -1, -1), by_row)
+    return add_to
 
 
 class _SpectralConv(torch.autograd.Function):
-    """x (B, H, W, in) real, weight (out, 2m, m, in, 2) real -> (B, H, W, out), laid out (H, W, B, out)."""
+    """x (B, in, H, W) real, weight (out, 2m, m, in, 2) real -> (B, out, H, W) channels_last; with
+    ``add_to`` (B, out, H, W) channels_last, the result is added into it in place."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
-        height, width = x.shape[1:3]
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, modes: int, add_to: torch.Tensor | None) -> torch.Tensor:
+        height, width = x.shape[2:]
         forward, conjugated_adjoint = _transforms(height, width, modes, x.dtype, x.device)
         out_channels, in_channels = weight.shape[0], weight.shape[3]
         stored = torch.view_as_complex(weight).view(out_channels, -1, in_channels)  # (out, K, in)
-        x_modes = _analyse(x, forward.row_analysis, forward.column_analysis)  # (K, B, in)
+        x_modes = _analyse(_pixels(x), forward.row_analysis, forward.column_analysis)  # (K, B, in)
         ctx.save_for_backward(x_modes, stored)
         ctx.conjugated_adjoint = conjugated_adjoint
         ctx.weight_shape = weight.shape
         mixed = torch.bmm(x_modes, stored.permute(1, 2, 0))  # (K, B, out)
-        return _synthesise(mixed, forward.row_synthesis, forward.column_synthesis)
+        if add_to is None:
+            return _synthesise(mixed, forward.row_synthesis, forward.column_synthesis).permute(0, 3, 1, 2)
+        ctx.mark_dirty(add_to)
+        _synthesise(mixed, forward.row_synthesis, forward.column_synthesis, add_to.permute(0, 2, 3, 1))
+        return add_to
 
     @staticmethod
     @once_differentiable
@@ -160,23 +170,39 @@ class _SpectralConv(torch.autograd.Function):
     def _backward(ctx, grad: torch.Tensor):
         x_modes, stored = ctx.saved_tensors
         conjugated = ctx.conjugated_adjoint
-        g_conj = _analyse(grad.contiguous(), conjugated.row_analysis, conjugated.column_analysis)  # conj(G) (K, B, out)
+        g_conj = _analyse(_pixels(grad), conjugated.row_analysis, conjugated.column_analysis)  # conj(G) (K, B, out)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # conj(G) W^T per mode = conj(G W^H); the synthesis conjugates it back
             grad_x = _synthesise(torch.bmm(g_conj, stored.transpose(0, 1)), conjugated.row_synthesis,
-                                 conjugated.column_synthesis)
+                                 conjugated.column_synthesis).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             conj_per_mode = torch.bmm(g_conj.transpose(1, 2), x_modes)  # conj(G^T conj(X)): (K, out, in)
             per_mode = torch.empty(stored.shape, dtype=stored.dtype, device=stored.device)  # (out, K, in)
             torch.conj_physical(conj_per_mode.transpose(0, 1), out=per_mode)
             grad_w = torch.view_as_real(per_mode).view(ctx.weight_shape)
-        return grad_x, grad_w, None
+        return grad_x, grad_w, None, grad if ctx.needs_input_grad[3] else None
 
 
-def spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:
-    """(B, in, H, W) real, weight (out, 2m, m, in, 2) real (re, im) of x's dtype -> (B, out, H, W),
-    laid out (H, W, B, out) in memory (``_synthesise``)."""
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C) contiguous: a view when ``x`` is channels_last."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int, add_to: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, in, H, W) real, weight (out, 2m, m, in, 2) real (re, im) of x's dtype -> (B, out, H, W)
+    channels_last.
+
+    ``add_to`` (B, out, H, W): the result is ``add_to`` + the layer, computed in ``add_to``'s memory
+    when it is a channels_last tensor of x's dtype (the caller gives it up: it is overwritten)."""
     height, width = x.shape[-2:]
     check_modes(modes, height, width)
-    channels_last = x.permute(0, 2, 3, 1).contiguous()  # no copy when x is channels_last already
-    return _SpectralConv.apply(channels_last, weight, modes).permute(0, 3, 1, 2)
+    if add_to is not None and not _summable_in_place(add_to, x, weight.shape[0]):
+        return add_to + _SpectralConv.apply(x, weight, modes, None)
+    return _SpectralConv.apply(x, weight, modes, add_to)
+
+
+def _summable_in_place(add_to: torch.Tensor, x: torch.Tensor, out_channels: int) -> bool:
+    batch, _, height, width = x.shape
+    return (add_to.shape == (batch, out_channels, height, width) and add_to.dtype == x.dtype
+            and add_to.device == x.device and add_to.is_contiguous(memory_format=torch.channels_last)
+            and add_to._base is None)  # not a view: the in-place sum must not reach other tensors

@@ -266,6 +266,9 @@ def test_spectral_conv_gradients_pass_gradcheck_in_double():
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(3, 4, 2, 2, 2, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: spectral_conv(a, b, 2).double(), (x, weight))
+    start = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(  # added into a channels_last tensor, in place
+        lambda a, b, c: spectral_conv(a, b, 2, add_to=c.clone(memory_format=torch.channels_last)), (x, weight, start))
 
 
 @settings(max_examples=25, deadline=None)
@@ -340,8 +343,8 @@ def test_every_1x1_convolution_of_the_generators_is_the_matrix_product_layer():
 
 
 def test_a_spectral_block_answers_in_channels_last_and_so_does_its_input_gradient():
-    """The spectral output is laid out (n, n, B, C); the block's sum must still take the
-    convolution's channels_last layout, or every later layer would convert."""
+    """Every later layer would convert if the block's sum, its output or its input gradient left
+    the convolutions' channels_last layout."""
     block = SpectralBlock(6, 3)
     block.local.to(memory_format=torch.channels_last)
     summed = []
@@ -352,6 +355,81 @@ def test_a_spectral_block_answers_in_channels_last_and_so_does_its_input_gradien
     assert summed[0].is_contiguous(memory_format=torch.channels_last)  # what the GELU (and its backward) reads
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@st.composite
+def summands(draw):
+    """A spectral case and what its result is added to: a channels_last float32 tensor (summed in
+    place), or one the layer must not write into (another layout, a view, another dtype)."""
+    batch, ins, outs, height, width, modes, seed = draw(spectral_cases())
+    kind = draw(st.sampled_from(["channels_last", "contiguous", "view", "float64"]))
+    return batch, ins, outs, height, width, modes, seed, kind
+
+
+def addend(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if kind == "view":  # a slice of a larger tensor, itself channels_last contiguous
+        return torch.randn(shape[0] + 1, *shape[1:], generator=gen).contiguous(memory_format=torch.channels_last)[1:]
+    base = torch.randn(shape, generator=gen, dtype=torch.float64 if kind == "float64" else torch.float32)
+    return base.contiguous(memory_format=torch.channels_last) if kind != "contiguous" else base
+
+
+@settings(deadline=None, max_examples=examples(40))
+@given(case=summands())
+@example(case=(2, 2, 3, 8, 6, 4, 0, "channels_last"))
+@example(case=(2, 2, 1, 8, 6, 4, 0, "contiguous"))  # one output channel: both layouts at once
+@example(case=(1, 2, 3, 7, 9, 3, 1, "contiguous"))
+def test_spectral_conv_added_to_a_tensor_equals_the_sum_bit_for_bit_and_writes_only_where_it_may(case):
+    """``add_to`` + the layer, forward and the three gradients, bit for bit against the separate
+    sum; computed in ``add_to``'s memory exactly when that is a channels_last float32 tensor of its
+    own, and otherwise left as it was."""
+    batch, ins, outs, height, width, modes, seed, kind = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, ins, height, width, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(outs, 2 * modes, modes, ins, 2, generator=gen)
+    start = addend(kind, (batch, outs, height, width), gen)
+    upstream = torch.randn(batch, outs, height, width, generator=gen)
+    results = []
+    for fused in (True, False):
+        xs, ws = x.clone(memory_format=torch.channels_last).requires_grad_(), weight.clone().requires_grad_()
+        leaf = start.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        base = leaf * 1  # a non-leaf, as a convolution's output is (a leaf may not be written into)
+        if kind == "view":
+            base = torch.cat([leaf[:1] * 0, leaf]).contiguous(memory_format=torch.channels_last)[1:]
+        # a contiguous tensor with one channel (or one pixel) is channels_last too
+        in_place = kind == "channels_last" or (kind == "contiguous" and start.is_contiguous(memory_format=torch.channels_last))
+        out = spectral_conv(xs, ws, modes, add_to=base) if fused else base + spectral_conv(xs, ws, modes)
+        assert (out.data_ptr() == base.data_ptr()) == (fused and in_place), kind
+        if fused and not in_place:
+            assert torch.equal(base, leaf.detach() if kind != "view" else start)  # untouched
+        grads = torch.autograd.grad((out * upstream.to(out.dtype)).sum(), (xs, ws, leaf))
+        results.append((out.detach(), *grads))
+    for name, fused, separate in zip(("out", "x", "weight", "add_to"), *results):
+        assert torch.equal(fused, separate), name
+
+
+def test_spectral_conv_answers_in_channels_last():
+    x = torch.randn(3, 4, 10, 8).contiguous(memory_format=torch.channels_last)
+    out = spectral_conv(x, torch.randn(5, 6, 3, 4, 2), 3)
+    assert out.shape == (3, 5, 10, 8) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_float32_spectral_block_adds_the_spectral_layer_into_the_convolutions_output():
+    """The block's sum costs no pass of its own: the GELU reads the convolution's output tensor,
+    into which the spectral layer added itself. Under bf16 autocast the convolution answers in
+    bf16, and the sum is taken out of place, in float32."""
+    block = SpectralBlock(6, 3)
+    block.local.to(memory_format=torch.channels_last)
+    seen = {}
+    block.local.register_forward_hook(lambda module, inputs, output: seen.__setitem__("conv", output))
+    block.act.register_forward_hook(lambda module, inputs, output: seen.__setitem__("gelu", inputs[0]))
+    x = torch.randn(3, 6, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected = x + block.act(block.local(x) + block.spectral(x))
+    out = block(x)
+    assert seen["gelu"] is seen["conv"]
+    assert torch.equal(out, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        block(x).sum().backward()
+    assert seen["conv"].dtype == torch.bfloat16 and seen["gelu"].dtype == torch.float32
 
 
 def test_every_generator_uses_the_layout_aware_gelu():
