@@ -95,7 +95,11 @@ def _complex_aware(product):
     return count
 
 
-PRODUCT_FLOPS = {op: _complex_aware(flop_registry[op]) for op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)}
+# the in-place sums (``baddbmm_``: the spectral synthesis adds into the convolution's output) are
+# separate ops to the counter, which would otherwise not count them at all
+PRODUCT_FLOPS = {**{op: _complex_aware(flop_registry[op]) for op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)},
+                 aten.addmm_: _complex_aware(flop_registry[aten.addmm]),
+                 aten.baddbmm_: _complex_aware(flop_registry[aten.baddbmm])}
 
 
 def step_flops(step: Callable[[], None]) -> int:

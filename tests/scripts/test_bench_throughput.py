@@ -15,6 +15,8 @@ from benchmarks.bench_throughput import step_flops
     lambda a, b: torch.bmm(a.unsqueeze(0), b.unsqueeze(0)),
     lambda a, b: torch.addmm(torch.zeros(a.shape[0], b.shape[1], dtype=a.dtype), a, b),
     lambda a, b: torch.baddbmm(torch.zeros(1, a.shape[0], b.shape[1], dtype=a.dtype), a.unsqueeze(0), b.unsqueeze(0)),
+    lambda a, b: torch.zeros(a.shape[0], b.shape[1], dtype=a.dtype).addmm_(a, b),  # in place: ops of their own
+    lambda a, b: torch.zeros(1, a.shape[0], b.shape[1], dtype=a.dtype).baddbmm_(a.unsqueeze(0), b.unsqueeze(0)),
 ])
 def test_a_complex_product_counts_four_times_the_real_one_of_its_shape(product):
     m, k, n = 3, 5, 7
