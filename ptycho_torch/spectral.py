@@ -205,4 +205,5 @@ def _summable_in_place(add_to: torch.Tensor, x: torch.Tensor, out_channels: int)
     batch, _, height, width = x.shape
     return (add_to.shape == (batch, out_channels, height, width) and add_to.dtype == x.dtype
             and add_to.device == x.device and add_to.is_contiguous(memory_format=torch.channels_last)
-            and add_to._base is None)  # not a view: the in-place sum must not reach other tensors
+            and add_to._base is None  # not a view: the in-place sum must not reach other tensors
+            and not (add_to.is_leaf and add_to.requires_grad))  # autograd forbids writing into those

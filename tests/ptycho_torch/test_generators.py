@@ -360,9 +360,10 @@ def test_a_spectral_block_answers_in_channels_last_and_so_does_its_input_gradien
 @st.composite
 def summands(draw):
     """A spectral case and what its result is added to: a channels_last float32 tensor (summed in
-    place), or one the layer must not write into (another layout, a view, another dtype)."""
+    place), or one the layer must not write into (another layout, a view, another dtype, a leaf
+    that requires grad)."""
     batch, ins, outs, height, width, modes, seed = draw(spectral_cases())
-    kind = draw(st.sampled_from(["channels_last", "contiguous", "view", "float64"]))
+    kind = draw(st.sampled_from(["channels_last", "contiguous", "view", "float64", "leaf"]))
     return batch, ins, outs, height, width, modes, seed, kind
 
 
@@ -378,6 +379,7 @@ def addend(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Ten
 @example(case=(2, 2, 3, 8, 6, 4, 0, "channels_last"))
 @example(case=(2, 2, 1, 8, 6, 4, 0, "contiguous"))  # one output channel: both layouts at once
 @example(case=(1, 2, 3, 7, 9, 3, 1, "contiguous"))
+@example(case=(2, 2, 3, 8, 6, 4, 0, "leaf"))
 def test_spectral_conv_added_to_a_tensor_equals_the_sum_bit_for_bit_and_writes_only_where_it_may(case):
     """``add_to`` + the layer, forward and the three gradients, bit for bit against the separate
     sum; computed in ``add_to``'s memory exactly when that is a channels_last float32 tensor of its
@@ -392,7 +394,7 @@ def test_spectral_conv_added_to_a_tensor_equals_the_sum_bit_for_bit_and_writes_o
     for fused in (True, False):
         xs, ws = x.clone(memory_format=torch.channels_last).requires_grad_(), weight.clone().requires_grad_()
         leaf = start.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-        base = leaf * 1  # a non-leaf, as a convolution's output is (a leaf may not be written into)
+        base = leaf if kind == "leaf" else leaf * 1  # a non-leaf, as a convolution's output is
         if kind == "view":
             base = torch.cat([leaf[:1] * 0, leaf]).contiguous(memory_format=torch.channels_last)[1:]
         # a contiguous tensor with one channel (or one pixel) is channels_last too
