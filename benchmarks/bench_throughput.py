@@ -95,11 +95,12 @@ def _complex_aware(product):
     return count
 
 
-# the in-place sums (``baddbmm_``: the spectral synthesis adds into the convolution's output) are
-# separate ops to the counter, which would otherwise not count them at all
-PRODUCT_FLOPS = {**{op: _complex_aware(flop_registry[op]) for op in (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)},
-                 aten.addmm_: _complex_aware(flop_registry[aten.addmm]),
-                 aten.baddbmm_: _complex_aware(flop_registry[aten.baddbmm])}
+# each product op, counted as the op whose formula it shares: the in-place sums (``baddbmm_``: the
+# spectral synthesis adds into the convolution's output) are ops of their own to the counter, which
+# would otherwise not count them at all
+_COUNTED_AS = {aten.mm: aten.mm, aten.addmm: aten.addmm, aten.addmm_: aten.addmm,
+               aten.bmm: aten.bmm, aten.baddbmm: aten.baddbmm, aten.baddbmm_: aten.baddbmm}
+PRODUCT_FLOPS = {op: _complex_aware(flop_registry[formula]) for op, formula in _COUNTED_AS.items()}
 
 
 def step_flops(step: Callable[[], None]) -> int:
