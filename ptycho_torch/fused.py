@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptycho_torch.upsampling import UpsampleConv2d, interleave_phases
+
 # oneDNN's fused convolution (absent from builds without oneDNN: the layers then run unfused)
 _POINTWISE_CONV = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 FUSED_DTYPES = (torch.float32, torch.bfloat16)
@@ -55,8 +57,15 @@ def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
 
 def conv_gelu(conv: nn.Conv2d, gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
     """GELU(conv(x)) in one oneDNN call, answered in channels_last (as every layer of the generators)."""
+    if isinstance(conv, UpsampleConv2d):  # the GELU is pointwise: applied to the phases before they interleave
+        weight, bias = conv.phase_conv()
+        return interleave_phases(_conv_gelu(x, weight, bias, conv, gelu))
+    return _conv_gelu(x, conv.weight, conv.bias, conv, gelu).contiguous(memory_format=torch.channels_last)
+
+
+def _conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d,
+               gelu: nn.GELU) -> torch.Tensor:
     dtype = compute_dtype(x)
-    bias = None if conv.bias is None else conv.bias.to(dtype)
-    out = _POINTWISE_CONV(x.to(dtype), conv.weight.to(dtype), bias, list(conv.padding), list(conv.stride),
-                          list(conv.dilation), conv.groups, "gelu", [], gelu.approximate)
-    return out.contiguous(memory_format=torch.channels_last)
+    bias = None if bias is None else bias.to(dtype)
+    return _POINTWISE_CONV(x.to(dtype), weight.to(dtype), bias, list(conv.padding), list(conv.stride),
+                           list(conv.dilation), conv.groups, "gelu", [], gelu.approximate)

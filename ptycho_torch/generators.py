@@ -26,6 +26,7 @@ Every generator ends in the same head (``generator_output_mode``):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.fused import ConvGELUSequential
 from ptycho_torch.spectral import spectral_conv
+from ptycho_torch.upsampling import UpsampleConv2d
 
 MIN_CNN_SIZE = 8  # the cnn bottleneck stops at 8x8 pixels (N=64 -> three levels)
 MIN_HYBRID_SIZE = 8  # hybrid stages stop downsampling at 8x8 (modes there are clamped to 4)
@@ -84,12 +86,15 @@ def polar(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
 
 
 class InputConv2d(nn.Conv2d):
-    """The convolution that reads the C = gridsize^2 input patterns, answering in channels_last.
+    """The 3x3 convolution that reads the C = gridsize^2 input patterns, answering in channels_last.
 
     Every layer runs in channels_last (``Generator``), but at C = 1 the input and this layer's
     weight are contiguous in both layouts, and oneDNN then answers in the plain one, which
     would make every later layer convert back and forth.
     """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).contiguous(memory_format=torch.channels_last)
@@ -133,11 +138,17 @@ class DenseGELU(nn.GELU):
         return super().forward(x)
 
 
-def conv_block(in_channels: int, out_channels: int, first: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
-    """Two 3x3 convolutions with GELU; the spatial size is kept (each pair fused in prediction)."""
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+
+def conv_block(in_channels: int, out_channels: int,
+               first: Callable[[int, int], nn.Conv2d] = conv3x3) -> nn.Sequential:
+    """Two 3x3 convolutions with GELU, the first one ``first``; the second keeps the spatial size
+    (each pair fused in prediction)."""
     return ConvGELUSequential(
-        first(in_channels, out_channels, 3, padding=1), DenseGELU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), DenseGELU(),
+        first(in_channels, out_channels), DenseGELU(),
+        conv3x3(out_channels, out_channels), DenseGELU(),
     )
 
 
@@ -153,19 +164,30 @@ def halvings(size: int, minimum: int, most: int | None = None) -> int:
 
 
 class ConvDecoder(nn.Module):
-    """(B, channels[-1], n, n) -> (B, channels[0], n * 2**k, n * 2**k), k = len(channels) - 1."""
+    """(B, channels[-1], n, n) -> (B, channels[0], n * 2**k, n * 2**k), k = len(channels) - 1.
+
+    Each stage upsamples 2x (nearest) and runs a conv block; the upsampling is computed inside the
+    block's first convolution (``UpsampleConv2d``)."""
 
     def __init__(self, channels: list[int]):
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_block(channels[k], channels[k - 1]))
-            for k in range(len(channels) - 1, 0, -1)
+            conv_block(channels[k], channels[k - 1], first=UpsampleConv2d) for k in range(len(channels) - 1, 0, -1)
         )
+        self.register_load_state_dict_pre_hook(_rename_separate_upsampling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)  # (B, C_k, n, n) -> (B, C_{k-1}, 2n, 2n)
         return x
+
+
+def _rename_separate_upsampling(module, state_dict, prefix, *_) -> None:
+    """Checkpoints written while each stage was (Upsample, conv block) name the block's layers
+    ``stages.K.1.L``; they are ``stages.K.L`` now (``stages.K.1`` is a GELU, holding nothing)."""
+    stage = re.compile(re.escape(prefix) + r"stages\.(\d+)\.1\.(\d+\..+)$")
+    for key in [key for key in state_dict if stage.match(key)]:
+        state_dict[stage.sub(lambda match: f"{prefix}stages.{match[1]}.{match[2]}", key)] = state_dict.pop(key)
 
 
 class SpectralConv2d(nn.Module):

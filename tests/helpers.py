@@ -7,6 +7,7 @@ helpers that need torch import it inside.
   the real classes and non-empty (naming the culprit) for deliberately broken ones.
 - Example budgets derived from the active Hypothesis profile.
 - Tiny data and run settings, read recording.
+- A layer checked against a reference computation, forward and backward.
 """
 
 from __future__ import annotations
@@ -151,3 +152,27 @@ def roundtrip_problems(cfg: Any, resolve: Callable[[Any], Mapping[str, Any]]) ->
             if len(set(map(repr, values.values()))) != 1:
                 problems.append(f"shared field {f.name} disagrees: {values}")
     return problems
+
+
+# --- layers against their reference computation --------------------------------------------------
+
+def assert_layer_matches(layer: Any, reference: Callable[[Any], Any], plain: Any, upstream: Any, layout: Any) -> None:
+    """``layer`` and ``reference`` (the same computation written plainly, reading ``layer``'s weight and
+    bias) agree on the input ``plain`` given in ``layout``: outputs, and the input, weight and bias
+    gradients of a backward with ``upstream``, to float32 tolerance; the layer answers channels_last."""
+    import torch
+
+    results = []
+    for function in (layer, reference):
+        layer.zero_grad(set_to_none=True)
+        x = plain.clone(memory_format=layout).requires_grad_()
+        out = function(x)
+        out.backward(upstream)
+        results.append((out, x.grad, layer.weight.grad, None if layer.bias is None else layer.bias.grad))
+    (mine, *my_grads), (expected, *expected_grads) = results
+    assert mine.shape == expected.shape and mine.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(my_grads, expected_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

@@ -14,7 +14,7 @@ from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
 from ptycho_torch.generators import (GENERATORS, DenseGELU, PointwiseConv2d, SpectralBlock, SpectralConv2d,
                                      build_generator, tiny_model_config)
 from ptycho_torch.spectral import spectral_conv
-from tests.helpers import examples
+from tests.helpers import assert_layer_matches, examples
 from tests.strategies import circular_shifts, seeds
 
 SIZES = (16, 32, 64, 128, 256)
@@ -302,20 +302,8 @@ def test_pointwise_conv_equals_a_1x1_convolution_forward_and_backward(batch, inp
         layer.bias = None
     plain = torch.randn(batch, inputs, h, w, generator=gen)
     upstream = torch.randn(batch, outputs, h, w, generator=gen)
-    results = []
-    for function in (layer, lambda x: torch.nn.functional.conv2d(x, layer.weight, layer.bias)):
-        layer.zero_grad(set_to_none=True)
-        x = plain.clone(memory_format=layout).requires_grad_()
-        out = function(x)
-        out.backward(upstream)
-        results.append((out, x.grad, layer.weight.grad, None if layer.bias is None else layer.bias.grad))
-    (mine, *my_grads), (torchs, *torch_grads) = results
-    torch.testing.assert_close(mine, torchs, rtol=1e-5, atol=1e-5)
-    for a, b in zip(my_grads, torch_grads):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    assert mine.is_contiguous(memory_format=torch.channels_last)
+    assert_layer_matches(layer, lambda x: torch.nn.functional.conv2d(x, layer.weight, layer.bias), plain,
+                         upstream, layout)
 
 
 def test_a_1x1_convolutions_checkpoint_loads_into_the_matrix_product_layer_and_answers_alike():
