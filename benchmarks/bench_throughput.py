@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_throughput [--variants cnn:1,fno:1,hybrid:1,cnn:2,fno:2,hybrid:2]
         [--steps 20] [--repeats 5] [--threads 2] [--profile fno:1] [--layers fno:1] [--contention] [--compile]
-        [--precisions 32-true,bf16-mixed]
+        [--precisions 32-true,bf16-mixed] [--earlier CHECKOUT]
 
 One step = forward, loss, backward and Adam (the default TrainingConfig: batch 16, N=32, no
 clipping) on a batch of simulated grid-lines patterns, outside Lightning (its per-step overhead is
@@ -23,6 +23,10 @@ With --profile ARCH:GRIDSIZE, a torch.profiler table of the top operators of tha
 the profiler's per-call overhead inflates small operations several times here, so --layers
 ARCH:GRIDSIZE prints wall-clock medians instead: each generator layer's forward and backward
 (hooks) and the step's phases (forward with loss, backward, optimizer).
+With --earlier CHECKOUT (a checkout of an earlier commit, e.g. ``git worktree add /tmp/before COMMIT``),
+that code's ptycho_torch is loaded beside this one (``earlier_code``) and each variant's step of it
+runs next to this code's in every round, in this process: the speed-up per round and its median are
+free of the machine's drift between processes, and both codes run with this process's settings.
 With --compile, each variant again with the generator run through torch.compile (timed after
 its first, compiling, step).
 The 1-minute load average is printed beside every figure: run it on an otherwise idle machine.
@@ -31,13 +35,16 @@ The 1-minute load average is printed beside every figure: run it on an otherwise
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,13 +53,8 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from benchmarks.arguments import variant, variants
-from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
-from ptycho_torch.datamodule import GroupDataset, PatternDataset
+from benchmarks.earlier_code import PACKAGE, checkout, load_earlier
 from ptycho_torch.generators import ConvDecoder
-from ptycho_torch.model import PtychoPINN
-from ptycho_torch.optimization import build_optimizer
-from ptycho_torch.probe import ideal_probe
-from ptycho_torch.simulation import simulate_split
 from scripts.studies.runner_cli import integer_at_least
 
 aten = torch.ops.aten
@@ -127,28 +129,36 @@ def matmul_rate(repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
 
 # --- one training step --------------------------------------------------------------------------
 
-def first_batch(gridsize: int, batch_size: int) -> dict[str, torch.Tensor]:
-    sim = SimulationConfig()
-    data = simulate_split(sim, 1, sim.train_stride, np.random.default_rng(0), ideal_probe(sim.N, sim.probe_defocus))
-    dataset = PatternDataset(data) if gridsize == 1 else GroupDataset(data, gridsize, sim.test_stride)
+def first_batch(gridsize: int, batch_size: int, package: str = PACKAGE) -> dict[str, torch.Tensor]:
+    config, simulation, datamodule, probe = (importlib.import_module(f"{package}.{name}")
+                                             for name in ("config", "simulation", "datamodule", "probe"))
+    sim = config.SimulationConfig()
+    data = simulation.simulate_split(sim, 1, sim.train_stride, np.random.default_rng(0),
+                                     probe.ideal_probe(sim.N, sim.probe_defocus))
+    dataset = (datamodule.PatternDataset(data) if gridsize == 1
+               else datamodule.GroupDataset(data, gridsize, sim.test_stride))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     return next(iter(loader))
 
 
 class Variant:
-    """A model, its optimizer and a batch: ``step()`` is one training step."""
+    """A model, its optimizer and a batch: ``step()`` is one training step. Built from ``package``:
+    this code's ptycho_torch, or an earlier checkout's loaded beside it (``earlier_code``)."""
 
-    def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False, precision: str = "32-true"):
+    def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False, precision: str = "32-true",
+                 package: str = PACKAGE):
         self.name = (f"{architecture} gs{gridsize}" + (" compiled" if compile_generator else "")
-                     + ("" if precision == "32-true" else f" {precision}"))
+                     + ("" if precision == "32-true" else f" {precision}") + ("" if package == PACKAGE else " earlier"))
         self.precision = precision
-        cfg = TrainingConfig(model=ModelConfig(architecture=architecture, gridsize=gridsize))
-        self.batch = first_batch(gridsize, cfg.batch_size)
+        config, model, optimization, probe = (importlib.import_module(f"{package}.{name}")
+                                              for name in ("config", "model", "optimization", "probe"))
+        cfg = config.TrainingConfig(model=config.ModelConfig(architecture=architecture, gridsize=gridsize))
+        self.batch = first_batch(gridsize, cfg.batch_size, package)
         torch.manual_seed(0)
-        self.module = PtychoPINN(cfg, torch.from_numpy(ideal_probe(cfg.model.N, 1.0)))
+        self.module = model.PtychoPINN(cfg, torch.from_numpy(probe.ideal_probe(cfg.model.N, 1.0)))
         if compile_generator:  # an experiment, not a setting: it did not pay here (README, Throughput)
             self.module.generator = torch.compile(self.module.generator)
-        self.optimizer = build_optimizer(self.module.parameters(), cfg)
+        self.optimizer = optimization.build_optimizer(self.module.parameters(), cfg)
 
     def step(self) -> tuple[float, float, float]:
         """One step; its phases' wall times in seconds: forward with loss, backward, optimizer."""
@@ -168,13 +178,18 @@ class Variant:
         return statistics.median(sum(self.step()) for _ in range(steps))
 
 
-def timed(variants: list[Variant], steps: int, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` rounds (variants interleaved) of each variant's median step time."""
+def timed_rounds(variants: list[Variant], steps: int, repeats: int) -> dict[str, list[float]]:
+    """Each variant's median step time in each of ``repeats`` rounds (variants interleaved)."""
     rounds: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(repeats):
         for variant in variants:
             rounds[variant.name].append(variant.median_step(steps))
-    return {name: statistics.median(times) for name, times in rounds.items()}
+    return rounds
+
+
+def timed(variants: list[Variant], steps: int, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` rounds (variants interleaved) of each variant's median step time."""
+    return {name: statistics.median(times) for name, times in timed_rounds(variants, steps, repeats).items()}
 
 
 # --- contention ---------------------------------------------------------------------------------
@@ -308,6 +323,20 @@ def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
     return rates
 
 
+def speedup_table(variants: list[Variant], rounds: dict[str, list[float]]) -> str:
+    """Each earlier variant against this code's: median step times, and the ratio of the two in each
+    round (the pair ran back to back in it) as median and range."""
+    lines = ["| variant | earlier ms | this code ms | speed-up, median of rounds | rounds' range |",
+             "|---|---|---|---|---|"]
+    for before in (v for v in variants if v.name.endswith(" earlier")):
+        now = before.name.removesuffix(" earlier")
+        ratios = [b / a for b, a in zip(rounds[before.name], rounds[now])]
+        lines.append(f"| {now} | {statistics.median(rounds[before.name]) * 1e3:.1f} "
+                     f"| {statistics.median(rounds[now]) * 1e3:.1f} | {statistics.median(ratios):.2f}x "
+                     f"| {min(ratios):.2f}-{max(ratios):.2f}x |")
+    return "\n".join(lines)
+
+
 def parse_precisions(text: str) -> list[str]:
     """'32-true,bf16-mixed' -> each named precision once, in the order given."""
     precisions = list(dict.fromkeys(text.split(",")))
@@ -332,11 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="also time each variant under torch.compile")
     parser.add_argument("--precisions", type=parse_precisions, default=["32-true"],
                         help=f"comma-separated, of {', '.join(MATMUL_DTYPES)}")
+    parser.add_argument("--earlier", type=checkout, default=None, metavar="CHECKOUT",
+                        help="a checkout of an earlier commit: each variant's step of that code is timed too, "
+                             "in this process, next to this code's in every round, and the speed-up printed")
     return parser
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.earlier is None:
+        return run(args)
+    with tempfile.TemporaryDirectory() as scratch:  # the earlier package's copy, for the whole run
+        earlier = load_earlier(args.earlier, Path(scratch))
+        print(f"earlier code: {args.earlier} (loaded as {earlier.__name__})")
+        return run(args, earlier.__name__)
+
+
+def run(args: argparse.Namespace, earlier: str | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training runs (ptycho_torch.cpu_settings)
     try:
@@ -347,12 +388,14 @@ def main(argv=None) -> None:
         print(f"freed memory kept for reuse (as runs do): {retain_freed_memory()}")
     pairs = args.variants
     precisions = args.precisions
-    variants = [Variant(a, g, precision=p) for p in precisions for a, g in pairs]
+    packages = [PACKAGE] if earlier is None else [earlier, PACKAGE]  # each earlier step next to this one
+    variants = [Variant(a, g, precision=p, package=k) for p in precisions for a, g in pairs for k in packages]
     if args.compile:
         variants += [Variant(a, g, compile_generator=True, precision=p) for p in precisions for a, g in pairs]
     flops = {v.name: step_flops(v.step) for v in variants}
     rates = reference_rates(precisions)
-    times = timed(variants, args.steps, args.repeats)
+    rounds = timed_rounds(variants, args.steps, args.repeats)
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     after = reference_rates(precisions, "again after timing")
     reference = {p: statistics.mean([rates[p], after[p]]) for p in precisions}
     print("| variant | GFLOP/step | step ms | GFLOP/s | of matmul |")
@@ -362,6 +405,9 @@ def main(argv=None) -> None:
         print(f"| {v.name} | {flops[v.name] / 1e9:.2f} | {times[v.name] * 1e3:.1f} | {achieved:.1f} "
               f"| {achieved / reference[v.precision]:.0%} |")
     print(f"load {load()}")
+    if earlier is not None:
+        print("\n" + speedup_table(variants, rounds))
+        print(f"load {load()}")
     if args.contention:
         rows = contended(variants, args.steps, max(1, args.repeats // 2), args.threads)
         print("\n| variant (one core busy) | auto threads | auto ms | slowdown | same threads, idle machine ms | "

@@ -1,4 +1,5 @@
-"""The throughput benchmark's FLOP count: real arithmetic, whatever dtype the products run in."""
+"""The throughput benchmark: its FLOP count (real arithmetic, whatever dtype the products run in), its
+arguments, the layer breakdown, and an earlier checkout timed beside this code."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ BAD_ARGUMENTS = [
     ("benchmarks.bench_throughput", ["--steps", "0"], "--steps", ">= 1"),
     ("benchmarks.bench_throughput", ["--repeats", "-2"], "--repeats", ">= 1"),
     ("benchmarks.bench_throughput", ["--threads", "0"], "--threads", ">= 1"),
+    ("benchmarks.bench_throughput", ["--earlier", "benchmarks"], "--earlier", "holds no ptycho_torch/__init__.py"),
+    ("benchmarks.bench_throughput", ["--earlier", ""], "--earlier", "holds no ptycho_torch/__init__.py"),
     ("benchmarks.bench_training", ["--steps", "²"], "--steps", ">= 1"),
     ("benchmarks.bench_training", ["--repeats", "0"], "--repeats", ">= 1"),
     ("benchmarks.bench_simulation", ["--repeats", "1.5"], "--repeats", ">= 1"),
@@ -80,3 +83,57 @@ def test_the_layer_breakdown_times_every_layer_and_the_steps_phases_then_removes
     assert set(phases) == {"forward and loss", "backward", "optimizer"} and all(ms > 0 for ms in phases.values())
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                    for m in variant.module.modules())
+
+
+EARLIER_SCRIPT = """
+import sys, tempfile
+from pathlib import Path
+import ptycho_torch.model
+from benchmarks.bench_throughput import Variant
+from benchmarks.earlier_code import EARLIER, load_earlier
+with tempfile.TemporaryDirectory() as scratch:
+    package = load_earlier(Path(sys.argv[1]), Path(scratch))
+    copied = [p.read_text() for p in (Path(scratch) / EARLIER).rglob("*.py")]
+    assert copied and not any("ptycho_torch." in text or "from ptycho_torch " in text for text in copied)
+    variant = Variant("cnn", 1, package=EARLIER)
+    variant.step()
+    names = {type(m).__module__ for m in variant.module.modules()} - {"torch.nn.modules.container"}
+    loaded = sorted(name for name in sys.modules if name.startswith("ptycho_torch"))
+    try:
+        load_earlier(Path(sys.argv[1]), Path(scratch))
+        twice = "loaded twice"
+    except RuntimeError as err:
+        twice = str(err)
+print(package.__name__, variant.name, sorted(names), loaded, twice, sep="\\n")
+"""
+
+
+def test_an_earlier_checkout_runs_beside_this_code_under_its_own_names(tmp_path):
+    """This checkout stands in for an earlier one: its copy is imported as another package, whose
+    modules (the model's layers included) are its own, never this code's; a second load is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", EARLIER_SCRIPT, str(root)], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    package, name, layer_modules, loaded, twice = done.stdout.strip().splitlines()
+    assert package == "ptycho_torch_earlier" and name == "cnn gs1 earlier"
+    assert "ptycho_torch_earlier.generators" in layer_modules and "'ptycho_torch." not in layer_modules
+    assert "'ptycho_torch_earlier.model'" in loaded and "'ptycho_torch.model'" in loaded  # both, side by side
+    assert twice == "an earlier checkout is already loaded as ptycho_torch_earlier"
+
+
+def test_the_speedup_is_the_median_of_each_rounds_ratio():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_throughput import speedup_table
+
+    variants = [SimpleNamespace(name=n) for n in ("fno gs1 earlier", "fno gs1", "cnn gs1 earlier", "cnn gs1")]
+    rounds = {"fno gs1 earlier": [0.2, 0.3, 0.1], "fno gs1": [0.1, 0.1, 0.1],
+              "cnn gs1 earlier": [0.04, 0.02, 0.03], "cnn gs1": [0.02, 0.04, 0.01]}
+    rows = speedup_table(variants, rounds).splitlines()[2:]
+    assert rows == ["| fno gs1 | 200.0 | 100.0 | 2.00x | 1.00-3.00x |",
+                    "| cnn gs1 | 30.0 | 20.0 | 2.00x | 0.50-3.00x |"]
