@@ -18,6 +18,8 @@ float rounding (the summed taps add in another order).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -29,6 +31,12 @@ PHASE_TAPS = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
                            [[0.0, 1.0], [0.0, 1.0]]])
 # both axes at once: rows (a, b, p, q) of the phase kernels, columns (y, x) of the 3x3 kernel
 PHASE_MATRIX = torch.einsum("yap,xbq->abpqyx", PHASE_TAPS, PHASE_TAPS).reshape(16, 9)
+
+
+@functools.lru_cache(maxsize=16)
+def _phase_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """PHASE_MATRIX where the weight lives (copied once, not per call: on a GPU each copy would wait)."""
+    return PHASE_MATRIX.to(dtype=dtype, device=device)
 
 
 class UpsampleConv2d(nn.Conv2d):
@@ -104,7 +112,7 @@ class _PhaseKernel(torch.autograd.Function):
         out_channels, in_channels = weight.shape[:2]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             taps = weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)  # a view when channels_last
-            summed = torch.matmul(PHASE_MATRIX.to(weight), taps)  # (out, (a, b, p, q), in)
+            summed = torch.matmul(_phase_matrix(weight.dtype, weight.device), taps)  # (out, (a, b, p, q), in)
         phases = summed.view(out_channels, 4, 4, in_channels).transpose(0, 1)  # ((a, b), out, (p, q), in)
         return phases.reshape(4 * out_channels, 2, 2, in_channels).permute(0, 3, 1, 2)
 
@@ -114,6 +122,7 @@ class _PhaseKernel(torch.autograd.Function):
         quadruple, in_channels = grad.shape[:2]
         out_channels = quadruple // 4
         per_unit = grad.permute(0, 2, 3, 1).reshape(4, out_channels, 4, in_channels).transpose(0, 1)
+        per_unit = per_unit.reshape(out_channels, 16, in_channels)  # (out, (a, b, p, q), in)
         with torch.autocast(device_type=grad.device.type, enabled=False):
-            taps = torch.matmul(PHASE_MATRIX.T.to(grad), per_unit.reshape(out_channels, 16, in_channels))
+            taps = torch.matmul(_phase_matrix(grad.dtype, grad.device).T, per_unit)  # (out, (y, x), in)
         return taps.view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
