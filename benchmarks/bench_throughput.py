@@ -179,10 +179,11 @@ class Variant:
 
 
 def timed_rounds(variants: list[Variant], steps: int, repeats: int) -> dict[str, list[float]]:
-    """Each variant's median step time in each of ``repeats`` rounds (variants interleaved)."""
+    """Each variant's median step time in each of ``repeats`` rounds (variants interleaved, in the
+    reverse order every other round, so that no variant always runs right after the same one)."""
     rounds: dict[str, list[float]] = {v.name: [] for v in variants}
-    for _ in range(repeats):
-        for variant in variants:
+    for repeat in range(repeats):
+        for variant in variants if repeat % 2 == 0 else variants[::-1]:
             rounds[variant.name].append(variant.median_step(steps))
     return rounds
 

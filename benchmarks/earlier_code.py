@@ -42,7 +42,7 @@ def load_earlier(root: Path, scratch: Path) -> ModuleType:
     shutil.copytree(root / PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
     name = re.compile(rf"\b{PACKAGE}\b")
     for source in target.rglob("*.py"):
-        source.write_text(name.sub(EARLIER, source.read_text()))
+        source.write_text(name.sub(EARLIER, source.read_text(encoding="utf-8")), encoding="utf-8")
     sys.path.insert(0, str(scratch))
     importlib.invalidate_caches()
     return importlib.import_module(EARLIER)

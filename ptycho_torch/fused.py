@@ -49,6 +49,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def fusable(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer`` applied to ``x`` may run fused with a following GELU."""
     return (_POINTWISE_CONV is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.ndim == 4  # oneDNN's op takes batched input only
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled  # the user may turn it off
             and isinstance(layer, nn.Conv2d)
             and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)

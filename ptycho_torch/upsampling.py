@@ -43,7 +43,8 @@ class UpsampleConv2d(nn.Conv2d):
     """``conv(upsample_nearest_2x(x))`` for a 3x3 convolution with padding 1, without the upsampled
     input (see the module's docstring). The parameters are those of ``nn.Conv2d(in, out, 3,
     padding=1)``: the kernel is stored 3x3 and the phases' 2x2 kernels are summed from it per call.
-    (B, in, h, w) -> (B, out, 2h, 2w) channels_last; also unbatched (in, h, w), as ``nn.Conv2d``."""
+    (B, in, h, w) -> (B, out, 2h, 2w) channels_last; also unbatched (in, h, w), as ``nn.Conv2d``.
+    First-order gradients only (its backward passes are written out; nothing here differentiates twice)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 3, padding=1)

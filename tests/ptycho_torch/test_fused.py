@@ -15,6 +15,7 @@ from ptycho_torch import fused
 from ptycho_torch.config import ARCHITECTURES
 from ptycho_torch.fused import ConvGELUSequential
 from ptycho_torch.generators import DenseGELU, build_generator, tiny_model_config
+from ptycho_torch.upsampling import UpsampleConv2d
 from tests.strategies import seeds
 
 pytestmark = pytest.mark.skipif(fused._POINTWISE_CONV is None, reason="this torch build has no oneDNN fused convolution")
@@ -151,3 +152,18 @@ def test_nothing_is_fused_where_the_user_turned_onednn_off(fused_calls):
     with torch.no_grad():
         pair(torch.randn(1, 2, 8, 8))
     assert len(fused_calls) == 1
+
+
+@pytest.mark.parametrize("first", [lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: UpsampleConv2d(3, 4)],
+                         ids=["conv", "upsampling conv"])
+def test_unbatched_input_runs_the_layers_one_by_one(first, fused_calls):
+    """oneDNN's fused op takes batched input only; an unbatched one, which the layers accept, is not
+    sent to it."""
+    torch.manual_seed(0)
+    pair = ConvGELUSequential(first(), DenseGELU())
+    x = torch.randn(3, 5, 5)
+    with torch.no_grad():
+        got = pair(x)
+        expected = pair[1](pair[0](x))
+    assert fused_calls == []
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

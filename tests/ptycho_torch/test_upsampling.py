@@ -74,15 +74,17 @@ def test_unbatched_input_works_as_for_a_convolution():
     torch.testing.assert_close(layer(x), upsampled_then_convolved(layer, x[None])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_under_bf16_autocast_it_answers_in_bf16_and_its_weight_gradient_is_the_same_inside_and_outside():
-    """Lightning calls backward inside the step's autocast: the tap sums of the weight gradient stay
-    float32 there (autograd's own product would round them to bf16)."""
+def test_under_bf16_autocast_it_answers_in_bf16_and_sums_its_taps_in_float32_both_ways():
+    """The phase kernels are summed in float32 and cast once by the convolution; the weight gradient's
+    sums stay float32 too, also when Lightning calls backward inside the step's autocast (autograd's
+    own product would round them to bf16 there)."""
     torch.manual_seed(0)
     layer, x = UpsampleConv2d(4, 5), torch.randn(2, 4, 6, 6)
     grads = []
     for inside in (False, True):
         layer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer.phase_conv()[0].dtype == torch.float32
             out = layer(x)
             reference = upsampled_then_convolved(layer, x)
             if inside:
@@ -93,6 +95,7 @@ def test_under_bf16_autocast_it_answers_in_bf16_and_its_weight_gradient_is_the_s
         torch.testing.assert_close(out.float(), reference.float(), rtol=2e-2, atol=5e-2)
         grads.append(layer.weight.grad)
     assert torch.equal(grads[0], grads[1])
+    assert not torch.equal(grads[1], grads[1].bfloat16().float())  # sums of bf16 terms, kept in float32
 
 
 def _separate_upsampling_decoder(channels: list[int]) -> nn.Module:

@@ -137,3 +137,18 @@ def test_the_speedup_is_the_median_of_each_rounds_ratio():
     rows = speedup_table(variants, rounds).splitlines()[2:]
     assert rows == ["| fno gs1 | 200.0 | 100.0 | 2.00x | 1.00-3.00x |",
                     "| cnn gs1 | 30.0 | 20.0 | 2.00x | 0.50-3.00x |"]
+
+
+def test_rounds_run_the_variants_in_alternating_order():
+    """No variant always runs right after the same one (an earlier code's step, say, always warming
+    the caches for this code's)."""
+    from types import SimpleNamespace
+
+    from benchmarks.bench_throughput import timed_rounds
+
+    ran = []
+    variants = [SimpleNamespace(name=name, median_step=lambda steps, name=name: ran.append(name) or 0.01)
+                for name in ("a", "b", "c")]
+    rounds = timed_rounds(variants, steps=1, repeats=3)
+    assert ran == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert rounds == {"a": [0.01] * 3, "b": [0.01] * 3, "c": [0.01] * 3}
