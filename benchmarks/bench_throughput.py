@@ -129,9 +129,16 @@ def matmul_rate(repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
 
 # --- one training step --------------------------------------------------------------------------
 
+EARLIER_SUFFIX = " earlier"  # a variant of the earlier code: its name is this code's variant's, plus this
+
+
+def modules(package: str, *names: str) -> list:
+    """``package``'s modules ``names`` (this code's ptycho_torch, or the earlier checkout's)."""
+    return [importlib.import_module(f"{package}.{name}") for name in names]
+
+
 def first_batch(gridsize: int, batch_size: int, package: str = PACKAGE) -> dict[str, torch.Tensor]:
-    config, simulation, datamodule, probe = (importlib.import_module(f"{package}.{name}")
-                                             for name in ("config", "simulation", "datamodule", "probe"))
+    config, simulation, datamodule, probe = modules(package, "config", "simulation", "datamodule", "probe")
     sim = config.SimulationConfig()
     data = simulation.simulate_split(sim, 1, sim.train_stride, np.random.default_rng(0),
                                      probe.ideal_probe(sim.N, sim.probe_defocus))
@@ -148,10 +155,10 @@ class Variant:
     def __init__(self, architecture: str, gridsize: int, compile_generator: bool = False, precision: str = "32-true",
                  package: str = PACKAGE):
         self.name = (f"{architecture} gs{gridsize}" + (" compiled" if compile_generator else "")
-                     + ("" if precision == "32-true" else f" {precision}") + ("" if package == PACKAGE else " earlier"))
+                     + ("" if precision == "32-true" else f" {precision}")
+                     + ("" if package == PACKAGE else EARLIER_SUFFIX))
         self.precision = precision
-        config, model, optimization, probe = (importlib.import_module(f"{package}.{name}")
-                                              for name in ("config", "model", "optimization", "probe"))
+        config, model, optimization, probe = modules(package, "config", "model", "optimization", "probe")
         cfg = config.TrainingConfig(model=config.ModelConfig(architecture=architecture, gridsize=gridsize))
         self.batch = first_batch(gridsize, cfg.batch_size, package)
         torch.manual_seed(0)
@@ -329,8 +336,8 @@ def speedup_table(variants: list[Variant], rounds: dict[str, list[float]]) -> st
     round (the pair ran back to back in it) as median and range."""
     lines = ["| variant | earlier ms | this code ms | speed-up, median of rounds | rounds' range |",
              "|---|---|---|---|---|"]
-    for before in (v for v in variants if v.name.endswith(" earlier")):
-        now = before.name.removesuffix(" earlier")
+    for before in (v for v in variants if v.name.endswith(EARLIER_SUFFIX)):
+        now = before.name.removesuffix(EARLIER_SUFFIX)
         ratios = [b / a for b, a in zip(rounds[before.name], rounds[now])]
         lines.append(f"| {now} | {statistics.median(rounds[before.name]) * 1e3:.1f} "
                      f"| {statistics.median(rounds[now]) * 1e3:.1f} | {statistics.median(ratios):.2f}x "

@@ -29,14 +29,13 @@ from torch.nn import functional as F
 PHASE_TAPS = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
                            [[0.0, 1.0], [1.0, 0.0]],
                            [[0.0, 1.0], [0.0, 1.0]]])
-# both axes at once: rows (a, b, p, q) of the phase kernels, columns (y, x) of the 3x3 kernel
-PHASE_MATRIX = torch.einsum("yap,xbq->abpqyx", PHASE_TAPS, PHASE_TAPS).reshape(16, 9)
 
 
 @functools.lru_cache(maxsize=16)
 def _phase_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """PHASE_MATRIX where the weight lives (copied once, not per call: on a GPU each copy would wait)."""
-    return PHASE_MATRIX.to(dtype=dtype, device=device)
+    """Both axes at once, (16, 9): rows (a, b, p, q) of the phase kernels, columns (y, x) of the 3x3
+    kernel; built once per dtype and device where the weight lives (on a GPU a copy per call would wait)."""
+    return torch.einsum("yap,xbq->abpqyx", PHASE_TAPS, PHASE_TAPS).reshape(16, 9).to(dtype=dtype, device=device)
 
 
 class UpsampleConv2d(nn.Conv2d):
@@ -105,7 +104,7 @@ class _Interleave(torch.autograd.Function):
 
 class _PhaseKernel(torch.autograd.Function):
     """(out, in, 3, 3) -> (4 out, in, 2, 2) channels_last, the phases' summed taps: one product with
-    ``PHASE_MATRIX`` each way, in float32 also under autocast (Lightning runs the backward inside
+    the phase matrix each way, in float32 also under autocast (Lightning runs the backward inside
     the step's bf16 autocast, where autograd's own product would round the summed gradients)."""
 
     @staticmethod
