@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.arguments import architectures
+from benchmarks.host import host_line
 from scripts.studies.runner_cli import integer_at_least
 
 RUNNER = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner", "--no-enable-progress-bar"]
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    print(host_line())
     print("| run | amp SSIM | amp PSNR | amp FRC50 | phase SSIM | phase PSNR | phase FRC50 | seam ratio "
           "| wall s | peak MiB | load |")
     print("|---|" + "---|" * 10)

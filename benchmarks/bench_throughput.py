@@ -30,6 +30,7 @@ free of the machine's drift between processes, and both codes run with this proc
 With --compile, each variant again with the generator run through torch.compile (timed after
 its first, compiling, step).
 The 1-minute load average is printed beside every figure: run it on an otherwise idle machine.
+The first line names the host (``host``): figures from different CPUs compare only as ratios.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from benchmarks.arguments import variant, variants
 from benchmarks.earlier_code import PACKAGE, checkout, load_earlier
+from benchmarks.host import host_line
 from ptycho_torch.generators import ConvDecoder
 from scripts.studies.runner_cli import integer_at_least
 
@@ -377,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    print(host_line())
     if args.earlier is None:
         return run(args)
     with tempfile.TemporaryDirectory() as scratch:  # the earlier package's copy, for the whole run

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks.host import host_line
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINN
@@ -136,7 +138,8 @@ def main(argv=None) -> None:
         runs["loop_wall"].append(plain_loop_time(data, 1.0, args.steps))
     med = {k: statistics.median(v) for k, v in runs.items()}
     report = {
-        "machine": f"{torch.get_num_threads()} torch threads, load avg {open('/proc/loadavg').read().split()[0]}",
+        "machine": f"{torch.get_num_threads()} torch threads, load avg {os.getloadavg()[0]:.2f}",
+        "host": host_line(),
         "model": f"default ModelConfig ({ModelConfig().architecture}, N={ModelConfig().N}), batch 16, adam",
         "median_step_s": {"no_clip_no_log": round(med["off"], 5), "clip_no_log": round(med["nolog"], 5),
                           "clip_and_log": round(med["norm"], 5), "clip_log_plus_item_baseline": round(med["item"], 5)},

@@ -152,3 +152,19 @@ def test_rounds_run_the_variants_in_alternating_order():
     rounds = timed_rounds(variants, steps=1, repeats=3)
     assert ran == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert rounds == {"a": [0.01] * 3, "b": [0.01] * 3, "c": [0.01] * 3}
+
+
+def test_the_benchmark_names_its_host_before_any_figure(capsys):
+    from benchmarks.bench_throughput import main
+    from benchmarks.host import host_line
+    from ptycho_torch.cpu_settings import denormals_flushed
+
+    threads, flushed = torch.get_num_threads(), denormals_flushed()
+    try:  # the benchmark sets both for its process, as a run does
+        main(["--variants", "cnn:1", "--steps", "1", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(flushed)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == host_line()
+    assert any(line.startswith("| cnn gs1 |") for line in lines)  # the figures follow
