@@ -11,7 +11,8 @@ bench_training's subject). Per variant it prints:
                    (5 n log2 n per complex transform of n points, half that for real ones), with
                    complex matrix products at 8 real FLOPs per multiply-add (the counter says 2)
   step ms          median over repeats of the median step time (warm-up first; variants
-                   interleaved so that drifting load hits them alike)
+                   interleaved so that drifting load hits them alike), and the repeats' range:
+                   a wide one says the machine was noisy (other tenants of the host, say)
   GFLOP/s, ratio   achieved rate, and its ratio to a 1024^3 matmul timed in this process, in
                    float32, or in bf16 for a bf16-mixed variant (its forward under bf16 autocast,
                    as Lightning's bf16-mixed runs it; the spectral products stay float32)
@@ -333,6 +334,21 @@ def reference_rates(precisions: list[str], when: str = "") -> dict[str, float]:
     return rates
 
 
+def rate_table(variants: list[Variant], flops: dict[str, int], rounds: dict[str, list[float]],
+               reference: dict[str, float]) -> str:
+    """Per variant: GFLOP per step, the median over rounds of its median step time and the rounds'
+    range (a wide range is a noisy machine: the figures of such a run are not to be trusted), the
+    rate that median achieves and its share of the matmul rate at the variant's precision."""
+    lines = ["| variant | GFLOP/step | step ms | rounds' range ms | GFLOP/s | of matmul |", "|---|---|---|---|---|---|"]
+    for v in variants:
+        times = rounds[v.name]
+        step = statistics.median(times)
+        achieved = flops[v.name] / step / 1e9
+        lines.append(f"| {v.name} | {flops[v.name] / 1e9:.2f} | {step * 1e3:.1f} | {min(times) * 1e3:.1f}-"
+                     f"{max(times) * 1e3:.1f} | {achieved:.1f} | {achieved / reference[v.precision]:.0%} |")
+    return "\n".join(lines)
+
+
 def speedup_table(variants: list[Variant], rounds: dict[str, list[float]]) -> str:
     """Each earlier variant against this code's: median step times, and the ratio of the two in each
     round (the pair ran back to back in it) as median and range."""
@@ -409,12 +425,7 @@ def run(args: argparse.Namespace, earlier: str | None = None) -> None:
     times = {name: statistics.median(values) for name, values in rounds.items()}
     after = reference_rates(precisions, "again after timing")
     reference = {p: statistics.mean([rates[p], after[p]]) for p in precisions}
-    print("| variant | GFLOP/step | step ms | GFLOP/s | of matmul |")
-    print("|---|---|---|---|---|")
-    for v in variants:
-        achieved = flops[v.name] / times[v.name] / 1e9
-        print(f"| {v.name} | {flops[v.name] / 1e9:.2f} | {times[v.name] * 1e3:.1f} | {achieved:.1f} "
-              f"| {achieved / reference[v.precision]:.0%} |")
+    print(rate_table(variants, flops, rounds, reference))
     print(f"load {load()}")
     if earlier is not None:
         print("\n" + speedup_table(variants, rounds))

@@ -168,3 +168,17 @@ def test_the_benchmark_names_its_host_before_any_figure(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == host_line()
     assert any(line.startswith("| cnn gs1 |") for line in lines)  # the figures follow
+
+
+def test_the_rate_table_gives_each_steps_median_its_rounds_range_and_its_share_of_the_matmul():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_throughput import rate_table
+
+    variants = [SimpleNamespace(name="fno gs1", precision="32-true"),
+                SimpleNamespace(name="fno gs1 bf16-mixed", precision="bf16-mixed")]
+    flops = {"fno gs1": 6e9, "fno gs1 bf16-mixed": 6e9}
+    rounds = {"fno gs1": [0.06, 0.05, 0.08], "fno gs1 bf16-mixed": [0.04, 0.03]}
+    rows = rate_table(variants, flops, rounds, {"32-true": 200.0, "bf16-mixed": 400.0}).splitlines()[2:]
+    assert rows == ["| fno gs1 | 6.00 | 60.0 | 50.0-80.0 | 100.0 | 50% |",  # 6 GFLOP in 60 ms
+                    "| fno gs1 bf16-mixed | 6.00 | 35.0 | 30.0-40.0 | 171.4 | 43% |"]  # against the bf16 rate
