@@ -14,6 +14,8 @@ import platform
 
 import torch
 
+from ptycho_torch.cpu_settings import usable_cores
+
 # vector and matrix instructions that set the float32 and bf16 rates of oneDNN and MKL
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -45,5 +47,4 @@ def host_line() -> str:
             cpu = cpu_description(info.read())
     except OSError:  # not Linux
         cpu = cpu_description("")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"host: {cpu}; {usable} of {os.cpu_count()} cores usable; torch {torch.__version__}"
+    return f"host: {cpu}; {usable_cores()} of {os.cpu_count()} cores usable; torch {torch.__version__}"

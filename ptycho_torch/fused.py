@@ -16,8 +16,10 @@ from torch import nn
 
 from ptycho_torch.upsampling import UpsampleConv2d, interleave_phases
 
-# oneDNN's fused convolution (absent from builds without oneDNN: the layers then run unfused)
-_POINTWISE_CONV = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+# oneDNN's fused convolution, probed in the torch build (absent without oneDNN: the layers then run
+# unfused, ``fusable``); a property of the installed torch, not a setting
+_POINTWISE_CONV = (torch.ops.mkldnn._convolution_pointwise if hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                   else None)
 FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
