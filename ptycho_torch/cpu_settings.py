@@ -12,6 +12,15 @@ where "busy" is sampled from /proc/stat over a short interval when the run start
 process's own CPU time subtracted). Runs started together (a sweep's jobs) cannot see each
 other yet and must be given their share explicitly (``num_threads``).
 
+A run's load changes after it starts: another run begins beside it, or ends. ``ThreadAdapter``
+re-chooses the automatic count of a single-process fit between its steps, from the same rule
+applied to the last second's load (read from /proc/stat without waiting: the fit's own work fills
+the second): fewer threads at once when other processes take cores (a step with two threads
+beside one busy process measured 2-4x slower than with one; 3-57x on another host), more only
+after two seconds in a row leave them free. On a machine nobody else uses, the count never
+changes, so such runs still sum in one order and repeat bit for bit; a count given explicitly
+is never changed.
+
 Denormals. Arithmetic on subnormal floats (below 1.2e-38 in float32) takes a slow path on x86;
 repeated steps on one batch drove a hybrid gridsize-2 step from 26 ms to 50 ms through them.
 Flushing them to zero changes only values that small, as TensorFlow does on CPUs by default.
@@ -44,13 +53,21 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import NamedTuple
 
 import torch
 
 from ptycho_torch.config import PyTorchExecutionConfig, plain_int
 
 SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over the sample
-_chosen: list[int] = []  # the counts chosen by the enclosing ``intra_op_threads`` contexts
+
+
+class _Block(NamedTuple):
+    count: int
+    automatic: bool
+
+
+_chosen: list[_Block] = []  # the enclosing ``intra_op_threads`` contexts, innermost last
 
 
 def _affinity() -> set[int]:
@@ -83,17 +100,36 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
     return busy, total
 
 
+class LoadWindow:
+    """Cores of this process's affinity mask that other processes keep busy, over the time since
+    the window opened: ``others()`` reads it without waiting."""
+
+    def __init__(self) -> None:
+        self._cpus = _affinity()
+        self.open()
+
+    def open(self) -> None:
+        self._ticks, self._own, self._start = _cpu_ticks(self._cpus), time.process_time(), time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._start
+
+    def others(self) -> float | None:
+        """Busy cores less this process's own CPU time, per second since ``open``; None where
+        /proc/stat cannot be read or no tick has passed."""
+        last, own_last, elapsed = _cpu_ticks(self._cpus), time.process_time(), time.monotonic() - self._start
+        if self._ticks is None or last is None or last[1] <= self._ticks[1]:
+            return None
+        others = (last[0] - self._ticks[0]) / os.sysconf("SC_CLK_TCK") - (own_last - self._own)
+        return max(0.0, others / elapsed)
+
+
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     """Cores of this process's affinity mask that other processes kept busy over ``seconds``."""
-    cpus = _affinity()
-    first, own_first, start = _cpu_ticks(cpus), time.process_time(), time.monotonic()
+    window = LoadWindow()
     time.sleep(seconds)
-    last, own_last, elapsed = _cpu_ticks(cpus), time.process_time(), time.monotonic() - start
-    if first is None or last is None or last[1] <= first[1]:
-        return 0.0
-    ticks_per_second = os.sysconf("SC_CLK_TCK")
-    others = (last[0] - first[0]) / ticks_per_second - (own_last - own_first)
-    return max(0.0, others / elapsed)
+    others = window.others()
+    return 0.0 if others is None else others
 
 
 def environment_limit() -> int | None:
@@ -101,33 +137,106 @@ def environment_limit() -> int | None:
     return plain_int(os.environ.get("OMP_NUM_THREADS", "")) or None  # not a positive integer: no cap
 
 
-def auto_threads(processes: int = 1) -> int:
-    """The automatic thread count for each of ``processes`` processes of one run (module docstring)."""
-    free = usable_cores() - round(busy_cores())
+def free_threads(others: float, processes: int = 1) -> int:
+    """The automatic count for each of ``processes`` processes of one run when other processes keep
+    ``others`` cores busy (module docstring)."""
+    free = usable_cores() - round(others)
     limit = environment_limit()
     if limit is not None:
         free = min(free, limit)
     return max(1, free // max(1, processes))
 
 
+def auto_threads(processes: int = 1) -> int:
+    """The automatic thread count for each of ``processes`` processes of one run, sampled now."""
+    return free_threads(busy_cores(), processes)
+
+
 @contextmanager
-def intra_op_threads(num_threads: int, processes: int = 1) -> Iterator[int]:
+def intra_op_threads(num_threads: int, processes: int = 1, start: int | None = None) -> Iterator[int]:
     """torch's intra-op threads set for the block (0 = automatic), restored after it.
 
     Inside another such block an automatic count reuses the enclosing block's choice (one
-    sample of the machine); an explicit count always applies.
+    sample of the machine); ``start`` gives an automatic block its first count instead (a resumed
+    run's); an explicit count always applies. ``rechoose_threads`` changes the count of the
+    innermost automatic blocks; an automatic block inside one of them hands the new count back.
     """
-    count = num_threads if num_threads > 0 else (_chosen[-1] if _chosen else auto_threads(processes))
+    automatic = num_threads <= 0
+    if not automatic:
+        count = num_threads
+    elif start is not None and start > 0:
+        count = start
+    else:
+        count = _chosen[-1].count if _chosen else auto_threads(processes)
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    warm_math_kernels()
-    retain_freed_memory()
-    _chosen.append(count)
+    _set_threads(count)
+    _chosen.append(_Block(count, automatic))
     try:
         yield count
     finally:
         _chosen.pop()
-        torch.set_num_threads(before)
+        inherited = automatic and _chosen and _chosen[-1].automatic
+        torch.set_num_threads(_chosen[-1].count if inherited else before)
+
+
+def _set_threads(count: int) -> None:
+    torch.set_num_threads(count)
+    warm_math_kernels()
+    retain_freed_memory()
+
+
+def rechoose_threads(count: int) -> None:
+    """A new count for the innermost automatic ``intra_op_threads`` blocks, from now on."""
+    if not _chosen or not _chosen[-1].automatic:
+        raise RuntimeError("rechoose_threads outside an automatic intra_op_threads block")
+    _set_threads(count)
+    for level in range(len(_chosen) - 1, -1, -1):
+        if not _chosen[level].automatic:
+            break
+        _chosen[level] = _Block(count, True)
+
+
+class ThreadAdapter:
+    """Re-chooses a single-process run's automatic count between its steps (module docstring).
+
+    ``poll`` costs a clock read, and a read of /proc/stat once per WINDOW_SECONDS."""
+
+    WINDOW_SECONDS = 1.0
+    RAISE_AFTER = 2  # windows in a row that leave more cores free before the count rises
+
+    def __init__(self, window: LoadWindow | None = None) -> None:
+        self._window = window if window is not None else LoadWindow()
+        self._wanting_more = 0
+
+    def poll(self) -> tuple[int, float] | None:
+        """(new count, others' busy cores) where the count changed now, else None."""
+        if self._window.seconds() < self.WINDOW_SECONDS:
+            return None
+        others = self._window.others()
+        self._window.open()
+        if others is None:
+            return None
+        count = self.decide(others, torch.get_num_threads())
+        if count is None:
+            return None
+        rechoose_threads(count)
+        self._window.open()  # the next window measures the new count
+        return count, others
+
+    def decide(self, others: float, current: int) -> int | None:
+        """The new count for a window in which others kept ``others`` cores busy, else None."""
+        wanted = free_threads(others)
+        if wanted < current:
+            self._wanting_more = 0
+            return wanted
+        if wanted == current:
+            self._wanting_more = 0
+            return None
+        self._wanting_more += 1
+        if self._wanting_more < self.RAISE_AFTER:
+            return None
+        self._wanting_more = 0
+        return wanted
 
 
 # torch's elementwise float math functions; the first-call difference was measured for tanh, exp, log,
@@ -189,9 +298,10 @@ def retain_freed_memory() -> bool:
     return _memory_retained
 
 
-def run_threads(execution: PyTorchExecutionConfig) -> AbstractContextManager[int]:
-    """``intra_op_threads`` for a run: its ``num_threads``, shared among the processes of its devices."""
-    return intra_op_threads(execution.num_threads, processes=execution.devices)
+def run_threads(execution: PyTorchExecutionConfig, start: int | None = None) -> AbstractContextManager[int]:
+    """``intra_op_threads`` for a run: its ``num_threads``, shared among the processes of its devices;
+    ``start``: an automatic run's first count where it is known (a resumed run's)."""
+    return intra_op_threads(execution.num_threads, processes=execution.devices, start=start)
 
 
 def denormals_flushed() -> bool:

@@ -30,6 +30,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 from ptycho_torch.artifacts import atomic_file
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
+from ptycho_torch.cpu_settings import ThreadAdapter
 from ptycho_torch import interrupts
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
@@ -95,6 +96,30 @@ class StopOnSignal(Callback):
         trainer.save_checkpoint(self.folder / INTERRUPTED_CHECKPOINT)  # atomic (AtomicCheckpointIO)
 
 
+class AdaptiveThreads(Callback):
+    """A single-process fit with automatic threads re-chooses its count between steps as other
+    processes start or stop beside it (``cpu_settings.ThreadAdapter``); ``changes`` records when."""
+
+    def __init__(self) -> None:
+        self.adapter: ThreadAdapter | None = None
+        self.changes: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.adapter = ThreadAdapter()  # its first window opens as the steps begin
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        changed = self.adapter.poll()
+        if changed is not None:
+            count, others = changed
+            self.changes.append({"step": trainer.global_step, "threads": count, "others_busy": round(others, 2)})
+
+
+def adapts_threads(execution: PyTorchExecutionConfig) -> bool:
+    """Whether a fit under ``execution`` re-chooses its thread count: automatic threads, one process
+    (the ranks of a multi-process run would count each other as load)."""
+    return execution.num_threads == 0 and execution.devices == 1 and execution.num_nodes == 1
+
+
 def build_logger(execution: PyTorchExecutionConfig, output_dir: Path) -> Logger | bool:
     if execution.logger_backend == "csv":
         return CSVLogger(output_dir, name="logs", version="")
@@ -123,6 +148,8 @@ def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, o
                       stacklevel=2)
     checkpoints = output_dir / "checkpoints" if execution.enable_checkpointing else None
     callbacks = [*callbacks, StopOnSignal(checkpoints)]
+    if adapts_threads(execution):
+        callbacks.append(AdaptiveThreads())
     if checkpoints is not None:
         callbacks += [RandomStates(), ModelCheckpoint(dirpath=checkpoints, save_last=True, save_on_train_epoch_end=True)]
     trainer = L.Trainer(

@@ -25,7 +25,7 @@ from ptycho_torch.model import PtychoPINN
 from ptycho_torch.npz_data import GridLinesData
 from ptycho_torch.overlap import assemble_objects, canvas_side, group_members, group_offsets
 from ptycho_torch.scan import extract_patches
-from ptycho_torch.trainer import build_trainer, precision_run
+from ptycho_torch.trainer import AdaptiveThreads, build_trainer, precision_run
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrainedModel:
     trainer: L.Trainer
     data: GridLinesDataModule
     initial_digest: str  # parameter_digest before the first step: equal after = never trained
+    thread_changes: list[dict[str, Any]]  # when an automatic thread count was re-chosen (trainer.AdaptiveThreads)
 
 
 def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_data: GridLinesData,
@@ -56,7 +57,8 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    return TrainedModel(module, trainer, data, initial_digest)
+    adapted = [callback.changes for callback in trainer.callbacks if isinstance(callback, AdaptiveThreads)]
+    return TrainedModel(module, trainer, data, initial_digest, adapted[0] if adapted else [])
 
 
 def build_module(training: TrainingConfig, probe, module_class: type[PtychoPINN] = PtychoPINN) -> PtychoPINN:

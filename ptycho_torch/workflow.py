@@ -7,7 +7,6 @@ from the resolved config that owns it (training, execution, simulation) under it
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +121,9 @@ def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_r
     if main_rank:
         artifacts.write_json(out / "config.json", plan.record)
     train_data, test_data = data if data is not None else load_or_simulate(plan, data_dir)
-    execution = plan.execution
-    if resumed is not None and execution.num_threads == 0:  # resumed: as many threads as the run began with
-        execution = dataclasses.replace(execution, num_threads=resumed.threads or 0)
-    with run_threads(execution) as threads:  # one automatic choice for the run: the fit and the prediction share it
+    # one automatic choice for the run, which the fit may re-choose and the prediction then uses; a
+    # resumed run begins with the count its checkpoint was saved with (another count sums in another order)
+    with run_threads(plan.execution, start=resumed.threads if resumed is not None else None) as threads:
         started = time.perf_counter()
         trained = train(plan.training, plan.execution, train_data, out, group_spacing=test_data.metadata["stride"],
                         resume_from=resumed.checkpoint if resumed is not None else None)
@@ -134,7 +132,8 @@ def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_r
             write_rank_record(trained, out / "ranks")
         prior = trained.module.prior_fit_seconds  # what a resumed run's checkpoint had spent (None: not recorded)
         timing = {"fit_seconds": None if prior is None else prior + fit_seconds,
-                  "fit_seconds_this_process": fit_seconds, "threads": threads}
+                  "fit_seconds_this_process": fit_seconds, "threads": threads,
+                  "thread_changes": trained.thread_changes}
         return write_results(out, plan.execution, trained, test_data, timing) if main_rank else None
 
 

@@ -119,7 +119,9 @@ class TorchRunnerConfig(Validated):
     deterministic: bool = setting(True, to=E, help="use deterministic torch algorithms")
     num_workers: int = setting(0, to=E, help="DataLoader worker processes")
     num_threads: int = setting(0, to=E, help="torch threads per process; 0 = the cores other work leaves free, "
-                                             "shared among DDP ranks (give each of several concurrent runs its share)")
+                                             "shared among DDP ranks, re-chosen during a one-process fit as "
+                                             "other work starts or stops (give each of several runs started "
+                                             "together its share)")
     infer_batch_size: int = setting(256, to=E, help="batch size when predicting the test split")
     enable_progress_bar: bool = setting(True, to=E, help="show Lightning's progress bar")
     enable_checkpointing: bool = setting(True, to=E, help="write checkpoints under output_dir")

@@ -47,6 +47,9 @@ BAD_ARGUMENTS = [
     ("benchmarks.bench_training", ["--repeats", "0"], "--repeats", ">= 1"),
     ("benchmarks.bench_simulation", ["--repeats", "1.5"], "--repeats", ">= 1"),
     ("benchmarks.bench_gridsize", ["--epochs", "1"], "--epochs", ">= 2"),
+    ("benchmarks.bench_late_contention", ["--busy", "2"], "--busy", ">= 3"),
+    ("benchmarks.bench_late_contention", ["--idle", "0"], "--idle", ">= 1"),
+    ("benchmarks.bench_late_contention", ["--variants", "cnn:5"], "--variants", "gridsize"),
     ("benchmarks.bench_gridsize", ["--architectures", "cnn,unet"], "--architectures", "'unet' is not one of"),
 ]
 

@@ -1,0 +1,144 @@
+"""The automatic thread count re-chosen during a fit as other processes start or stop beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ptycho_torch import cpu_settings
+from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.generators import tiny_model_config
+from ptycho_torch.trainer import adapts_threads
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """``cores(n)``: a pretend machine of n usable cores, idle when a run starts, no OMP_NUM_THREADS."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: 0.0)
+
+    def set_cores(count: int) -> None:
+        monkeypatch.setattr(cpu_settings, "usable_cores", lambda: count)
+    return set_cores
+
+
+class ScriptedWindow:
+    """A LoadWindow whose windows last ``seconds`` and report the loads given, in order, the last
+    one from then on."""
+
+    def __init__(self, loads, seconds: float = 1.0):
+        self.loads, self.elapsed, self.opened = list(loads), seconds, 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def seconds(self) -> float:
+        return self.elapsed
+
+    def others(self) -> float | None:
+        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
+
+
+def test_the_count_drops_in_the_first_busy_window_and_rises_after_two_free_ones(cores):
+    cores(2)
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([]))
+    assert adapter.decide(1.0, 2) == 1  # another process took a core: at once
+    assert adapter.decide(0.0, 1) is None  # one free window is not enough
+    assert adapter.decide(0.0, 1) == 2
+    assert adapter.decide(0.62, 2) == 1  # 2 threads beside 1 busy one: each thread gets 2/3 of a core
+    assert adapter.decide(0.0, 1) is None
+    assert adapter.decide(1.0, 1) is None  # busy again: the free window before does not count
+    assert adapter.decide(0.0, 1) is None
+    assert adapter.decide(0.0, 1) == 2
+    assert adapter.decide(0.3, 2) is None  # background noise does not cost a core
+
+
+def test_the_count_keeps_omp_num_threads_and_one_thread_at_least(cores, monkeypatch):
+    cores(8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([]))
+    assert adapter.decide(0.0, 1) is None and adapter.decide(0.0, 1) == 3
+    assert adapter.decide(9.0, 3) == 1
+    assert adapter.decide(8.0, 1) is None
+
+
+def test_poll_waits_for_a_whole_window_then_sets_the_run_count(cores):
+    cores(2)
+    before = torch.get_num_threads()
+    window = ScriptedWindow([1.0, 0.0], seconds=0.4)
+    adapter = cpu_settings.ThreadAdapter(window)
+    with cpu_settings.intra_op_threads(0) as start:
+        assert start == 2
+        assert adapter.poll() is None and window.loads == [1.0, 0.0]  # under a second: not even read
+        window.elapsed = 1.0
+        assert adapter.poll() == (1, 1.0)
+        assert torch.get_num_threads() == 1
+        assert adapter.poll() is None  # the machine is free again: one window is not enough
+        assert adapter.poll() == (2, 0.0)
+    assert torch.get_num_threads() == before
+
+
+def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_explicit_one(cores):
+    cores(2)
+    with cpu_settings.intra_op_threads(1):  # explicit
+        with cpu_settings.intra_op_threads(0) as run:  # the run's automatic blocks reuse its count
+            assert run == 1
+            with cpu_settings.intra_op_threads(0):
+                cpu_settings.rechoose_threads(2)
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 2  # the inner block handed the new count back
+            with cpu_settings.intra_op_threads(0) as later:  # e.g. the prediction after the fit
+                assert later == 2
+        assert torch.get_num_threads() == 1  # the explicit block's own count
+        with pytest.raises(RuntimeError, match="automatic"):
+            cpu_settings.rechoose_threads(2)
+
+
+def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(cores, monkeypatch):
+    cores(2)
+    monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=0: pytest.fail("sampled"))
+    with cpu_settings.intra_op_threads(0, start=3) as start:
+        assert start == 3 == torch.get_num_threads()
+    with cpu_settings.intra_op_threads(1, start=3) as explicit:
+        assert explicit == 1
+
+
+@pytest.mark.parametrize(("settings", "adapts"), [
+    (dict(), True),
+    (dict(num_threads=2), False),  # a count given is kept
+    (dict(devices=2, strategy="ddp"), False),  # ranks would count each other as load
+    (dict(num_nodes=2, strategy="ddp"), False),
+])
+def test_only_automatic_single_process_fits_adapt(settings, adapts):
+    assert adapts_threads(PyTorchExecutionConfig(**settings)) is adapts
+
+
+@pytest.mark.parametrize(("num_threads", "expected_counts", "expected_changes"), [
+    (0, [2, 1], [{"threads": 1, "others_busy": 1.0}]),
+    (2, [2], []),
+])
+def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
+        cores, monkeypatch, tmp_path, tiny_data, num_threads, expected_counts, expected_changes):
+    from ptycho_torch.training import train
+
+    cores(2)
+    window = ScriptedWindow([0.0, 1.0])  # the second window finds a busy core, and every one after it
+    monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
+    seen: list[int] = []
+
+    class Counts(Callback):
+        def on_train_batch_start(self, *args):
+            if not seen or seen[-1] != torch.get_num_threads():
+                seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    training = TrainingConfig(model=tiny_model_config("cnn"), epochs=2, batch_size=4, val_fraction=0.0)
+    execution = PyTorchExecutionConfig(num_threads=num_threads, enable_progress_bar=False, logger_backend="none",
+                                       enable_checkpointing=False)
+    trained = train(training, execution, tiny_data[0], tmp_path, callbacks=[Counts()])
+    assert seen == expected_counts
+    assert [{k: change[k] for k in ("threads", "others_busy")} for change in trained.thread_changes] == expected_changes
+    if expected_changes:
+        assert trained.thread_changes[0]["step"] == 2  # after the second step: the second window
+    assert torch.get_num_threads() == before
