@@ -1,7 +1,7 @@
 """A busy process joins a run that started on an idle machine, and later leaves it.
 
     python -m benchmarks.bench_late_contention [--variants fno:1,hybrid:1,cnn:1] [--idle 3] [--busy 8]
-        [--after 5]
+        [--after 6]
 
 A run with automatic threads takes the idle machine's count when it starts (every core). Per
 variant, training steps (bench_throughput's: batch 16, N=32, default settings, outside Lightning)
@@ -32,7 +32,7 @@ from ptycho_torch.cpu_settings import ThreadAdapter, flushed_denormals, intra_op
 from scripts.studies.runner_cli import integer_at_least
 
 SETTLE = 1.5  # seconds after the busy process starts: its startup, and the adapter's one-second window
-RISE = 2.5  # seconds after it ends: two free windows before the count rises
+RISE = 3.5  # seconds after it ends: the window it ended in, then two free windows, before the count rises
 
 
 class Step(NamedTuple):
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated ARCH:GRIDSIZE")
     parser.add_argument("--idle", type=integer_at_least(1), default=3, help="seconds before the busy process")
     parser.add_argument("--busy", type=integer_at_least(3), default=8, help="seconds it runs")
-    parser.add_argument("--after", type=integer_at_least(3), default=5, help="seconds after it ends")
+    parser.add_argument("--after", type=integer_at_least(4), default=6, help="seconds after it ends")
     return parser
 
 

@@ -185,9 +185,14 @@ def _set_threads(count: int) -> None:
     retain_freed_memory()
 
 
+def in_automatic_block() -> bool:
+    """Whether the innermost ``intra_op_threads`` block has an automatic count (one to re-choose)."""
+    return bool(_chosen) and _chosen[-1].automatic
+
+
 def rechoose_threads(count: int) -> None:
     """A new count for the innermost automatic ``intra_op_threads`` blocks, from now on."""
-    if not _chosen or not _chosen[-1].automatic:
+    if not in_automatic_block():
         raise RuntimeError("rechoose_threads outside an automatic intra_op_threads block")
     _set_threads(count)
     for level in range(len(_chosen) - 1, -1, -1):

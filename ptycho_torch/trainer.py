@@ -30,7 +30,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 from ptycho_torch.artifacts import atomic_file
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
-from ptycho_torch.cpu_settings import ThreadAdapter
+from ptycho_torch.cpu_settings import ThreadAdapter, in_automatic_block
 from ptycho_torch import interrupts
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
@@ -98,16 +98,21 @@ class StopOnSignal(Callback):
 
 class AdaptiveThreads(Callback):
     """A single-process fit with automatic threads re-chooses its count between steps as other
-    processes start or stop beside it (``cpu_settings.ThreadAdapter``); ``changes`` records when."""
+    processes start or stop beside it (``cpu_settings.ThreadAdapter``); ``changes`` records when.
+    Only inside an automatic ``intra_op_threads`` block (``training.train`` opens one): a Trainer
+    fitted outside one keeps the caller's count."""
 
     def __init__(self) -> None:
         self.adapter: ThreadAdapter | None = None
         self.changes: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.adapter = ThreadAdapter()  # its first window opens as the steps begin
+        # its first window opens as the steps begin
+        self.adapter = ThreadAdapter() if in_automatic_block() else None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.adapter is None:
+            return
         changed = self.adapter.poll()
         if changed is not None:
             count, others = changed

@@ -142,3 +142,22 @@ def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
     if expected_changes:
         assert trained.thread_changes[0]["step"] == 2  # after the second step: the second window
     assert torch.get_num_threads() == before
+
+
+def test_a_trainer_fitted_outside_an_automatic_block_keeps_the_callers_count(cores, monkeypatch, tmp_path, tiny_data):
+    from ptycho_torch.datamodule import GridLinesDataModule
+    from ptycho_torch.trainer import AdaptiveThreads, build_trainer
+    from ptycho_torch.training import build_module
+
+    cores(2)
+    window = ScriptedWindow([1.0])  # every window finds a busy core
+    monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
+    training = TrainingConfig(model=tiny_model_config("cnn"), epochs=1, batch_size=4, val_fraction=0.0)
+    execution = PyTorchExecutionConfig(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
+    trainer = build_trainer(training, execution, tmp_path)
+    (adaptive,) = [callback for callback in trainer.callbacks if isinstance(callback, AdaptiveThreads)]
+    with cpu_settings.intra_op_threads(2):  # the caller's own explicit count
+        trainer.fit(build_module(training, tiny_data[0].probeGuess), datamodule=GridLinesDataModule(
+            tiny_data[0], training, execution))
+        assert torch.get_num_threads() == 2
+    assert adaptive.adapter is None and adaptive.changes == []

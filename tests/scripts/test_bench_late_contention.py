@@ -17,8 +17,8 @@ def test_the_phases_are_split_at_the_busy_process_start_and_end_with_settling_ti
     timeline = steps((0, 3, 0.05, 2),  # idle, two threads
                      (3, 4, 0.20, 2),  # the busy process joined: the count still two
                      (4, 11, 0.08, 1),  # dropped
-                     (11, 12, 0.08, 1),  # it left: still one thread for two windows
-                     (12, 16, 0.05, 2))
+                     (11, 14, 0.08, 1),  # it left: still one thread for its window and two free ones
+                     (14, 17, 0.05, 2))
     result = summary(timeline, idle=3, busy=8)
     assert result == Summary(0.05, 0.08, (1,), pytest.approx(1.0), 0.05, (2,))
     kept = summary(steps((0, 3, 0.05, 2), (3, 11, 0.2, 2), (11, 16, 0.05, 2)), idle=3, busy=8)
