@@ -31,7 +31,7 @@ from benchmarks.host import host_line
 from ptycho_torch.cpu_settings import ThreadAdapter, flushed_denormals, intra_op_threads
 from scripts.studies.runner_cli import integer_at_least
 
-SETTLE = 1.5  # seconds after the busy process starts: its startup, and the adapter's one-second window
+SETTLE = 3.5  # seconds after the busy process starts: the window it starts in, then two busy windows
 RISE = 3.5  # seconds after it ends: the window it ended in, then two free windows, before the count rises
 
 

@@ -14,12 +14,12 @@ other yet and must be given their share explicitly (``num_threads``).
 
 A run's load changes after it starts: another run begins beside it, or ends. ``ThreadAdapter``
 re-chooses the automatic count of a single-process fit between its steps, from the same rule
-applied to the last second's load (read from /proc/stat without waiting: the fit's own work fills
-the second): fewer threads at once when other processes take cores (a step with two threads
-beside one busy process measured 2-4x slower than with one; 3-57x on another host), more only
-after two seconds in a row leave them free. On a machine nobody else uses, the count never
-changes, so such runs still sum in one order and repeat bit for bit; a count given explicitly
-is never changed.
+applied to each second's load (read from /proc/stat without waiting: the fit's own work fills
+the second): fewer threads when other processes take cores (a step with two threads beside one
+busy process measured 2-4x slower than with one; 3-57x on another host), more when they leave
+them free, each only after two seconds in a row agree, so that a burst of other work does not
+make it flap. On a machine nobody else uses, the count never changes, so such runs still sum in
+one order and repeat bit for bit; a count given explicitly is never changed.
 
 Denormals. Arithmetic on subnormal floats (below 1.2e-38 in float32) takes a slow path on x86;
 repeated steps on one batch drove a hybrid gridsize-2 step from 26 ms to 50 ms through them.
@@ -169,9 +169,9 @@ def intra_op_threads(num_threads: int, processes: int = 1, start: int | None = N
     else:
         count = _chosen[-1].count if _chosen else auto_threads(processes)
     before = torch.get_num_threads()
-    _set_threads(count)
     _chosen.append(_Block(count, automatic))
     try:
+        _set_threads(count)
         yield count
     finally:
         _chosen.pop()
@@ -204,14 +204,14 @@ def rechoose_threads(count: int) -> None:
 class ThreadAdapter:
     """Re-chooses a single-process run's automatic count between its steps (module docstring).
 
-    ``poll`` costs a clock read, and a read of /proc/stat once per WINDOW_SECONDS."""
+    ``poll`` costs a clock read, and reads of /proc/stat once a window has lasted WINDOW_SECONDS."""
 
     WINDOW_SECONDS = 1.0
-    RAISE_AFTER = 2  # windows in a row that leave more cores free before the count rises
+    CHANGE_AFTER = 2  # windows in a row that want another count (all fewer, or all more) before it changes
 
     def __init__(self, window: LoadWindow | None = None) -> None:
         self._window = window if window is not None else LoadWindow()
-        self._wanting_more = 0
+        self._wanted: list[int] = []  # the counts wanted by the windows in a row that wanted a change
 
     def poll(self) -> tuple[int, float] | None:
         """(new count, others' busy cores) where the count changed now, else None."""
@@ -229,18 +229,15 @@ class ThreadAdapter:
         return count, others
 
     def decide(self, others: float, current: int) -> int | None:
-        """The new count for a window in which others kept ``others`` cores busy, else None."""
+        """The new count after a window in which others kept ``others`` cores busy, else None: once
+        CHANGE_AFTER windows in a row want fewer threads than ``current`` (or all more), the count
+        the latest of them wants."""
         wanted = free_threads(others)
-        if wanted < current:
-            self._wanting_more = 0
-            return wanted
-        if wanted == current:
-            self._wanting_more = 0
+        same_way = self._wanted and (self._wanted[-1] < current) == (wanted < current)
+        self._wanted = [] if wanted == current else [*self._wanted, wanted] if same_way else [wanted]
+        if len(self._wanted) < self.CHANGE_AFTER:
             return None
-        self._wanting_more += 1
-        if self._wanting_more < self.RAISE_AFTER:
-            return None
-        self._wanting_more = 0
+        self._wanted = []
         return wanted
 
 

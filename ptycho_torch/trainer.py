@@ -121,8 +121,10 @@ class AdaptiveThreads(Callback):
 
 def adapts_threads(execution: PyTorchExecutionConfig) -> bool:
     """Whether a fit under ``execution`` re-chooses its thread count: automatic threads, one process
-    (the ranks of a multi-process run would count each other as load)."""
-    return execution.num_threads == 0 and execution.devices == 1 and execution.num_nodes == 1
+    (the ranks of a multi-process run would count each other as load), no DataLoader workers (their
+    processes, the run's own, would read as other load too)."""
+    return (execution.num_threads == 0 and execution.devices == 1 and execution.num_nodes == 1
+            and execution.num_workers == 0)
 
 
 def build_logger(execution: PyTorchExecutionConfig, output_dir: Path) -> Logger | bool:

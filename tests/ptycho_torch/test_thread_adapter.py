@@ -40,42 +40,57 @@ class ScriptedWindow:
         return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
 
 
-def test_the_count_drops_in_the_first_busy_window_and_rises_after_two_free_ones(cores):
+def test_the_count_changes_once_two_windows_in_a_row_want_it(cores):
     cores(2)
-    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([]))
-    assert adapter.decide(1.0, 2) == 1  # another process took a core: at once
-    assert adapter.decide(0.0, 1) is None  # one free window is not enough
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
+    assert adapter.decide(1.0, 2) is None  # another process took a core: one window is not enough
+    assert adapter.decide(1.0, 2) == 1
+    assert adapter.decide(0.0, 1) is None
     assert adapter.decide(0.0, 1) == 2
-    assert adapter.decide(0.62, 2) == 1  # 2 threads beside 1 busy one: each thread gets 2/3 of a core
+    assert adapter.decide(0.62, 2) is None  # 2 threads beside 1 busy one: each thread gets 2/3 of a core
+    assert adapter.decide(0.0, 2) is None  # a burst of one window, over: forgotten
+    assert adapter.decide(0.62, 2) is None
+    assert adapter.decide(0.7, 2) == 1
     assert adapter.decide(0.0, 1) is None
     assert adapter.decide(1.0, 1) is None  # busy again: the free window before does not count
     assert adapter.decide(0.0, 1) is None
     assert adapter.decide(0.0, 1) == 2
-    assert adapter.decide(0.3, 2) is None  # background noise does not cost a core
+    assert adapter.decide(0.3, 2) is None and adapter.decide(0.3, 2) is None  # background noise costs no core
+
+
+def test_windows_that_want_changes_the_opposite_way_do_not_add_up(cores):
+    cores(4)
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
+    assert adapter.decide(3.0, 2) is None  # wants 1
+    assert adapter.decide(0.0, 2) is None  # wants 4: a new run of windows
+    assert adapter.decide(0.0, 2) == 4
+    assert adapter.decide(1.0, 4) is None and adapter.decide(2.0, 4) == 2  # the latest window's count
 
 
 def test_the_count_keeps_omp_num_threads_and_one_thread_at_least(cores, monkeypatch):
     cores(8)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([]))
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
     assert adapter.decide(0.0, 1) is None and adapter.decide(0.0, 1) == 3
-    assert adapter.decide(9.0, 3) == 1
-    assert adapter.decide(8.0, 1) is None
+    assert adapter.decide(9.0, 3) is None and adapter.decide(9.0, 3) == 1
+    assert adapter.decide(8.0, 1) is None and adapter.decide(8.0, 1) is None
 
 
 def test_poll_waits_for_a_whole_window_then_sets_the_run_count(cores):
     cores(2)
     before = torch.get_num_threads()
-    window = ScriptedWindow([1.0, 0.0], seconds=0.4)
+    window = ScriptedWindow([1.0, 1.0, 0.0], seconds=0.4)
     adapter = cpu_settings.ThreadAdapter(window)
     with cpu_settings.intra_op_threads(0) as start:
         assert start == 2
-        assert adapter.poll() is None and window.loads == [1.0, 0.0]  # under a second: not even read
+        assert adapter.poll() is None and window.loads == [1.0, 1.0, 0.0]  # under a second: not even read
         window.elapsed = 1.0
+        assert adapter.poll() is None  # one busy window
         assert adapter.poll() == (1, 1.0)
         assert torch.get_num_threads() == 1
         assert adapter.poll() is None  # the machine is free again: one window is not enough
         assert adapter.poll() == (2, 0.0)
+        assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
 
 
@@ -90,6 +105,11 @@ def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_expl
             assert torch.get_num_threads() == 2  # the inner block handed the new count back
             with cpu_settings.intra_op_threads(0) as later:  # e.g. the prediction after the fit
                 assert later == 2
+            with pytest.raises(ValueError):
+                with cpu_settings.intra_op_threads(0):
+                    cpu_settings.rechoose_threads(1)
+                    raise ValueError("the fit failed")
+            assert torch.get_num_threads() == 1  # the re-chosen count survives the failed inner block
         assert torch.get_num_threads() == 1  # the explicit block's own count
         with pytest.raises(RuntimeError, match="automatic"):
             cpu_settings.rechoose_threads(2)
@@ -109,6 +129,7 @@ def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(cores, mo
     (dict(num_threads=2), False),  # a count given is kept
     (dict(devices=2, strategy="ddp"), False),  # ranks would count each other as load
     (dict(num_nodes=2, strategy="ddp"), False),
+    (dict(num_workers=1), False),  # its worker processes would read as other load
 ])
 def test_only_automatic_single_process_fits_adapt(settings, adapts):
     assert adapts_threads(PyTorchExecutionConfig(**settings)) is adapts
@@ -123,7 +144,7 @@ def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
     from ptycho_torch.training import train
 
     cores(2)
-    window = ScriptedWindow([0.0, 1.0])  # the second window finds a busy core, and every one after it
+    window = ScriptedWindow([0.0, 1.0])  # from the second window on, a busy core
     monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
     seen: list[int] = []
 
@@ -140,7 +161,7 @@ def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
     assert seen == expected_counts
     assert [{k: change[k] for k in ("threads", "others_busy")} for change in trained.thread_changes] == expected_changes
     if expected_changes:
-        assert trained.thread_changes[0]["step"] == 2  # after the second step: the second window
+        assert trained.thread_changes[0]["step"] == 3  # after the third step: the second busy window
     assert torch.get_num_threads() == before
 
 

@@ -164,7 +164,11 @@ def test_a_resumed_run_takes_the_thread_count_it_trained_with_unless_one_is_set(
     torch.save(state, checkpoint)
     done = run(RUNNER, "--resume", "--epochs", "2", "--output-dir", str(run_dir))
     assert done.returncode in FINISHED, done.stderr[-2000:]
-    assert json.loads((run_dir / "timing.json").read_text())["threads"] == (3 if num_threads == 0 else 1)
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert timing["threads"] == (3 if num_threads == 0 else 1)
+    assert isinstance(timing["thread_changes"], list)  # this process's re-chosen counts (none where explicit)
+    if num_threads != 0:
+        assert timing["thread_changes"] == []
 
 
 @pytest.mark.parametrize("recorded", [1000.0, None], ids=["recorded", "predates-the-record"])
