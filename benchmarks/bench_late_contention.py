@@ -9,10 +9,12 @@ run for IDLE + BUSY + AFTER seconds; a process keeping one core busy starts afte
 is killed BUSY seconds later. Twice, in alternating order: with the starting count kept (what a
 run did before its count was re-chosen, and what an explicit ``--num-threads`` does), and with the
 count re-chosen between steps by ``cpu_settings.ThreadAdapter`` (what a fit with automatic threads
-does). Printed per variant: the idle step; the step while the busy process runs, from SETTLE
-seconds after it started (the kept count's and the re-chosen one's, each as a slowdown against the
-idle step, with the count in use); how long the re-chosen count took to drop; and the step after
-the busy process left, from RISE seconds after (the count has risen again by then).
+does). Printed per variant: the idle step (the median over the steps before the busy process and
+those from RISE seconds after it left, when the re-chosen count has risen again); the step while
+the busy process runs, from SETTLE seconds after it started (the kept count's and the re-chosen
+one's, each as a slowdown against the same timeline's idle step, with the count in use, and the
+ratio of the two, which the host's drift between timelines moves least); how long
+the re-chosen count took to drop; and the count after the busy process left.
 The 1-minute load average is printed beside the figures: run it on an otherwise idle machine.
 """
 
@@ -26,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from benchmarks.arguments import variants
-from benchmarks.bench_throughput import Variant, busy_process, load
+from benchmarks.bench_throughput import Variant, busy_process, load, reference_rates
 from benchmarks.host import host_line
 from ptycho_torch.cpu_settings import ThreadAdapter, flushed_denormals, intra_op_threads
 from scripts.studies.runner_cli import integer_at_least
@@ -67,12 +69,11 @@ def timeline(variant: Variant, adapt: bool, idle: float, busy: float, after: flo
 
 
 class Summary(NamedTuple):
-    idle: float  # median step seconds before the busy process
+    idle: float  # median step seconds without the busy process: before it, and from RISE seconds after it
     joined: float  # median step seconds while it runs, from SETTLE seconds after it started
     joined_threads: tuple[int, ...]  # the counts in use then
     dropped_after: float | None  # seconds from its start to the first step with fewer threads (None: never)
-    left: float  # median step seconds after it ended, from RISE seconds after
-    left_threads: tuple[int, ...]
+    left_threads: tuple[int, ...]  # the counts in use from RISE seconds after it ended
 
 
 def summary(steps: list[Step], idle: float, busy: float) -> Summary:
@@ -86,14 +87,14 @@ def summary(steps: list[Step], idle: float, busy: float) -> Summary:
     before, joined, left = phase(0.0, idle), phase(idle + SETTLE, idle + busy), phase(idle + busy + RISE, float("inf"))
     start_threads = before[0].threads
     drop = next((step.at - idle for step in steps if step.at >= idle and step.threads < start_threads), None)
-    return Summary(statistics.median(s.seconds for s in before), statistics.median(s.seconds for s in joined),
-                   tuple(sorted({s.threads for s in joined})), drop,
-                   statistics.median(s.seconds for s in left), tuple(sorted({s.threads for s in left})))
+    # both idle phases: the host's own noise drifts by 10-20 % over a timeline
+    return Summary(statistics.median(s.seconds for s in before + left), statistics.median(s.seconds for s in joined),
+                   tuple(sorted({s.threads for s in joined})), drop, tuple(sorted({s.threads for s in left})))
 
 
 def table(rows: dict[str, dict[bool, Summary]]) -> str:
     lines = ["| variant | idle ms | busy process: count kept ms | slowdown | threads | re-chosen ms | slowdown "
-             "| threads | dropped after s | after it left ms | threads |",
+             "| threads | kept / re-chosen | dropped after s | threads after it left |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, runs in rows.items():
         kept, chosen = runs[False], runs[True]
@@ -101,7 +102,7 @@ def table(rows: dict[str, dict[bool, Summary]]) -> str:
         dropped = "never" if chosen.dropped_after is None else f"{chosen.dropped_after:.1f}"
         lines.append(f"| {name} | {chosen.idle * 1e3:.1f} | {kept.joined * 1e3:.1f} | {kept.joined / kept.idle:.2f}x "
                      f"| {','.join(str(n) for n in kept.joined_threads)} | {chosen.joined * 1e3:.1f} "
-                     f"| {chosen.joined / chosen.idle:.2f}x | {counts} | {dropped} | {chosen.left * 1e3:.1f} "
+                     f"| {chosen.joined / chosen.idle:.2f}x | {counts} | {kept.joined / chosen.joined:.2f}x | {dropped} "
                      f"| {','.join(str(n) for n in chosen.left_threads)} |")
     return "\n".join(lines)
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     print(host_line())
+    with intra_op_threads(0):  # the idle machine's count, as the timelines start with
+        reference_rates(["32-true"])  # the host's phase: its matmul rate now and after
     rows: dict[str, dict[bool, Summary]] = {}
     with flushed_denormals():  # as training runs
         for index, (architecture, gridsize) in enumerate(args.variants):
@@ -132,6 +135,8 @@ def main(argv=None) -> None:
                 print(f"{variant.name} {'re-chosen' if adapt else 'kept'}: {len(steps)} steps, load {load()}",
                       flush=True)
     print(table(rows))
+    with intra_op_threads(0):
+        reference_rates(["32-true"], "again after timing")
     print(f"load {load()}")
 
 

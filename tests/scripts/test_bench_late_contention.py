@@ -18,9 +18,9 @@ def test_the_phases_are_split_at_the_busy_process_start_and_end_with_settling_ti
                      (3, 5, 0.20, 2),  # the busy process joined: the count still two for two windows
                      (5, 11, 0.08, 1),  # dropped
                      (11, 14, 0.08, 1),  # it left: still one thread for its window and two free ones
-                     (14, 17, 0.05, 2))
+                     (14, 20, 0.04, 2))
     result = summary(timeline, idle=3, busy=8)
-    assert result == Summary(0.05, 0.08, (1,), pytest.approx(2.0), 0.05, (2,))
+    assert result == Summary(0.04, 0.08, (1,), pytest.approx(2.0), (2,))  # idle: 30 steps of 50 ms, 55 of 40
     kept = summary(steps((0, 3, 0.05, 2), (3, 11, 0.2, 2), (11, 16, 0.05, 2)), idle=3, busy=8)
     assert kept.dropped_after is None and kept.joined == 0.2 and kept.joined_threads == (2,)
     assert SETTLE > 3.0  # the joined phase skips up to three of the adapter's windows
@@ -32,9 +32,9 @@ def test_a_phase_without_steps_is_refused_rather_than_summarised():
 
 
 def test_the_table_gives_each_count_its_slowdown_against_the_idle_step():
-    runs = {False: Summary(0.05, 0.2, (2,), None, 0.05, (2,)), True: Summary(0.05, 0.08, (1,), 1.2, 0.05, (2,))}
+    runs = {False: Summary(0.05, 0.2, (2,), None, (2,)), True: Summary(0.05, 0.08, (1,), 1.2, (2,))}
     row = table({"fno gs1": runs}).splitlines()[-1]
-    assert row == "| fno gs1 | 50.0 | 200.0 | 4.00x | 2 | 80.0 | 1.60x | 1 | 1.2 | 50.0 | 2 |"
+    assert row == "| fno gs1 | 50.0 | 200.0 | 4.00x | 2 | 80.0 | 1.60x | 1 | 2.50x | 1.2 | 2 |"
 
 
 def test_a_timeline_starts_the_busy_process_once_and_leaves_none_running(monkeypatch):
