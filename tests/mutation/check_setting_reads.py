@@ -103,7 +103,8 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
 }
 
 FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py",
-                "tests/scripts/test_reconstruct.py", "tests/scripts/test_resume.py")
+                "tests/scripts/test_reconstruct.py", "tests/scripts/test_resume.py",
+                "tests/ptycho_torch/test_thread_adapter.py")
 # Stage 1: the likely killers; stage 2: the rest of tests/. Passing both = passing the whole suite.
 STAGES = (list(FAST_KILLERS), ["tests", *(f"--ignore={path}" for path in FAST_KILLERS)])
 TAIL_LINES = 15
