@@ -65,6 +65,7 @@ SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over
 class _Block(NamedTuple):
     count: int
     automatic: bool
+    ceiling: int | None = None  # an automatic block's: the count of the explicit block it sits in
 
 
 _chosen: list[_Block] = []  # the enclosing ``intra_op_threads`` contexts, innermost last
@@ -160,6 +161,8 @@ def intra_op_threads(num_threads: int, processes: int = 1, start: int | None = N
     sample of the machine); ``start`` gives an automatic block its first count instead (a resumed
     run's); an explicit count always applies. ``rechoose_threads`` changes the count of the
     innermost automatic blocks; an automatic block inside one of them hands the new count back.
+    The count of an explicit block is the most an automatic block inside it is re-chosen to
+    (``thread_ceiling``): the caller's cap.
     """
     automatic = num_threads <= 0
     if not automatic:
@@ -169,7 +172,9 @@ def intra_op_threads(num_threads: int, processes: int = 1, start: int | None = N
     else:
         count = _chosen[-1].count if _chosen else auto_threads(processes)
     before = torch.get_num_threads()
-    _chosen.append(_Block(count, automatic))
+    parent = _chosen[-1] if _chosen else None
+    ceiling = None if not automatic or parent is None else parent.ceiling if parent.automatic else parent.count
+    _chosen.append(_Block(count, automatic, ceiling))
     try:
         _set_threads(count)
         yield count
@@ -190,6 +195,11 @@ def in_automatic_block() -> bool:
     return bool(_chosen) and _chosen[-1].automatic
 
 
+def thread_ceiling() -> int | None:
+    """The most threads the innermost automatic block may be re-chosen to (None: no cap but the machine's)."""
+    return _chosen[-1].ceiling if in_automatic_block() else None
+
+
 def rechoose_threads(count: int) -> None:
     """A new count for the innermost automatic ``intra_op_threads`` blocks, from now on."""
     if not in_automatic_block():
@@ -198,7 +208,7 @@ def rechoose_threads(count: int) -> None:
     for level in range(len(_chosen) - 1, -1, -1):
         if not _chosen[level].automatic:
             break
-        _chosen[level] = _Block(count, True)
+        _chosen[level] = _chosen[level]._replace(count=count)
 
 
 class ThreadAdapter:
@@ -233,6 +243,9 @@ class ThreadAdapter:
         CHANGE_AFTER windows in a row want fewer threads than ``current`` (or all more), the count
         the latest of them wants."""
         wanted = free_threads(others)
+        ceiling = thread_ceiling()
+        if ceiling is not None:
+            wanted = min(wanted, ceiling)
         same_way = self._wanted and (self._wanted[-1] < current) == (wanted < current)
         self._wanted = [] if wanted == current else [*self._wanted, wanted] if same_way else [wanted]
         if len(self._wanted) < self.CHANGE_AFTER:

@@ -115,6 +115,20 @@ def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_expl
             cpu_settings.rechoose_threads(2)
 
 
+def test_an_automatic_count_inside_an_explicit_block_is_never_raised_above_it(cores):
+    cores(4)
+    adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
+    with cpu_settings.intra_op_threads(2):  # the caller's cap
+        with cpu_settings.intra_op_threads(0) as run:
+            with cpu_settings.intra_op_threads(0):  # nested: the same cap
+                assert run == 2 and cpu_settings.thread_ceiling() == 2
+                assert adapter.decide(0.0, 2) is None and adapter.decide(0.0, 2) is None  # 4 free, 2 allowed
+                assert adapter.decide(3.0, 2) is None and adapter.decide(3.0, 2) == 1  # fewer is still allowed
+    with cpu_settings.intra_op_threads(0):
+        assert cpu_settings.thread_ceiling() is None
+        assert adapter.decide(0.0, 1) is None and adapter.decide(0.0, 1) == 4
+
+
 def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(cores, monkeypatch):
     cores(2)
     monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=0: pytest.fail("sampled"))
