@@ -103,26 +103,39 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
 
 class LoadWindow:
     """Cores of this process's affinity mask that other processes keep busy, over the time since
-    the window opened: ``others()`` reads it without waiting."""
+    the window opened: ``others()`` reads it without waiting; ``roll()`` also opens the next window
+    where this one ends (one read of /proc/stat for both)."""
 
     def __init__(self) -> None:
         self._cpus = _affinity()
         self.open()
 
+    def _read(self) -> tuple[tuple[int, int] | None, float, float]:
+        return _cpu_ticks(self._cpus), time.process_time(), time.monotonic()
+
     def open(self) -> None:
-        self._ticks, self._own, self._start = _cpu_ticks(self._cpus), time.process_time(), time.monotonic()
+        self._opened = self._read()
 
     def seconds(self) -> float:
-        return time.monotonic() - self._start
+        return time.monotonic() - self._opened[2]
 
     def others(self) -> float | None:
         """Busy cores less this process's own CPU time, per second since ``open``; None where
         /proc/stat cannot be read or no tick has passed."""
-        last, own_last, elapsed = _cpu_ticks(self._cpus), time.process_time(), time.monotonic() - self._start
-        if self._ticks is None or last is None or last[1] <= self._ticks[1]:
+        return self._others(self._read())
+
+    def roll(self) -> float | None:
+        """``others()``, and the next window opened at the same reading."""
+        now = self._read()
+        others, self._opened = self._others(now), now
+        return others
+
+    def _others(self, now: tuple[tuple[int, int] | None, float, float]) -> float | None:
+        (ticks, own, start), (last, own_last, end) = self._opened, now
+        if ticks is None or last is None or last[1] <= ticks[1]:
             return None
-        others = (last[0] - self._ticks[0]) / os.sysconf("SC_CLK_TCK") - (own_last - self._own)
-        return max(0.0, others / elapsed)
+        others = (last[0] - ticks[0]) / os.sysconf("SC_CLK_TCK") - (own_last - own)
+        return max(0.0, others / (end - start))
 
 
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
@@ -214,7 +227,7 @@ def rechoose_threads(count: int) -> None:
 class ThreadAdapter:
     """Re-chooses a single-process run's automatic count between its steps (module docstring).
 
-    ``poll`` costs a clock read, and reads of /proc/stat once a window has lasted WINDOW_SECONDS."""
+    ``poll`` costs a clock read, and a read of /proc/stat once a window has lasted WINDOW_SECONDS."""
 
     WINDOW_SECONDS = 1.0
     CHANGE_AFTER = 2  # windows in a row that want another count (all fewer, or all more) before it changes
@@ -227,8 +240,7 @@ class ThreadAdapter:
         """(new count, others' busy cores) where the count changed now, else None."""
         if self._window.seconds() < self.WINDOW_SECONDS:
             return None
-        others = self._window.others()
-        self._window.open()
+        others = self._window.roll()
         if others is None:
             return None
         count = self.decide(others, torch.get_num_threads())

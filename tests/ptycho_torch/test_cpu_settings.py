@@ -12,17 +12,6 @@ import torch
 from ptycho_torch import cpu_settings
 
 
-@pytest.fixture
-def machine(monkeypatch):
-    """A pretend machine: ``machine(cores, busy)`` fixes what the sampling functions report."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-
-    def set_machine(cores: int, busy: float) -> None:
-        monkeypatch.setattr(cpu_settings, "usable_cores", lambda: cores)
-        monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: busy)
-    return set_machine
-
-
 @pytest.mark.parametrize(("cores", "busy", "processes", "expected"), [
     (2, 0.0, 1, 2),  # idle machine: every core
     (2, 0.9, 1, 1),  # one core kept busy by another process: the other one

@@ -12,17 +12,6 @@ from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.trainer import adapts_threads
 
 
-@pytest.fixture
-def cores(monkeypatch):
-    """``cores(n)``: a pretend machine of n usable cores, idle when a run starts, no OMP_NUM_THREADS."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: 0.0)
-
-    def set_cores(count: int) -> None:
-        monkeypatch.setattr(cpu_settings, "usable_cores", lambda: count)
-    return set_cores
-
-
 class ScriptedWindow:
     """A LoadWindow whose windows last ``seconds`` and report the loads given, in order, the last
     one from then on."""
@@ -39,9 +28,12 @@ class ScriptedWindow:
     def others(self) -> float | None:
         return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
 
+    def roll(self) -> float | None:
+        return self.others()
 
-def test_the_count_changes_once_two_windows_in_a_row_want_it(cores):
-    cores(2)
+
+def test_the_count_changes_once_two_windows_in_a_row_want_it(machine):
+    machine(2, 0.0)
     adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
     assert adapter.decide(1.0, 2) is None  # another process took a core: one window is not enough
     assert adapter.decide(1.0, 2) == 1
@@ -58,8 +50,8 @@ def test_the_count_changes_once_two_windows_in_a_row_want_it(cores):
     assert adapter.decide(0.3, 2) is None and adapter.decide(0.3, 2) is None  # background noise costs no core
 
 
-def test_windows_that_want_changes_the_opposite_way_do_not_add_up(cores):
-    cores(4)
+def test_windows_that_want_changes_the_opposite_way_do_not_add_up(machine):
+    machine(4, 0.0)
     adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
     assert adapter.decide(3.0, 2) is None  # wants 1
     assert adapter.decide(0.0, 2) is None  # wants 4: a new run of windows
@@ -67,8 +59,8 @@ def test_windows_that_want_changes_the_opposite_way_do_not_add_up(cores):
     assert adapter.decide(1.0, 4) is None and adapter.decide(2.0, 4) == 2  # the latest window's count
 
 
-def test_the_count_keeps_omp_num_threads_and_one_thread_at_least(cores, monkeypatch):
-    cores(8)
+def test_the_count_keeps_omp_num_threads_and_one_thread_at_least(machine, monkeypatch):
+    machine(8, 0.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
     assert adapter.decide(0.0, 1) is None and adapter.decide(0.0, 1) == 3
@@ -76,8 +68,8 @@ def test_the_count_keeps_omp_num_threads_and_one_thread_at_least(cores, monkeypa
     assert adapter.decide(8.0, 1) is None and adapter.decide(8.0, 1) is None
 
 
-def test_poll_waits_for_a_whole_window_then_sets_the_run_count(cores):
-    cores(2)
+def test_poll_waits_for_a_whole_window_then_sets_the_run_count(machine):
+    machine(2, 0.0)
     before = torch.get_num_threads()
     window = ScriptedWindow([1.0, 1.0, 0.0], seconds=0.4)
     adapter = cpu_settings.ThreadAdapter(window)
@@ -94,8 +86,8 @@ def test_poll_waits_for_a_whole_window_then_sets_the_run_count(cores):
     assert torch.get_num_threads() == before
 
 
-def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_explicit_one(cores):
-    cores(2)
+def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_explicit_one(machine):
+    machine(2, 0.0)
     with cpu_settings.intra_op_threads(1):  # explicit
         with cpu_settings.intra_op_threads(0) as run:  # the run's automatic blocks reuse its count
             assert run == 1
@@ -115,8 +107,8 @@ def test_a_new_count_reaches_the_enclosing_automatic_blocks_and_stops_at_an_expl
             cpu_settings.rechoose_threads(2)
 
 
-def test_an_automatic_count_inside_an_explicit_block_is_never_raised_above_it(cores):
-    cores(4)
+def test_an_automatic_count_inside_an_explicit_block_is_never_raised_above_it(machine):
+    machine(4, 0.0)
     adapter = cpu_settings.ThreadAdapter(ScriptedWindow([0.0]))
     with cpu_settings.intra_op_threads(2):  # the caller's cap
         with cpu_settings.intra_op_threads(0) as run:
@@ -129,8 +121,8 @@ def test_an_automatic_count_inside_an_explicit_block_is_never_raised_above_it(co
         assert adapter.decide(0.0, 1) is None and adapter.decide(0.0, 1) == 4
 
 
-def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(cores, monkeypatch):
-    cores(2)
+def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(machine, monkeypatch):
+    machine(2, 0.0)
     monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=0: pytest.fail("sampled"))
     with cpu_settings.intra_op_threads(0, start=3) as start:
         assert start == 3 == torch.get_num_threads()
@@ -154,10 +146,10 @@ def test_only_automatic_single_process_fits_adapt(settings, adapts):
     (2, [2], []),
 ])
 def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
-        cores, monkeypatch, tmp_path, tiny_data, num_threads, expected_counts, expected_changes):
+        machine, monkeypatch, tmp_path, tiny_data, num_threads, expected_counts, expected_changes):
     from ptycho_torch.training import train
 
-    cores(2)
+    machine(2, 0.0)
     window = ScriptedWindow([0.0, 1.0])  # from the second window on, a busy core
     monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
     seen: list[int] = []
@@ -179,12 +171,12 @@ def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
     assert torch.get_num_threads() == before
 
 
-def test_a_trainer_fitted_outside_an_automatic_block_keeps_the_callers_count(cores, monkeypatch, tmp_path, tiny_data):
+def test_a_trainer_fitted_outside_an_automatic_block_keeps_the_callers_count(machine, monkeypatch, tmp_path, tiny_data):
     from ptycho_torch.datamodule import GridLinesDataModule
     from ptycho_torch.trainer import AdaptiveThreads, build_trainer
     from ptycho_torch.training import build_module
 
-    cores(2)
+    machine(2, 0.0)
     window = ScriptedWindow([1.0])  # every window finds a busy core
     monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
     training = TrainingConfig(model=tiny_model_config("cnn"), epochs=1, batch_size=4, val_fraction=0.0)
@@ -196,3 +188,18 @@ def test_a_trainer_fitted_outside_an_automatic_block_keeps_the_callers_count(cor
             tiny_data[0], training, execution))
         assert torch.get_num_threads() == 2
     assert adaptive.adapter is None and adaptive.changes == []
+
+
+def test_rolling_a_window_opens_the_next_one_at_the_same_reading(monkeypatch):
+    """Three readings serve two back-to-back windows: in the first this process kept a core busy,
+    in the next another process did (measured from the first reading, it would be half a core)."""
+    ticks = iter([(0, 1000), (100, 1200), (200, 1400)])  # busy ticks at 100 Hz: a core-second in each
+    own = iter([5.0, 6.0, 6.0])  # this process: a second of its own, then nothing
+    clock = iter([0.0, 1.0, 2.0])
+    monkeypatch.setattr(cpu_settings, "_cpu_ticks", lambda cpus: next(ticks))
+    monkeypatch.setattr(cpu_settings.time, "process_time", lambda: next(own))
+    monkeypatch.setattr(cpu_settings.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cpu_settings.os, "sysconf", lambda name: 100)
+    window = cpu_settings.LoadWindow()
+    assert window.roll() == pytest.approx(0.0)
+    assert window.others() == pytest.approx(1.0)  # a fourth reading would have raised StopIteration
