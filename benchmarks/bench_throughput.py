@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from benchmarks.arguments import variant, variants
 from benchmarks.earlier_code import PACKAGE, checkout, load_earlier
 from benchmarks.host import host_line
-from ptycho_torch.generators import ConvDecoder
+from ptycho_torch.generators import ConvDecoder, LiftedSequential
 from scripts.studies.runner_cli import integer_at_least
 
 aten = torch.ops.aten
@@ -254,11 +254,34 @@ def profile(variant: Variant, rows: int = 15) -> str:
 
 # --- where the time goes, by wall clock -----------------------------------------------------------
 
+class ComposedPair(nn.Module):
+    """Stands in for a ``LiftedSequential``'s composed lift and first block while a breakdown times
+    them (they run as one computation, so they are one row); holds no parameters."""
+
+    def __init__(self, body: LiftedSequential):
+        super().__init__()
+        object.__setattr__(self, "body", body)  # not a child: the body stays the generator's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LiftedSequential.lifted(self.body, x)
+
+    def install(self) -> None:
+        object.__setattr__(self.body, "lifted", self)  # the body's forward now calls this module
+
+    def remove(self) -> None:
+        vars(self.body).pop("lifted", None)
+
+
 def timed_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The layers a breakdown times: containers (Sequential, ModuleList, the decoder) are opened,
-    everything else (a convolution, a GELU, a spectral block, ...) is one row."""
+    everything else (a convolution, a GELU, a spectral block, ...) is one row; a lifted body's lift
+    and first block are one row (``ComposedPair``)."""
     rows = []
-    for name, child in module.named_children():
+    children = list(module.named_children())
+    if isinstance(module, LiftedSequential):
+        rows.append((f"{prefix}0+1 (composed)", ComposedPair(module)))
+        children = children[2:]
+    for name, child in children:
         label = f"{prefix}{name}"
         if isinstance(child, (nn.Sequential, nn.ModuleList, ConvDecoder)):
             rows += timed_layers(child, label + ".")
@@ -289,14 +312,17 @@ def layer_breakdown(variant: Variant, steps: int) -> tuple[list[tuple[str, float
         return lambda *_: times.setdefault(key, []).append(time.perf_counter() - starts[key])
 
     handles = []
+    pairs = [layer for _, layer in layers if isinstance(layer, ComposedPair)]
     for name, layer in layers:
         handles += [layer.register_forward_pre_hook(start((name, "f"))), layer.register_forward_hook(stop((name, "f")))]
     phases: dict[str, list[float]] = {"forward and loss": [], "backward": [], "optimizer": []}
     try:
+        for pair in pairs:
+            pair.install()
         for _ in range(3):  # warm-up, which also finds the layers that have a backward to time
             variant.step()
         for name, layer in layers:
-            if needs_gradient[name]:
+            if needs_gradient.get(name):
                 handles += [layer.register_full_backward_pre_hook(start((name, "b"))),
                             layer.register_full_backward_hook(stop((name, "b")))]
         times.clear()
@@ -306,6 +332,8 @@ def layer_breakdown(variant: Variant, steps: int) -> tuple[list[tuple[str, float
     finally:
         for handle in handles:
             handle.remove()
+        for pair in pairs:
+            pair.remove()
     median_ms = lambda key: 1e3 * statistics.median(times[key]) if times.get(key) else None  # noqa: E731
     rows = [(name, median_ms((name, "f")), median_ms((name, "b"))) for name, _ in layers]
     return rows, {phase: 1e3 * statistics.median(values) for phase, values in phases.items()}
@@ -314,9 +342,9 @@ def layer_breakdown(variant: Variant, steps: int) -> tuple[list[tuple[str, float
 def breakdown_table(variant: Variant, steps: int) -> str:
     rows, phases = layer_breakdown(variant, steps)
     lines = ["| layer | forward ms | backward ms |", "|---|---|---|"]
-    lines += [f"| {name} | {forward:.3f} | {'-' if backward is None else f'{backward:.3f}'} |"
-              for name, forward, backward in rows]
-    lines.append(f"| all layers | {sum(r[1] for r in rows):.2f} | {sum(r[2] or 0.0 for r in rows):.2f} |")
+    shown = lambda ms: "-" if ms is None else f"{ms:.3f}"  # noqa: E731  (None: not run, or no backward)
+    lines += [f"| {name} | {shown(forward)} | {shown(backward)} |" for name, forward, backward in rows]
+    lines.append(f"| all layers | {sum(r[1] or 0.0 for r in rows):.2f} | {sum(r[2] or 0.0 for r in rows):.2f} |")
     lines.append("")
     lines.append("step phases (ms): " + ", ".join(f"{phase} {ms:.2f}" for phase, ms in phases.items())
                  + f"; total {sum(phases.values()):.2f} (hooks included)")

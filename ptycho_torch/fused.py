@@ -30,8 +30,12 @@ class ConvGELUSequential(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The layers from index ``start`` on, applied to ``x``."""
         layers = list(self)
-        index = 0
+        index = start
         while index < len(layers):
             layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
             if isinstance(after, nn.GELU) and fusable(layer, x):

@@ -18,6 +18,11 @@ Plain ``nn.Module``s that know nothing of Lightning, the physics or the loss. On
   refiner convolutions and a projection to the heads.
 - ``hybrid``: spectral blocks as an encoder with downsampling, then the convolutional decoder.
 
+The fno's and hybrid's lift and first spectral block run as one computation (``LiftedSequential``,
+``lift``): both are linear in the lifted channels, so the block's convolution and spectral layer
+read the C input patterns (and a constant channel for the lift's bias) instead of ``fno_width``
+lifted channels. The layers and parameters are unchanged.
+
 Every generator ends in the same head (``generator_output_mode``):
 ``amp_phase``: O = sigmoid(a) * exp(i * pi * tanh(p)), so |O| in (0, 1) and |angle O| <= pi;
 ``real_imag``: O = re + i * im.
@@ -34,6 +39,7 @@ from torch import nn
 
 from ptycho_torch.config import ModelConfig
 from ptycho_torch.fused import ConvGELUSequential
+from ptycho_torch.lift import composable, lifted_block, plain_conv
 from ptycho_torch.spectral import spectral_conv
 from ptycho_torch.upsampling import UpsampleConv2d
 
@@ -210,9 +216,13 @@ class SpectralConv2d(nn.Module):
     def forward(self, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
         """(B, in, h, w) -> (B, out, h, w) float32 channels_last; ``add_to`` + that where given (the
         sum may be computed in ``add_to``'s memory: the caller gives it up, see ``spectral_conv``)."""
+        return self.with_weight(x, self.weight, add_to)
+
+    def with_weight(self, x: torch.Tensor, weight: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer with ``weight`` (out, 2m, m, in', 2) in place of its own (``lift``'s composed one)."""
         # The DFT products stay in float32 even under autocast: bf16 / fp16 spectra lose the small modes.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return spectral_conv(x.float(), self.weight.float(), self.modes, add_to)
+            return spectral_conv(x.float(), weight.float(), self.modes, add_to)
 
 
 class SpectralBlock(nn.Module):
@@ -228,6 +238,27 @@ class SpectralBlock(nn.Module):
         # the spectral layer adds itself into the convolution's output (float32; under bf16
         # autocast the convolution's bf16 output is summed out of place, into float32)
         return x + self.act(self.spectral(x, add_to=self.local(x)))  # (B, width, n, n)
+
+
+class LiftedSequential(ConvGELUSequential):
+    """A body that starts with a lift (``PointwiseConv2d``) and a ``SpectralBlock``: the two run as one,
+    the lift composed into the block's convolution and spectral layer (``lift``), where that pays."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.composes(x):
+            return super().forward(x)
+        return self.run(self.lifted(x), start=2)
+
+    def composes(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` goes through the composed pair (else through the layers one by one)."""
+        if len(self) < 2 or not (isinstance(self[0], PointwiseConv2d) and isinstance(self[1], SpectralBlock)):
+            return False
+        return plain_conv(self[1].local) and composable(self[0], x)
+
+    def lifted(self, x: torch.Tensor) -> torch.Tensor:
+        """The first block applied to the lift of ``x``, composed."""
+        block = self[1]
+        return lifted_block(self[0], block.local, block.spectral, block.act, x)
 
 
 class Generator(nn.Module):
@@ -277,7 +308,7 @@ class FNOGenerator(Generator):
         layers += [SpectralBlock(width, cfg.fno_modes) for _ in range(cfg.fno_blocks)]
         for _ in range(cfg.fno_cnn_blocks):
             layers += [nn.Conv2d(width, width, 3, padding=1), DenseGELU()]
-        super().__init__(cfg, ConvGELUSequential(*layers), width)
+        super().__init__(cfg, LiftedSequential(*layers), width)
 
 
 class HybridGenerator(Generator):
@@ -294,7 +325,7 @@ class HybridGenerator(Generator):
                 size //= 2
         channels = pyramid_channels(cfg.cnn_channels, downsamples)
         layers += [PointwiseConv2d(cfg.fno_width, channels[-1]), DenseGELU(), ConvDecoder(channels)]
-        super().__init__(cfg, ConvGELUSequential(*layers), channels[0])
+        super().__init__(cfg, LiftedSequential(*layers), channels[0])
 
 
 GENERATORS: dict[str, Callable[[ModelConfig], Generator]] = {
