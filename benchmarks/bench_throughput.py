@@ -272,13 +272,18 @@ class ComposedPair(nn.Module):
         vars(self.body).pop("lifted", None)
 
 
+def _batched_input(body: nn.Sequential) -> torch.Tensor:
+    """A shape-only (meta) batch for the body's first layer: whether it composes depends on no values."""
+    return torch.empty(1, getattr(body[0], "in_channels", 1), 1, 1, device="meta")
+
+
 def timed_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The layers a breakdown times: containers (Sequential, ModuleList, the decoder) are opened,
     everything else (a convolution, a GELU, a spectral block, ...) is one row; a lifted body's lift
     and first block are one row (``ComposedPair``)."""
     rows = []
     children = list(module.named_children())
-    if isinstance(module, LiftedSequential):
+    if isinstance(module, LiftedSequential) and module.composes(_batched_input(module)):
         rows.append((f"{prefix}0+1 (composed)", ComposedPair(module)))
         children = children[2:]
     for name, child in children:

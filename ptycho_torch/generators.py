@@ -251,7 +251,9 @@ class LiftedSequential(ConvGELUSequential):
 
     def composes(self, x: torch.Tensor) -> bool:
         """Whether ``x`` goes through the composed pair (else through the layers one by one)."""
-        if len(self) < 2 or not (isinstance(self[0], PointwiseConv2d) and isinstance(self[1], SpectralBlock)):
+        # exactly these layers (a subclass may compute something else), read as the composition reads them
+        if len(self) < 2 or not (type(self[0]) is PointwiseConv2d and type(self[1]) is SpectralBlock
+                                 and type(self[1].spectral) is SpectralConv2d):
             return False
         return plain_conv(self[1].local) and composable(self[0], x)
 

@@ -88,8 +88,9 @@ def composed_spectral_weight(weight: torch.Tensor, matrix: torch.Tensor) -> torc
 
 
 def plain_conv(conv: nn.Module) -> bool:
-    """A Conv2d that pads with zeros and has no stride, dilation or groups: one the composition holds for."""
-    return (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    """A plain Conv2d (no subclass with a forward of its own) that pads with zeros and has no stride,
+    dilation or groups: one the composition holds for."""
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1)
 
 

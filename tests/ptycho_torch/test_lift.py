@@ -93,6 +93,50 @@ def test_the_spectral_generators_compose_their_lift_and_still_compute_the_layers
                                    msg=f"output/gradient {index}")
 
 
+@pytest.mark.parametrize("architecture", ["fno", "hybrid"])
+def test_prediction_without_autograd_composes_too_and_answers_like_the_layers(architecture):
+    """No autograd: the composed pair, then the later layers with their convolution + GELU fusion,
+    against every layer called on its own."""
+    torch.manual_seed(0)
+    body = build_generator(tiny_model_config(architecture, gridsize=2)).body
+    x = torch.rand(3, 4, 16, 16).contiguous(memory_format=torch.channels_last)
+    calls = []
+    body[1].local.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        composed = body(x)
+        assert not calls
+        reference = x
+        for layer in body:
+            reference = layer(reference)
+    torch.testing.assert_close(composed, reference, rtol=1e-4, atol=1e-5 * (1 + reference.abs().max().item()))
+
+
+class OwnConv(torch.nn.Conv2d):
+    """A convolution subclass with a forward of its own: the composition would skip it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("case", ["circular padding", "a convolution subclass", "unbatched input"])
+def test_what_the_composition_does_not_hold_for_runs_the_layers_one_by_one(case):
+    torch.manual_seed(0)
+    body = LiftedSequential(PointwiseConv2d(1, 6), SpectralBlock(6, 2))
+    if case == "circular padding":
+        body[1].local.padding_mode = "circular"
+    if case == "a convolution subclass":
+        body[1].local = OwnConv(6, 6, 3, padding=1)
+    x = torch.rand(1, 8, 8) if case == "unbatched input" else torch.rand(2, 1, 8, 8)
+    calls = []
+    body[1].local.register_forward_hook(lambda *_: calls.append(1))
+    if case == "unbatched input":  # the layers' own path: the spectral layer takes batches only
+        with pytest.raises(ValueError):
+            body(x)
+    else:
+        assert torch.equal(body(x), body[1](body[0](x)))
+    assert calls
+
+
 def test_a_lift_to_no_more_channels_than_it_reads_runs_the_layers_one_by_one():
     """With as many lifted channels as inputs plus the bias channel, composing saves nothing."""
     body = LiftedSequential(PointwiseConv2d(3, 4), SpectralBlock(4, 2))
@@ -132,11 +176,20 @@ def test_composed_weights_and_their_gradients_stay_float32_under_bf16_autocast()
         assert torch.equal(plain, autocast)
 
 
-def test_the_composed_block_under_bf16_autocast_answers_like_the_layers():
+def test_the_composed_block_under_bf16_autocast_answers_like_the_layers_forward_and_backward():
+    """Lightning's bf16-mixed runs forward and backward inside autocast: values within bf16 rounding
+    of the layers', every gradient float32 and close to theirs."""
     lift, block = lift_and_block(1, 8, 4, True, 0)
     x = torch.rand(2, 1, 8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        composed = lifted_block(lift, block.local, block.spectral, block.act, x)
-        reference = block(lift(x))
+    upstream = torch.randn(2, 8, 8, 8)
+    results = []
+    for function in (lambda a: lifted_block(lift, block.local, block.spectral, block.act, a),
+                     lambda a: block(lift(a))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(outputs_and_grads(function, x, upstream, (lift, block)))
+    (composed, *composed_grads), (reference, *reference_grads) = results
     assert composed.dtype == reference.dtype
     torch.testing.assert_close(composed.float(), reference.float(), rtol=3e-2, atol=3e-2)
+    for got, want in zip(composed_grads, reference_grads):
+        assert got.dtype == torch.float32
+        assert (got - want).norm() <= 3e-2 * want.norm()

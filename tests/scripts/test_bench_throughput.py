@@ -86,6 +86,7 @@ def test_the_layer_breakdown_times_every_layer_and_the_steps_phases_then_removes
     assert set(phases) == {"forward and loss", "backward", "optimizer"} and all(ms > 0 for ms in phases.values())
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                    for m in variant.module.modules())
+    assert names[0] == "body.0+1 (composed)" and "lifted" not in vars(variant.module.generator.body)  # uninstalled
 
 
 EARLIER_SCRIPT = """
