@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptycho_torch.cpu_settings import ThreadAdapter, in_automatic_block
 from ptycho_torch.npz_data import GridLinesData
 from ptycho_torch.scan import stitched_region
 
@@ -95,6 +96,7 @@ class Step:
     iteration: int  # 0 = the start
     seconds: float  # engine wall time so far, setup included, summed over the objects
     objects: np.ndarray  # (I, H, W) complex64: the scored region of every test object
+    threads: int  # torch's intra-op threads this iteration ran with (the start: the count it began with)
 
 
 def start_objects(data: GridLinesData, init: np.ndarray | None) -> list[np.ndarray]:
@@ -128,8 +130,11 @@ def flat_fill(region: np.ndarray) -> complex:
 def iterate(data: GridLinesData, iterations: int, *, init: np.ndarray | None = None, seed: int = 0) -> Iterator[Step]:
     """Reconstruct every test object of ``data`` for ``iterations``: Step 0 (the start), then one
     Step per iteration, the objects advanced in lockstep. The minibatch order is drawn from ``seed``
-    (a generator of its own: the global torch generator is left alone)."""
+    (a generator of its own: the global torch generator is left alone). Inside an automatic
+    ``intra_op_threads`` block the count is re-chosen between iterations as the machine's load
+    changes, as a fit's is between steps (``cpu_settings.ThreadAdapter``)."""
     cdtools = engine()
+    adapter = ThreadAdapter() if in_automatic_block() else None
     r0, r1, c0, c1 = stitched_region(data.metadata["object_size"], data.N, data.metadata["stride"])
     started = time.perf_counter()
     runs: list[tuple[Any, Iterator]] = []
@@ -148,13 +153,16 @@ def iterate(data: GridLinesData, iterations: int, *, init: np.ndarray | None = N
     def region() -> np.ndarray:
         return np.stack([model.obj.detach().numpy()[r0:r1, c0:c1] for model, _ in runs]).astype(np.complex64)
 
-    yield Step(0, seconds, region())
+    yield Step(0, seconds, region(), torch.get_num_threads())
     for iteration in range(1, iterations + 1):
+        threads = torch.get_num_threads()
         started = time.perf_counter()
         for _, steps in runs:
             next(steps)
         seconds += time.perf_counter() - started
-        yield Step(iteration, seconds, region())
+        yield Step(iteration, seconds, region(), threads)
+        if adapter is not None:
+            adapter.poll()  # a new count from the next iteration on
 
 
 def warm_up(data: GridLinesData) -> None:
@@ -166,15 +174,18 @@ def warm_up(data: GridLinesData) -> None:
 
 def run(data: GridLinesData, counts: list[int], *, init: np.ndarray | None = None,
         target_phase_ssim: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Reconstruct to max(counts) iterations; scores, seconds and the objects at each count, and with
-    a target, the first iteration (0 = the start) whose mean phase SSIM reaches it (None: not within
-    max(counts)). Scoring is not timed."""
+    """Reconstruct to max(counts) iterations; scores, seconds and the objects at each count, with a
+    target the first iteration (0 = the start) whose mean phase SSIM reaches it (None: not within
+    max(counts)), and the thread counts it ran with (the first iteration of each). Scoring is not timed."""
     from ptycho_torch.metrics import score_objects
 
     wanted = set(counts)
     at: dict[int, dict[str, Any]] = {}
     reached = None
+    threads: list[dict[str, int]] = []
     for step in iterate(data, max(counts), init=init, seed=seed):
+        if not threads or threads[-1]["threads"] != step.threads:
+            threads.append({"iteration": step.iteration, "threads": step.threads})
         scores = None
         if step.iteration in wanted or (target_phase_ssim is not None and reached is None):
             scores = score_objects(step.objects, data.YY_ground_truth)
@@ -185,4 +196,4 @@ def run(data: GridLinesData, counts: list[int], *, init: np.ndarray | None = Non
         if step.iteration in wanted:
             at[step.iteration] = {"seconds": step.seconds, "metrics": scores, "objects": step.objects,
                                   "finite": bool(np.isfinite(step.objects).all())}
-    return {"at": at, "reached": reached}
+    return {"at": at, "reached": reached, "threads": threads}

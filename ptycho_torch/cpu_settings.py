@@ -13,7 +13,8 @@ process's own CPU time subtracted). Runs started together (a sweep's jobs) canno
 other yet and must be given their share explicitly (``num_threads``).
 
 A run's load changes after it starts: another run begins beside it, or ends. ``ThreadAdapter``
-re-chooses the automatic count of a single-process fit between its steps, from the same rule
+re-chooses the automatic count of a single-process fit between its steps (and of the iterative
+baseline between its iterations), from the same rule
 applied to each second's load (read from /proc/stat without waiting: the fit's own work fills
 the second): fewer threads when other processes take cores (a step with two threads beside one
 busy process measured 2-4x slower than with one; 3-57x on another host), more when they leave

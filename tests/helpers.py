@@ -8,6 +8,7 @@ helpers that need torch import it inside.
 - Example budgets derived from the active Hypothesis profile.
 - Tiny data and run settings, read recording.
 - A layer checked against a reference computation, forward and backward.
+- A scripted machine load for the thread re-choice (``cpu_settings.LoadWindow``'s interface).
 """
 
 from __future__ import annotations
@@ -176,3 +177,25 @@ def assert_layer_matches(layer: Any, reference: Callable[[Any], Any], plain: Any
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+# --- a pretend machine load ----------------------------------------------------------------------
+
+class ScriptedWindow:
+    """A LoadWindow whose windows last ``seconds`` and report the loads given, in order, the last
+    one from then on."""
+
+    def __init__(self, loads, seconds: float = 1.0):
+        self.loads, self.elapsed, self.opened = list(loads), seconds, 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def seconds(self) -> float:
+        return self.elapsed
+
+    def others(self) -> float | None:
+        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
+
+    def roll(self) -> float | None:
+        return self.others()

@@ -75,7 +75,8 @@ def run_baselines(out: Path, test_data, counts: Sequence[int], warm_starts: Mapp
         artifacts.write_npz(folder / f"recon_{start.replace(':', '_')}.npz",
                             recon=result["at"][max(counts)]["objects"], ground_truth=test_data.YY_ground_truth)
     artifacts.write_json(out / BASELINE_RECORD, {"engine": baseline.ENGINE, "counts": list(counts), "seed": seed,
-                                                 "target_phase_ssim": target, "rows": rows})
+                                                 "target_phase_ssim": target, "rows": rows,
+                                                 "threads": {start: result["threads"] for start, result in results}})
     return rows
 
 

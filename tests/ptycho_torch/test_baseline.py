@@ -147,6 +147,27 @@ def test_run_scores_each_count_and_finds_when_the_target_is_reached(dense_split)
     assert reachable["reached"]["seconds"] <= reachable["at"][8]["seconds"]
 
 
+@pytest.mark.parametrize(("num_threads", "expected"), [
+    (0, [{"iteration": 0, "threads": 2}, {"iteration": 4, "threads": 1}]),
+    (2, [{"iteration": 0, "threads": 2}]),
+])
+def test_an_automatic_thread_count_is_re_chosen_between_iterations(test_split, machine, monkeypatch, num_threads,
+                                                                     expected):
+    """As a fit between steps: a core taken by another process from the second window on lowers the
+    count after the third iteration (two windows in a row); an explicit count is kept."""
+    from ptycho_torch import cpu_settings
+    from tests.helpers import ScriptedWindow
+
+    machine(2, 0.0)
+    window = ScriptedWindow([0.0, 1.0])  # each iteration lasts a window here
+    monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
+    before = torch.get_num_threads()
+    with cpu_settings.intra_op_threads(num_threads):
+        result = baseline.run(test_split, [6])
+    assert result["threads"] == expected
+    assert torch.get_num_threads() == before
+
+
 def test_each_test_object_is_reconstructed_from_its_own_patterns():
     data = simulate_splits(dataclasses.replace(TINY_SIMULATION, n_test_images=2, test_stride=4))["test"]
     last = list(baseline.iterate(data, 250))[-1]

@@ -10,26 +10,7 @@ from ptycho_torch import cpu_settings
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.trainer import adapts_threads
-
-
-class ScriptedWindow:
-    """A LoadWindow whose windows last ``seconds`` and report the loads given, in order, the last
-    one from then on."""
-
-    def __init__(self, loads, seconds: float = 1.0):
-        self.loads, self.elapsed, self.opened = list(loads), seconds, 0
-
-    def open(self) -> None:
-        self.opened += 1
-
-    def seconds(self) -> float:
-        return self.elapsed
-
-    def others(self) -> float | None:
-        return self.loads.pop(0) if len(self.loads) > 1 else self.loads[0]
-
-    def roll(self) -> float | None:
-        return self.others()
+from tests.helpers import ScriptedWindow
 
 
 def test_the_count_changes_once_two_windows_in_a_row_want_it(machine):

@@ -75,6 +75,8 @@ def test_a_study_with_a_baseline_gets_flat_and_warm_rows_scored_like_its_runs(tm
         assert float(run["train_seconds"]) == pytest.approx(timing["fit_seconds"])
     record = json.loads((out / "baseline" / "baseline.json").read_text())
     target = record["target_phase_ssim"]
+    assert list(record["threads"]) == starts  # each start's thread counts, from its first iteration
+    assert all(counts[0]["iteration"] == 0 and counts[0]["threads"] >= 1 for counts in record["threads"].values())
     flat5 = next(r for r in baselines if r["init"] == "flat" and r["iterations"] == "5")
     assert float(flat5["phase_ssim"]) == pytest.approx(target)
     test_data = load_npz(out / "data" / "test.npz", "test")
