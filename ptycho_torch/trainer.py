@@ -98,17 +98,19 @@ class StopOnSignal(Callback):
 
 class AdaptiveThreads(Callback):
     """A single-process fit with automatic threads re-chooses its count between steps as other
-    processes start or stop beside it (``cpu_settings.ThreadAdapter``); ``changes`` records when.
-    Only inside an automatic ``intra_op_threads`` block (``training.train`` opens one): a Trainer
-    fitted outside one keeps the caller's count."""
+    processes start or stop beside it (``cpu_settings.ThreadAdapter``); ``changes`` records when,
+    across resumes (the record travels in the checkpoints as this callback's state). Only inside an
+    automatic ``intra_op_threads`` block (``training.train`` opens one): a Trainer fitted outside one
+    keeps the caller's count."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapts: bool = True) -> None:
+        self.adapts = adapts  # False: only the record is kept (and carried on), no count is changed
         self.adapter: ThreadAdapter | None = None
         self.changes: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # its first window opens as the steps begin
-        self.adapter = ThreadAdapter() if in_automatic_block() else None
+        self.adapter = ThreadAdapter() if self.adapts and in_automatic_block() else None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.adapter is None:
@@ -117,6 +119,12 @@ class AdaptiveThreads(Callback):
         if changed is not None:
             count, others = changed
             self.changes.append({"step": trainer.global_step, "threads": count, "others_busy": round(others, 2)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"changes": [dict(change) for change in self.changes]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.changes = [dict(change) for change in state_dict.get("changes", [])]
 
 
 def adapts_threads(execution: PyTorchExecutionConfig) -> bool:
@@ -155,8 +163,7 @@ def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, o
                       stacklevel=2)
     checkpoints = output_dir / "checkpoints" if execution.enable_checkpointing else None
     callbacks = [*callbacks, StopOnSignal(checkpoints)]
-    if adapts_threads(execution):
-        callbacks.append(AdaptiveThreads())
+    callbacks.append(AdaptiveThreads(adapts_threads(execution)))  # also where it does not adapt: the record goes on
     if checkpoints is not None:
         callbacks += [RandomStates(), ModelCheckpoint(dirpath=checkpoints, save_last=True, save_on_train_epoch_end=True)]
     trainer = L.Trainer(

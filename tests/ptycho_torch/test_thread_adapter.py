@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -118,8 +120,19 @@ def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(machine, 
     (dict(num_nodes=2, strategy="ddp"), False),
     (dict(num_workers=1), False),  # its worker processes would read as other load
 ])
-def test_only_automatic_single_process_fits_adapt(settings, adapts):
-    assert adapts_threads(PyTorchExecutionConfig(**settings)) is adapts
+def test_only_automatic_single_process_fits_adapt(settings, adapts, machine, tmp_path):
+    """The gate, and the Trainer's callback following it: where it does not adapt it opens no
+    adapter even inside an automatic block (it keeps the record only)."""
+    from ptycho_torch.trainer import AdaptiveThreads, build_trainer
+
+    execution = PyTorchExecutionConfig(**settings)
+    assert adapts_threads(execution) is adapts
+    training = TrainingConfig(model=tiny_model_config("cnn"))
+    (callback,) = [c for c in build_trainer(training, execution, tmp_path).callbacks if isinstance(c, AdaptiveThreads)]
+    machine(2, 0.0)
+    with cpu_settings.intra_op_threads(0):
+        callback.on_train_start(None, None)
+    assert (callback.adapter is not None) is adapts
 
 
 @pytest.mark.parametrize(("num_threads", "expected_counts", "expected_changes"), [
@@ -150,6 +163,32 @@ def test_a_fit_lowers_its_automatic_count_when_another_process_takes_a_core(
     if expected_changes:
         assert trained.thread_changes[0]["step"] == 3  # after the third step: the second busy window
     assert torch.get_num_threads() == before
+
+
+def test_a_resumed_fit_carries_the_record_of_its_earlier_changes(machine, monkeypatch, tmp_path, tiny_data):
+    """The change recorded before a checkpoint is still in the record after resumes, also through a
+    resume that does not adapt (an explicit count), and later changes are added to it."""
+    from ptycho_torch.resume import last_checkpoint
+    from ptycho_torch.training import train
+
+    machine(2, 0.0)
+    training = TrainingConfig(model=tiny_model_config("cnn"), epochs=2, batch_size=4, val_fraction=0.0)
+
+    def fit(epochs: int, loads: list[float], num_threads: int = 0, start: int | None = None):
+        window = ScriptedWindow(loads)
+        monkeypatch.setattr(cpu_settings, "LoadWindow", lambda: window)
+        execution = PyTorchExecutionConfig(num_threads=num_threads, enable_progress_bar=False, logger_backend="none")
+        with cpu_settings.intra_op_threads(num_threads, start=start):  # a resumed run starts at a given count
+            return train(dataclasses.replace(training, epochs=epochs), execution, tiny_data[0], tmp_path,
+                         resume_from=last_checkpoint(tmp_path) if epochs > 2 else None).thread_changes
+
+    first = fit(2, [0.0, 1.0])
+    assert [change["threads"] for change in first] == [1]
+    assert fit(3, [1.0], start=1) == first  # one thread beside the busy core: nothing new
+    assert fit(4, [0.0], num_threads=2) == first  # an explicit count: not adapted, the record carried on
+    later = fit(5, [0.0], start=1)  # the machine free again: back to two threads
+    assert later[:1] == first and [change["threads"] for change in later[1:]] == [2]
+    assert later[1]["step"] > first[0]["step"]
 
 
 def test_a_trainer_fitted_outside_an_automatic_block_keeps_the_callers_count(machine, monkeypatch, tmp_path, tiny_data):
