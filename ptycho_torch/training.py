@@ -57,8 +57,8 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    adapted = [callback.changes for callback in trainer.callbacks if isinstance(callback, AdaptiveThreads)]
-    return TrainedModel(module, trainer, data, initial_digest, adapted[0] if adapted else [])
+    (threads,) = [callback for callback in trainer.callbacks if isinstance(callback, AdaptiveThreads)]  # build_trainer's
+    return TrainedModel(module, trainer, data, initial_digest, threads.changes)
 
 
 def build_module(training: TrainingConfig, probe, module_class: type[PtychoPINN] = PtychoPINN) -> PtychoPINN:
