@@ -44,6 +44,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+# Below this many input channels (the composed lift's C + 1, ``lift``) the column analysis runs as one
+# product with an identity-expanded matrix (C times the multiplications, one well-shaped product
+# instead of B H tiny ones: 0.02 against 0.2 ms at C = 2, 0.13 against 0.28 at C = 5, slower from
+# C = 8, at the default size on this CPU), and the weight gradient's products put the inputs first
+# (0.10 against 0.28 ms at C = 2, slower at C = 32).
+FEW_CHANNELS = 8
+
+
 def check_modes(modes: int, height: int, width: int) -> None:
     if 2 * modes > height or modes > width // 2 + 1:
         raise ValueError(f"modes={modes} do not fit a {height}x{width} input (need modes <= size/2)")
@@ -107,7 +115,12 @@ def _analyse(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torc
     matrices it is the adjoint of ``_synthesise``."""
     batch, height, width, channels = x.shape
     m = columns.shape[0] // 2
-    along_columns = torch.matmul(columns, x.view(batch * height, width, channels))  # (B H, 2m, C)
+    if channels < FEW_CHANNELS:  # one product with columns^T (x) identity: (B H, W C) @ (W C, 2m C)
+        identity = torch.eye(channels, dtype=x.dtype, device=x.device)
+        along_columns = (x.view(batch * height, width * channels) @ torch.kron(columns.T.contiguous(), identity))
+        along_columns = along_columns.view(batch * height, 2 * m, channels)
+    else:  # B H small products
+        along_columns = torch.matmul(columns, x.view(batch * height, width, channels))  # (B H, 2m, C)
     parts = along_columns.view(batch, height, m, 2, channels).permute(1, 2, 0, 3, 4)  # (H, m, B, re/im, C)
     # torch.complex interleaves the two parts in a vectorized pass (a permuted copy took twice as long)
     by_row = torch.empty(height, m, batch, channels, dtype=x.dtype.to_complex(), device=x.device)
@@ -176,9 +189,13 @@ class _SpectralConv(torch.autograd.Function):
             grad_x = _synthesise(torch.bmm(g_conj, stored.transpose(0, 1)), conjugated.row_synthesis,
                                  conjugated.column_synthesis).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            conj_per_mode = torch.bmm(g_conj.transpose(1, 2), x_modes)  # conj(G^T conj(X)): (K, out, in)
             per_mode = torch.empty(stored.shape, dtype=stored.dtype, device=stored.device)  # (out, K, in)
-            torch.conj_physical(conj_per_mode.transpose(0, 1), out=per_mode)
+            if x_modes.shape[2] < FEW_CHANNELS:  # the products' short side first: faster for few inputs
+                conj_per_mode = torch.bmm(x_modes.transpose(1, 2), g_conj)  # (K, in, out)
+                torch.conj_physical(conj_per_mode.permute(2, 0, 1), out=per_mode)
+            else:
+                conj_per_mode = torch.bmm(g_conj.transpose(1, 2), x_modes)  # conj(G^T conj(X)): (K, out, in)
+                torch.conj_physical(conj_per_mode.transpose(0, 1), out=per_mode)
             grad_w = torch.view_as_real(per_mode).view(ctx.weight_shape)
         return grad_x, grad_w, None, grad if ctx.needs_input_grad[3] else None
 

@@ -215,7 +215,9 @@ def spectral_cases(draw):
     """Odd and even sizes, rectangular inputs, every legal mode count up to the Nyquist column."""
     height, width = draw(st.integers(2, 12)), draw(st.integers(2, 12))
     modes = draw(st.integers(1, min(height // 2, width // 2 + 1)))
-    return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3)), height, width, modes,
+    # channels on both sides of spectral.FEW_CHANNELS (two ways to compute the analysis of the input
+    # and of the output's gradient, and the weight's gradient)
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 10)), draw(st.integers(1, 10)), height, width, modes,
             draw(seeds))
 
 
@@ -223,6 +225,8 @@ def spectral_cases(draw):
 @given(case=spectral_cases())
 @example(case=(2, 2, 3, 8, 6, 4, 0))  # m = W/2 + 1: the Nyquist column is kept (irfft2 counts it once)
 @example(case=(2, 3, 2, 7, 9, 3, 1))  # odd sizes
+@example(case=(2, 2, 9, 6, 7, 3, 2))  # channels as in the composed lift: few in, many out
+@example(case=(2, 9, 9, 6, 7, 3, 3))  # many in and out
 def test_spectral_conv_equals_the_per_mode_definition_forward_and_backward(case):
     batch, ins, outs, height, width, modes, seed = case
     gen = torch.Generator().manual_seed(seed)
