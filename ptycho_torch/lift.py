@@ -73,10 +73,11 @@ def _times_real(rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     axis (J = C + 1) took 4x as long (0.34 against 0.09 ms for the fno's spectral weight here)."""
     if not rows.is_complex():
         return rows @ matrix.to(rows.dtype)
-    planes = torch.view_as_real(rows).reshape(rows.shape[0], -1)  # (P, (J, re/im))
+    (count, inner), outer = rows.shape, matrix.shape[1]
+    planes = torch.view_as_real(rows.resolve_conj()).reshape(count, 2 * inner)  # (P, (J, re/im))
     identity = torch.eye(2, dtype=planes.dtype, device=planes.device)
     product = planes @ torch.kron(matrix.to(planes.dtype).contiguous(), identity)  # (P, (I, re/im))
-    return torch.view_as_complex(product.reshape(rows.shape[0], -1, 2))
+    return torch.view_as_complex(product.reshape(count, outer, 2))
 
 
 def compose_channels(rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

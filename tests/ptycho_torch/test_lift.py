@@ -157,6 +157,22 @@ def test_composed_weights_have_exact_gradients(complex_rows):
     assert torch.autograd.gradcheck(compose_channels, (rows, matrix))
 
 
+@pytest.mark.parametrize("count", [0, 6])
+def test_the_composition_takes_any_complex_gradient_autograd_hands_it(count):
+    """A conjugated view (what autograd passes back through a later ``.conj()``) and no rows at all:
+    the rows' gradient is that of the plain complex product."""
+    gen = torch.Generator().manual_seed(4)
+    matrix = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(count, 4, generator=gen, dtype=torch.complex128)
+    grads = []
+    for product in (compose_channels, lambda r, m: r @ m.to(r.dtype)):
+        rows = torch.randn(count, 3, generator=torch.Generator().manual_seed(5), dtype=torch.complex128,
+                           requires_grad=True)
+        (product(rows, matrix).conj() * upstream).real.sum().backward()
+        grads.append(rows.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_composed_weights_and_their_gradients_stay_float32_under_bf16_autocast():
     """Lightning runs the backward inside the step's autocast: there the composition's products
     would be taken in bf16 by autograd's own matmul backward (rounding every gradient)."""
