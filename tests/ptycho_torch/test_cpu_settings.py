@@ -36,6 +36,74 @@ def test_auto_threads_respect_omp_num_threads(machine, monkeypatch):
         assert cpu_settings.auto_threads() == 8, not_a_cap
 
 
+def pretend_cgroups(monkeypatch, tmp_path, membership: str, files: dict[str, str]) -> None:
+    """/proc/self/cgroup reads ``membership``; the cgroup filesystem holds ``files`` (paths under its root)."""
+    (tmp_path / "proc_cgroup").write_text(membership)
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "proc_cgroup"))
+    monkeypatch.setattr(cpu_settings, "CGROUP_ROOT", str(root))
+
+
+@pytest.mark.parametrize(("membership", "files", "quota"), [
+    # cgroup v2: the process's own cgroup, and a tighter limit above it
+    ("0::/jobs/run\n", {"jobs/run/cpu.max": "150000 100000\n", "jobs/cpu.max": "max 100000\n"}, 1.5),
+    ("0::/jobs/run\n", {"jobs/run/cpu.max": "max 100000\n", "jobs/cpu.max": "50000 100000\n"}, 0.5),
+    ("0::/jobs/run\n", {"jobs/run/cpu.max": "150000 100000\n", "jobs/cpu.max": "50000 100000\n"}, 0.5),
+    # a container's view: its path is not under the mount, whose root is the container's cgroup
+    ("0::/kubepods/pod1/abc\n", {"cpu.max": "250000 100000\n"}, 2.5),
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),  # no limit
+    # cgroup v1, in either mount name, -1 for no limit at a level
+    ("4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n",
+     {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+      "cpu,cpuacct/docker/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n"}, 1.0),
+    ("1:cpu:/q\n", {"cpu/q/cpu.cfs_quota_us": "150000\n", "cpu/q/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ("1:cpu:/q\n", {"cpu/q/cpu.cfs_quota_us": "-1\n", "cpu/q/cpu.cfs_period_us": "100000\n"}, None),
+    # what cannot be read or does not parse is no limit
+    ("0::/a\n", {"a/cpu.max": "lots 100000\n"}, None),
+    ("0::/a\n", {"a/cpu.max": "150000\n"}, None),
+    ("0::/a\n", {"a/cpu.max": "150000 0\n"}, None),
+    ("not a cgroup line\n", {}, None),
+    ("", {}, None),
+])
+def test_the_cpu_quota_is_the_tightest_cgroup_limit_on_the_process_path(monkeypatch, tmp_path, membership, files, quota):
+    pretend_cgroups(monkeypatch, tmp_path, membership, files)
+    assert cpu_settings.cpu_quota() == (None if quota is None else pytest.approx(quota))
+
+
+def test_no_cgroup_membership_file_is_no_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "absent"))
+    assert cpu_settings.cpu_quota() is None
+
+
+@pytest.mark.parametrize(("quota", "cores", "usable"), [
+    (None, 2, 2),
+    (1.0, 2, 1),  # a container of one core on two: one thread (two measured 1.4-1.7x slower)
+    (1.25, 2, 1),
+    (1.5, 2, 2),  # half up: two threads measured 1.1-1.2x faster in a 1.5-core cgroup
+    (0.3, 2, 1),  # a fraction of a core: still one thread
+    (8.0, 2, 2),  # a quota above the affinity mask: the mask
+    (3.0, 8, 3),
+])
+def test_usable_cores_are_the_affinity_mask_within_the_cpu_quota(monkeypatch, quota, cores, usable):
+    monkeypatch.setattr(cpu_settings, "cpu_quota", lambda: quota)
+    monkeypatch.setattr(cpu_settings, "_affinity", lambda: set(range(cores)))
+    assert cpu_settings.usable_cores() == usable
+
+
+def test_the_automatic_count_stays_within_the_cpu_quota(monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_settings, "_affinity", lambda: set(range(4)))
+    monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: 0.0)
+    pretend_cgroups(monkeypatch, tmp_path, "0::/run\n", {"run/cpu.max": "200000 100000\n"})
+    assert cpu_settings.auto_threads() == 2
+    adapter = cpu_settings.ThreadAdapter()  # re-chosen within it too: from one thread up to two, not four
+    assert [adapter.decide(0.0, 1) for _ in range(adapter.CHANGE_AFTER)][-1] == 2
+
+
 def test_busy_cores_exclude_this_process_own_work(monkeypatch):
     """Ticks spent by this process (its own threads, startup) are not other work."""
     readings = iter([(1000, 5000), (1100, 5020)])  # 100 busy ticks over the sample, i.e. 1 s at 100 Hz
