@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -153,8 +152,8 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
     if ns.jobs > 1 and "num_threads" not in given:  # K processes share the cores instead of each taking them all
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        given["num_threads"] = max(1, cores // ns.jobs)
+        from ptycho_torch.cpu_settings import usable_cores  # here: it loads torch, which the contract suite must not
+        given["num_threads"] = max(1, usable_cores() // ns.jobs)
     cells = cells_of(sweeps, seeds)
     try:
         configs = [cell_config(cell, given, ns.output_dir,

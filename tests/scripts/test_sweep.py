@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
+from ptycho_torch import cpu_settings
 from ptycho_torch.outcome import COLLAPSE_SPREAD, collapse_reason
 from scripts.studies import grid_lines_compare_wrapper as wrapper
 from tests.helpers import TINY_ARGV, TINY_WRAPPER_ARGV
@@ -268,6 +269,22 @@ def test_summarize_refuses_overwrite_and_a_restart_may_change_jobs_and_path_spel
     monkeypatch.chdir(tmp_path)  # the same study, its folder spelled relative, one job instead of two
     assert wrapper.main([*argv, "--jobs", "1", "--output-dir", "study", "--emit-commands"]) == 0
     assert len((out / "commands.txt").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(4, 2), (2, 1), (1, 1), (7, 3)])
+def test_parallel_jobs_share_the_usable_cores(tmp_path, monkeypatch, cores, threads):
+    """``--jobs K`` gives each cell its share of the cores the runs can use (affinity within the CPU
+    quota: ``cpu_settings.usable_cores``), at least one thread; a count given explicitly stays."""
+    monkeypatch.setattr(cpu_settings, "usable_cores", lambda: cores)
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8", "--jobs", "2"]
+
+    def cell_threads(out: Path) -> list[int]:
+        return [json.loads(path.read_text())["runner"]["num_threads"] for path in sorted((out / "cells").glob("*.json"))]
+    assert wrapper.main([*argv, "--output-dir", str(tmp_path / "shared"), "--emit-commands"]) == 0
+    assert cell_threads(tmp_path / "shared") == [threads, threads]
+    assert wrapper.main([*argv, "--torch-num-threads", "5", "--output-dir", str(tmp_path / "given"),
+                         "--emit-commands"]) == 0
+    assert cell_threads(tmp_path / "given") == [5, 5]
 
 
 def test_collapse_ignores_the_overall_amplitude_scale():
