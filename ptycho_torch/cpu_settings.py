@@ -5,11 +5,12 @@ and badly wrong on a shared one: every parallel region waits for its slowest thr
 that shares a core with another busy process is descheduled half the time (an fno step measured
 7-15x slower beside one busy process on two cores). The automatic count is
 
-    min(usable cores - cores other processes keep busy, OMP_NUM_THREADS)
+    min(affinity cores - cores other processes keep busy, usable cores, OMP_NUM_THREADS)
     // processes this run starts on the machine (DDP ranks),  at least 1
 
-where the usable cores are those of this process's affinity mask, at most its cgroups' CPU quota
-(a container's ``--cpus``, Kubernetes' CPU limit) rounded to whole cores, half up: threads beyond
+where the affinity cores are those of this process's affinity mask, and the usable cores the same
+at most its cgroups' CPU quota (a container's ``--cpus``, Kubernetes' CPU limit) rounded to whole
+cores, half up. Other processes' load on the mask's cores does not shrink the quota; threads beyond
 the quota are throttled, and a parallel region waits for its throttled threads (measured here in
 a cgroup of 1 core on 2: fno step 90 ms with one thread, 127 ms with two; hybrid 33 / 56 ms; of
 1.25 cores: fno 86 / 85, hybrid 34 / 55; of 1.5 cores two threads win: fno 89 / 75, hybrid 37 / 33).
@@ -233,7 +234,8 @@ def environment_limit() -> int | None:
 def free_threads(others: float, processes: int = 1) -> int:
     """The automatic count for each of ``processes`` processes of one run when other processes keep
     ``others`` cores busy (module docstring)."""
-    free = usable_cores() - round(others)
+    # the others' load is on the affinity mask's cores; a CPU quota caps this run whatever they do
+    free = min(usable_cores(), len(_affinity()) - round(others))
     limit = environment_limit()
     if limit is not None:
         free = min(free, limit)

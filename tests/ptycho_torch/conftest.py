@@ -13,6 +13,7 @@ def machine(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     def set_machine(cores: int, busy: float) -> None:
-        monkeypatch.setattr(cpu_settings, "usable_cores", lambda: cores)
+        monkeypatch.setattr(cpu_settings, "_affinity", lambda: set(range(cores)))
+        monkeypatch.setattr(cpu_settings, "cpu_quota", lambda: None)
         monkeypatch.setattr(cpu_settings, "busy_cores", lambda seconds=cpu_settings.SAMPLE_SECONDS: busy)
     return set_machine

@@ -74,6 +74,19 @@ def test_the_cpu_quota_is_the_tightest_cgroup_limit_on_the_process_path(monkeypa
     assert cpu_settings.cpu_quota() == (None if quota is None else pytest.approx(quota))
 
 
+@pytest.mark.parametrize(("cores", "quota", "busy", "expected"), [
+    (64, 4.0, 40.0, 4),  # a container of 4 cores on a host whose other tenants keep 40 busy: its 4
+    (64, 4.0, 62.0, 2),  # ... unless the others leave fewer than that
+    (2, 1.0, 0.0, 1),
+    (2, 1.5, 1.0, 1),
+])
+def test_other_load_on_the_host_does_not_shrink_a_cpu_quota(monkeypatch, cores, quota, busy, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_settings, "_affinity", lambda: set(range(cores)))
+    monkeypatch.setattr(cpu_settings, "cpu_quota", lambda: quota)
+    assert cpu_settings.free_threads(busy) == expected
+
+
 def test_no_cgroup_membership_file_is_no_quota(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "absent"))
     assert cpu_settings.cpu_quota() is None
