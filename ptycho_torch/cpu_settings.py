@@ -103,22 +103,22 @@ def cpu_quota() -> float | None:
     bandwidth limit on its cgroup's path and above (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
     ``cpu.cfs_period_us``); None where there is none or none can be read. The path's levels that
     this filesystem view lacks are skipped (inside a container the mount's root is the container's
-    own cgroup)."""
-    try:
-        with open(PROC_CGROUP) as membership:
-            lines = membership.read().splitlines()
-    except OSError:
+    own cgroup); a path that leaves its namespace's root ('..') names no level this view can find."""
+    membership = _read_text(PROC_CGROUP)
+    if membership is None:
         return None
     limits = []
-    for line in lines:
-        fields = line.split(":", 2)  # hierarchy id, controllers, path
-        if len(fields) != 3:
+    for line in membership.splitlines():
+        fields = line.split(":", 2)  # hierarchy id, controllers, path (which may hold colons)
+        if len(fields) != 3 or ".." in fields[2].split("/"):
             continue
         _, controllers, path = fields
-        if controllers == "":  # cgroup v2: one unified hierarchy
-            limits += [_v2_limit(os.path.join(CGROUP_ROOT, level)) for level in _levels(path)]
+        if controllers == "":  # cgroup v2: the unified hierarchy (under 'unified' beside v1 ones)
+            root = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else \
+                os.path.join(CGROUP_ROOT, "unified")
+            limits += [_v2_limit(os.path.join(root, level)) for level in _levels(path)]
         elif "cpu" in controllers.split(","):
-            for mount in V1_CPU_MOUNTS:
+            for mount in (controllers, *V1_CPU_MOUNTS):
                 root = os.path.join(CGROUP_ROOT, mount)
                 if os.path.isdir(root):
                     limits += [_v1_limit(os.path.join(root, level)) for level in _levels(path)]
@@ -133,18 +133,26 @@ def _levels(path: str) -> list[str]:
     return ["/".join(parts[:end]) for end in range(len(parts), -1, -1)]
 
 
-def _read_numbers(filename: str) -> list[str] | None:
+def _read_text(filename: str) -> str | None:
+    """The file's text (bytes that are not UTF-8 replaced: a cgroup's name may hold any), None where
+    it cannot be read (no such level in this view, no such controller)."""
     try:
-        with open(filename) as file:
-            return file.read().split()
-    except OSError:  # no such level in this view, or no such controller
+        with open(filename, "rb") as file:
+            return file.read().decode("utf-8", errors="replace")
+    except OSError:
         return None
 
 
+def _read_numbers(filename: str) -> list[str] | None:
+    text = _read_text(filename)
+    return None if text is None else text.split()
+
+
 def _ratio(quota: str, period: str) -> float | None:
-    """quota / period for a set limit; None for 'max' / -1 (none) or what does not parse."""
+    """quota / period (whole microseconds, as the kernel writes them) for a set limit; None for
+    'max' / -1 (none) or what does not parse."""
     try:
-        quota_us, period_us = float(quota), float(period)
+        quota_us, period_us = int(quota), int(period)
     except ValueError:
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None

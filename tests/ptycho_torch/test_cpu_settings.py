@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,14 +37,19 @@ def test_auto_threads_respect_omp_num_threads(machine, monkeypatch):
         assert cpu_settings.auto_threads() == 8, not_a_cap
 
 
-def pretend_cgroups(monkeypatch, tmp_path, membership: str, files: dict[str, str]) -> None:
-    """/proc/self/cgroup reads ``membership``; the cgroup filesystem holds ``files`` (paths under its root)."""
-    (tmp_path / "proc_cgroup").write_text(membership)
+def pretend_cgroups(monkeypatch, tmp_path, membership: str | bytes, files: dict[str, str | bytes]) -> None:
+    """/proc/self/cgroup reads ``membership``; the cgroup filesystem holds ``files`` (paths under its
+    root), with the unified hierarchy at the root unless a file lies under 'unified' (v1 beside it)."""
+    def write(path: Path, content: str | bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    write(tmp_path / "proc_cgroup", membership)
     root = tmp_path / "cgroup"
     root.mkdir()
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+    if not any(name.startswith("unified/") for name in files):
+        write(root / "cgroup.controllers", "cpu memory\n")
+    for name, content in files.items():
+        write(root / name, content)
     monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "proc_cgroup"))
     monkeypatch.setattr(cpu_settings, "CGROUP_ROOT", str(root))
 
@@ -66,8 +72,21 @@ def pretend_cgroups(monkeypatch, tmp_path, membership: str, files: dict[str, str
     ("0::/a\n", {"a/cpu.max": "lots 100000\n"}, None),
     ("0::/a\n", {"a/cpu.max": "150000\n"}, None),
     ("0::/a\n", {"a/cpu.max": "150000 0\n"}, None),
+    ("0::/a\n", {"a/cpu.max": "inf 100000\n"}, None),
+    ("0::/a\n", {"a/cpu.max": "1e5 100000\n"}, None),  # the kernel writes whole microseconds
     ("not a cgroup line\n", {}, None),
     ("", {}, None),
+    # v1 with the unified hierarchy beside it (a hybrid system): the v2 line is read there
+    ("4:cpu:/\n0::/a\n", {"unified/cgroup.controllers": "\n", "unified/a/cpu.max": "50000 100000\n"}, 0.5),
+    # the cpu controller mounted with others under their joint name
+    ("3:cpuset,cpu:/a\n", {"cpuset,cpu/a/cpu.cfs_quota_us": "50000\n", "cpuset,cpu/a/cpu.cfs_period_us": "100000\n"},
+     0.5),
+    # a cgroup outside its namespace's root: its levels are not in this view (the root is another's)
+    ("0::/../sib\n", {"cpu.max": "50000 100000\n"}, None),
+    # a cgroup name (or file) that is not UTF-8: no crash, no limit read from it
+    (b"4:cpu:/r\xff\n", {}, None),
+    ("0::/a\n", {"a/cpu.max": b"\xff 1\n"}, None),
+    (b"4:cpu:/r\xff\n0::/a\n", {"a/cpu.max": "150000 100000\n"}, 1.5),
 ])
 def test_the_cpu_quota_is_the_tightest_cgroup_limit_on_the_process_path(monkeypatch, tmp_path, membership, files, quota):
     pretend_cgroups(monkeypatch, tmp_path, membership, files)
@@ -97,6 +116,7 @@ def test_no_cgroup_membership_file_is_no_quota(monkeypatch, tmp_path):
     (1.0, 2, 1),  # a container of one core on two: one thread (two measured 1.4-1.7x slower)
     (1.25, 2, 1),
     (1.5, 2, 2),  # half up: two threads measured 1.1-1.2x faster in a 1.5-core cgroup
+    (2.5, 4, 3),  # half up, not to even
     (0.3, 2, 1),  # a fraction of a core: still one thread
     (8.0, 2, 2),  # a quota above the affinity mask: the mask
     (3.0, 8, 3),
