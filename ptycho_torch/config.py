@@ -152,9 +152,11 @@ class PathRule:
     text: str = "must be a non-empty path"
 
     def __call__(self, value: Any) -> Checked:
-        if isinstance(value, (str, Path)) and str(value) != "":
-            return Path(value), None
-        return value, self.text
+        if not isinstance(value, (str, Path)) or str(value) == "":
+            return value, self.text
+        if "\0" in str(value):  # no file system takes one; os calls would raise ValueError deep in a run
+            return value, "must not contain a NUL character"
+        return Path(value), None
 
 
 @dataclass(frozen=True)

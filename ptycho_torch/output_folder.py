@@ -92,6 +92,8 @@ def check_output_dir(path: Path, overwrite: bool, *, resume: bool = False) -> No
 def _check_output_dir(path: Path, keep_content: bool) -> None:
     if not str(path).strip():
         raise _refuse(path, "must be a non-empty path")
+    if "\0" in str(path):  # pathlib's tests answer False for such a path; os calls raise ValueError
+        raise _refuse(path, "must not contain a NUL character")
     _check_name_lengths(path)
     if path.is_symlink() and not path.exists():
         raise _refuse(path, f"is a dangling symbolic link (to {os.readlink(path)!r})")

@@ -35,6 +35,7 @@ class FileSettings(NamedTuple):
     values: dict[str, Any]  # ready for cls(**values)
     given: set[str]  # the names the user chose: every name of a plain mapping; of a run's config.json,
     # which spells out every setting, those that differ from the default
+    dropped: dict[str, Any]  # the ``ignored`` names the file held, with their values
 
 
 def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileSettings:
@@ -62,7 +63,7 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
               for key, value in data.items() if key not in ignored}
     defaults = cls()
     given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}
-    return FileSettings(values, given)
+    return FileSettings(values, given, {key: data[key] for key in ignored if key in data})
 
 
 def _unknown(key: str, names: list[str]) -> str:

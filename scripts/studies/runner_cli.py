@@ -151,22 +151,31 @@ def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(CONFIG_FLAG, type=nonempty_path, default=None, metavar="PATH",
                         help="JSON file of runner settings (names as in config.json), or a run's config.json; "
-                             "flags given on the command line override it")
+                             "flags given on the command line override it (overwrite: the flag only)")
+
+
+# Never taken from a settings file: consent to replace a folder's files is given per command, and a
+# run's config.json records the --overwrite it ran with (running that record again must not reuse it).
+COMMAND_LINE_ONLY = ("overwrite",)
 
 
 def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespace, cls: type,
                    command_only: tuple[str, ...], ignored: tuple[str, ...] = ()) -> dict[str, Any]:
     """The settings of ``--config`` (if given) overridden by the flags given; ``command_only``
-    namespace entries are not settings, ``ignored`` names of the file are dropped. Sets
-    ``namespace.given``: the names the user chose (flags, and see ``config_file.FileSettings``)."""
+    namespace entries are not settings, ``ignored`` names of the file (and ``COMMAND_LINE_ONLY``)
+    are dropped. Sets ``namespace.given``: the names the user chose (flags, and see
+    ``config_file.FileSettings``)."""
     given = {k: v for k, v in vars(namespace).items() if k not in (*command_only, "config")}
     namespace.given = tuple(given)
     if namespace.config is None:
         return given
     try:
-        from_file = read_settings(namespace.config, cls, ignored)
+        from_file = read_settings(namespace.config, cls, (*ignored, *COMMAND_LINE_ONLY))
     except ConfigError as err:
         parser.error(config_error_message(err, {}))
+    if from_file.dropped.get("overwrite") and not getattr(namespace, "overwrite", False):
+        print(f"warning: {CONFIG_FLAG}={str(namespace.config)!r}: its overwrite=true is not used; only the "
+              "--overwrite flag lets a run replace a folder's files", file=sys.stderr)
     namespace.given = tuple(sorted(from_file.given | set(given)))
     return {**from_file.values, **given}
 

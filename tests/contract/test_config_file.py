@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_a_config_json_read_back_gives_the_same_runner_config(cfg):
     with tempfile.TemporaryDirectory() as folder:
         for content in (resolved_json(cfg), to_jsonable(cfg)):  # a run's config.json, and a plain mapping
             read, _ = parse_config(["--config", str(written(Path(folder), content))])
-            assert read == cfg
+            assert read == dataclasses.replace(cfg, overwrite=False)  # overwrite: the flag's alone
 
 
 def test_flags_given_override_the_file_and_the_rest_comes_from_it(tmp_path, capsys):
@@ -77,3 +78,29 @@ def test_the_wrapper_takes_a_run_config_but_keeps_its_own_architectures_and_fold
     assert [r.architecture for r in rows] == ["cnn", "hybrid"]
     assert all(r.epochs == 2 and r.fno_modes == 6 and not r.overwrite for r in rows)
     assert rows[0].output_dir == tmp_path / "cmp" / "runs" / "cnn"
+
+
+def test_a_files_overwrite_is_not_used_and_a_non_empty_folder_stays_refused(tmp_path, capsys):
+    # a run's config.json records the --overwrite it ran with; running that record again into another
+    # finished run's folder must not replace that run's files
+    folder = tmp_path / "finished"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"seed": 7}')
+    recorded = written(tmp_path, resolved_json(TorchRunnerConfig(overwrite=True, epochs=1)))
+    cfg, _ = parse_config(["--config", str(recorded)])
+    assert cfg.overwrite is False
+    assert main(["--config", str(recorded), "--output-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "its overwrite=true is not used" in err and "folder is not empty" in err
+    assert (folder / "metrics.json").read_text() == '{"seed": 7}' and sorted(p.name for p in folder.iterdir()) == [
+        "metrics.json"]
+    cfg, _ = parse_config(["--config", str(recorded), "--overwrite"])  # the flag still gives consent
+    assert cfg.overwrite is True and "not used" not in capsys.readouterr().err
+
+
+def test_a_nul_character_in_a_files_path_setting_exits_2_naming_the_flag(tmp_path, capsys):
+    for name, flag in (("output_dir", "--output-dir"), ("train_npz", "--train-npz"), ("probe_npz", "--probe-npz")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", str(written(tmp_path, {name: str(tmp_path / "a\0b")})), "--dry-run"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"{flag}=" in err and "NUL" in err and "Traceback" not in err

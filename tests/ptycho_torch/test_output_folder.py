@@ -62,10 +62,13 @@ def unusable(tmp_path, kind):
     if kind == "a-file":
         (tmp_path / "plain").write_text("x")
         return tmp_path / "plain"
+    if kind == "nul-character":  # os calls raise ValueError, not OSError, for these
+        return tmp_path / "a\0b"
     raise AssertionError(kind)
 
 
-KINDS = ["below-a-file", "dangling-link", "dangling-link-above", "name-too-long", "path-too-long", "a-file"]
+KINDS = ["below-a-file", "dangling-link", "dangling-link-above", "name-too-long", "path-too-long", "a-file",
+         "nul-character"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
