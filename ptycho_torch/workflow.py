@@ -79,7 +79,7 @@ def resume_from(plan: RunPlan):
     None for a new run."""
     from ptycho_torch.resume import resume_point
 
-    return resume_point(plan.output_dir, plan.training.epochs) if plan.resume else None
+    return resume_point(plan.output_dir, plan.training) if plan.resume else None
 
 
 def input_files(plan: RunPlan) -> dict[str, Path | None]:

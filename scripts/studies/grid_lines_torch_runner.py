@@ -241,7 +241,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
     given = settings_given(parser, namespace, TorchRunnerConfig, command_only=("dry_run", "resume"))
     if namespace.resume:
         try:
-            given, chosen = resumed_settings(TorchRunnerConfig, given)
+            given, chosen = resumed_settings(TorchRunnerConfig, given, namespace.given)
         except ConfigError as err:
             parser.error(config_error_message(err, runner_flags()))
         namespace.given = tuple(sorted(chosen))

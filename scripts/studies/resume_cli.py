@@ -8,6 +8,7 @@ config.json; a setting given (flag or ``--config``) must equal the recorded valu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from scripts.studies.config_file import read_settings
 RESUME_FLAG = "--resume"
 RUN_RECORD = "config.json"
 MAY_CHANGE = ("epochs", "output_dir", "overwrite")  # overwrite: refused on its own below
+EPOCH_SHAPED = ("WarmupCosine",)  # schedules whose learning rate at every epoch depends on the epoch count
 
 
-def resumed_settings(cls: type, given: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+def resumed_settings(cls: type, given: dict[str, Any], chosen: Iterable[str]) -> tuple[dict[str, Any], set[str]]:
     """(settings for ``cls``, names the user chose) of the run in ``given["output_dir"]`` (or the
-    default folder). ConfigError names every given setting that differs from the record."""
+    default folder); ``chosen``: the names of ``given`` the user chose (a run's config.json given as
+    ``--config`` spells out every setting). ConfigError names every given setting that differs from
+    the record."""
     output_dir = Path(given.get("output_dir", cls().output_dir))
     record = output_dir / RUN_RECORD
     if given.get("overwrite"):
@@ -43,7 +47,11 @@ def resumed_settings(cls: type, given: dict[str, Any]) -> tuple[dict[str, Any], 
     if merged.epochs < base.epochs:
         problems.append(Problem("epochs", merged.epochs, f"must be >= the recorded run's {base.epochs} "
                                                          f"({RESUME_FLAG} may let a run train longer, not shorter)"))
+    elif merged.epochs != base.epochs and base.scheduler in EPOCH_SHAPED:
+        problems.append(Problem("epochs", merged.epochs, f"differs from the recorded run's {base.epochs}, which shapes "
+                                                         f"its {base.scheduler} schedule over every epoch: the run "
+                                                         "cannot be continued to another count (start a new run)"))
     if problems:
         raise ConfigError("resume", problems)
     settings = {**recorded.values, "epochs": merged.epochs, "output_dir": output_dir, "overwrite": False}
-    return settings, recorded.given | set(given)
+    return settings, recorded.given | set(chosen)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.studies.grid_lines_torch_runner import main
+from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, main, resolved_json
 from tests.helpers import FINISHED, TINY_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +112,25 @@ def test_given_settings_that_differ_from_the_record_are_refused_by_name(recorded
     assert snapshot(recorded) == before
 
 
+def test_more_epochs_are_refused_where_the_schedule_is_shaped_by_the_epoch_count(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = resolved_json(TorchRunnerConfig(scheduler="WarmupCosine", lr_warmup_epochs=1, epochs=2, output_dir=run_dir))
+    (run_dir / "config.json").write_text(json.dumps(record))
+    line = refused(capsys, ["--resume", "--output-dir", str(run_dir), "--epochs", "4"])
+    assert "--epochs=4" in line and "WarmupCosine schedule" in line, line
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+
+
+def test_the_runs_own_config_json_as_settings_file_warns_of_nothing_it_did_not_choose(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(resolved_json(TorchRunnerConfig(epochs=2, output_dir=run_dir))))
+    assert main(["--resume", "--output-dir", str(run_dir), "--config", str(run_dir / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume from" in err and "has no effect" not in err, err  # plateau_* under Default: defaults
+
+
 def test_a_settings_file_is_checked_against_the_record_too(recorded, capsys, tmp_path):
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps({"batch_size": 8}))
@@ -148,6 +167,44 @@ def test_a_missing_or_damaged_checkpoint_is_refused_by_name(recorded, capsys, tm
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "checkpoints/last.ckpt" in err
     assert ("nothing to resume from" if damage == "missing" else "expected an epoch-end run checkpoint") in err
+    assert snapshot(copy) == before and not (copy / ".run.lock").exists()
+
+
+def altered(checkpoint: Path, change) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    change(state)
+    torch.save(state, checkpoint)
+
+
+def other_run(state) -> None:
+    state["hyper_parameters"]["cfg"]["seed"] = 9
+    state["hyper_parameters"]["cfg"]["model"]["architecture"] = "fno"
+
+
+def other_shapes(state) -> None:
+    name = next(k for k in state["state_dict"] if k.endswith("weight"))
+    state["state_dict"][name] = state["state_dict"][name][:1]
+
+
+def lightning_entries_only(state) -> None:
+    for key in [k for k in state if k != "epoch"]:
+        del state[key]
+
+
+@pytest.mark.parametrize("change, words", [
+    (other_run, ["was written by another run", "model.architecture='fno' against 'cnn'", "seed=9 against 4"]),
+    (other_shapes, ["do not fit the model its own config describes", "weight"]),
+    (lightning_entries_only, ["expected an epoch-end run checkpoint", "KeyError", "no state_dict"]),
+], ids=["other-settings", "other-shapes", "not-a-run-checkpoint"])
+def test_a_checkpoint_another_run_wrote_is_refused_before_any_result_is_removed(recorded, capsys, tmp_path,
+                                                                                 change, words):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
+    altered(copy / "checkpoints" / "last.ckpt", change)
+    before = snapshot(copy)
+    assert main(["--resume", "--output-dir", str(copy), "--epochs", "3"]) == 2  # a finished run grown
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert all(word in err for word in words), err
     assert snapshot(copy) == before and not (copy / ".run.lock").exists()
 
 
