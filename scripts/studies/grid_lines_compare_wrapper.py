@@ -295,6 +295,7 @@ def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out:
     """The cells in turn, in this process; cells with the same dataset settings share one simulation
     (written to ``data/`` when the study has a single dataset)."""
     from ptycho_torch import workflow
+    from ptycho_torch.npz_data import DataError
     from ptycho_torch.outcome import NonFiniteGradientError
 
     datasets: dict[Any, Any] = {}
@@ -309,6 +310,9 @@ def run_in_process(study: Study, plans: Sequence[Any], todo: Sequence[int], out:
                 workflow.run(plan, data=data)
             except NonFiniteGradientError as err:  # this cell stopped without results; the others still run
                 print(f"warning: cell {study.cells[index].folder} stopped: {err}", file=sys.stderr)
+            except (ConfigError, DataError, OutputDirError) as err:  # its folder or checkpoint refused, as a
+                # cell's own process (--jobs K) would exit 2: that cell is missing, the others still run
+                print(f"warning: cell {study.cells[index].folder} refused: {err}", file=sys.stderr)
             bar.update(1)
 
 

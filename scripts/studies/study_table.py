@@ -53,7 +53,7 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except FileNotFoundError:
-        return row | {"status": MISSING}
+        return row | {"status": MISSING, "status_reason": "no metrics.json: the run did not finish"}
     config = json.loads((folder / "config.json").read_text())
     row |= {"architecture": metrics["architecture"], "status": metrics["status"],
             "status_reason": metrics["status_reason"], "collapsed": metrics.get("collapsed"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import to_jsonable
+from ptycho_torch.config import FIELD_RULES, to_jsonable
 from scripts.studies.runner_cli import value_parser
 
 SWEEP_RECORD = "sweep.json"
@@ -77,6 +77,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds={text!r}: a seed is given twice")
+    for seed in seeds:
+        _, rule = FIELD_RULES["seed"](seed)  # the training seed's own rule, named by this flag
+        if rule is not None:
+            raise ValueError(f"--seeds={text!r}: seed {seed} {rule}")
     return seeds
 
 

@@ -165,12 +165,13 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--sweep", "torch-architecture=cnn", "--architectures", "fno"], "say the same"),
     (["--sweep", "torch-epochs=1", "--sweep", "torch-epochs=2"], "swept twice"),
     (["--seeds", "0,x"], "--seeds='0,x'"),
+    (["--seeds", "0,-1"], "--seeds='0,-1': seed -1 must be an integer in 0.."),
     (["--jobs", "0"], "--jobs"),
     (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
     (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
 ], ids=["unknown", "bad-value", "rule", "twice", "no-values", "output-dir", "architectures", "swept-twice",
-        "seeds", "jobs", "jobs-superscript", "jobs-5000-digits", "cross-rule"])
+        "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits", "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
@@ -257,6 +258,26 @@ def test_in_processes_a_restart_resumes_a_cell_from_its_checkpoint_and_reruns_an
     assert "Restoring states" not in logs[cells[2].name] and "results in" in logs[cells[2].name]
     assert {cell.name: (cell / "metrics.json").read_bytes() for cell in cells} == finished  # same results
     assert len([r for r in table(out) if r["row"] == "run" and r["status"] != "missing"]) == 3
+
+
+def test_in_one_process_a_restart_runs_every_cell_it_can_when_one_cells_checkpoint_is_refused(tmp_path, capsys):
+    out = tmp_path / "partial"
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8,2", "--output-dir", str(out)]
+    assert wrapper.main(argv) in (0, 3)
+    cells = sorted((out / "runs").iterdir())
+    (cells[0] / "metrics.json").unlink()  # resumed from its checkpoint
+    (cells[1] / "metrics.json").unlink()
+    (cells[1] / "checkpoints" / "last.ckpt").write_bytes(b"")  # refused: an empty checkpoint
+    shutil.rmtree(cells[2] / "checkpoints")  # run again
+    (cells[2] / "metrics.json").unlink()
+    capsys.readouterr()
+    assert wrapper.main(argv) == 3
+    err = capsys.readouterr().err
+    assert f"cell runs/{cells[1].name} refused" in err and "last.ckpt" in err
+    assert f"run {cells[1].name} missing: no metrics.json" in err
+    assert [(cell / "metrics.json").is_file() for cell in cells] == [True, False, True]
+    statuses = {r["cell"]: r["status"] for r in table(out) if r["row"] == "run"}
+    assert [statuses[cell.name] == "missing" for cell in cells] == [False, True, False]
 
 
 def test_summarize_refuses_overwrite_and_a_restart_may_change_jobs_and_path_spelling(tmp_path, capsys, monkeypatch):
