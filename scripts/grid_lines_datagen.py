@@ -16,7 +16,9 @@ from pathlib import Path
 
 from ptycho_torch.config import SimulationConfig
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, runner_flags
-from scripts.studies.runner_cli import add_setting_arguments, build_config, new_parser, nonempty_path, run_command
+from scripts.studies.runner_cli import (
+    add_setting_arguments, build_config, exit_with, new_parser, nonempty_path, run_command,
+)
 from scripts.studies.runner_fields import route_of
 
 
@@ -59,4 +61,4 @@ def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ACCELERATORS, PRECISIONS, ConfigError, Problem, PyTorchExecutionConfig, Validated, to_jsonable
-from scripts.studies.runner_cli import add_grouped_settings, build_config, new_parser, run_command, setting_flags
+from scripts.studies.runner_cli import (
+    add_grouped_settings, build_config, exit_with, new_parser, run_command, setting_flags,
+)
 from scripts.studies.runner_fields import route_of, setting
 
 E = ("execution",)
@@ -119,4 +121,4 @@ def report(cfg: ReconstructConfig, summary: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

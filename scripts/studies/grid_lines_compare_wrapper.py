@@ -36,8 +36,8 @@ from scripts.studies.grid_lines_torch_runner import (
     TorchRunnerConfig, ignored_given, plan_of, resolved_json, setup_simulation_config, warn_ignored,
 )
 from scripts.studies.runner_cli import (
-    FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, integer_at_least, new_parser,
-    nonempty_path, outcome_status, run_command, settings_given,
+    FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, exit_with, integer_at_least,
+    new_parser, nonempty_path, outcome_status, run_command, settings_given,
 )
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 from scripts.studies.baselines import (
@@ -478,4 +478,4 @@ def report(table: list[dict[str, Any]] | None, output_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -29,8 +29,8 @@ from ptycho_torch.config import (
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
-    add_config_argument, add_grouped_settings, build_config, config_error_message, new_parser, outcome_status,
-    run_command, setting_flags, settings_given,
+    add_config_argument, add_grouped_settings, build_config, config_error_message, exit_with, new_parser,
+    outcome_status, run_command, setting_flags, settings_given,
 )
 from scripts.studies.resume_cli import RESUME_FLAG, resumed_settings
 from scripts.studies.runner_fields import SHARED, route_of, setting
@@ -280,4 +280,4 @@ def _number(value: float | None, spec: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -153,6 +153,19 @@ def test_a_signal_stops_a_run_with_128_plus_its_number_a_checkpoint_and_no_tempo
     assert not (out / "metrics.json").exists()  # a stopped run records no result
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_after_the_summary_line_leaves_the_runs_own_exit_status(tmp_path, signum):
+    # the interpreter's shutdown after a finished run takes about a second with Lightning loaded
+    process = start("runner", [*TINY_ARGV, "--epochs", "1", "--output-dir", str(tmp_path / "run")])
+    line = process.stdout.readline()
+    assert line.startswith("results in"), line + process.stderr.read()[-2000:]
+    time.sleep(0.2)  # main has returned; the process is shutting down (or, on a fast machine, gone)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode in FINISHED, err[-2000:]
+    assert "interrupted by" not in err and (tmp_path / "run" / "metrics.json").is_file()
+
+
 def test_a_signal_while_the_data_is_written_leaves_no_temporary_and_a_rerun_cleans_a_killed_one(tmp_path):
     big = [*TINY["datagen"], "--object-size", "192", "--N", "32", "--n-train-images", "8", "--train-stride", "2"]
     for attempt, delay in enumerate((0.3, 1.0, 2.0)):
