@@ -94,7 +94,7 @@ class Interval:
         if self.message:
             return self.message
         if self.kind is int:
-            return f"must be an integer >= {self.lo}" if self.hi == math.inf else \
+            return f"must be an integer >= {self.lo} (at most 2**63 - 1)" if self.hi == LARGEST_INT else \
                 f"must be an integer in {self.lo}..{self.hi}"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open or self.hi == math.inf else "]"
         return f"must be a finite number in {left}{self.lo:g}, {self.hi:g}{right}"
@@ -190,8 +190,12 @@ class Instance:
 Rule = Interval | PowerOfTwo | Choice | Boolean | PathRule | Optional | Instance
 
 
+LARGEST_INT = 2**63 - 1  # what torch, numpy and itertools take as a size or count (int64, sys.maxsize)
+
+
 def integer(lo: int, hi: int | None = None) -> Interval:
-    return Interval(int, lo, math.inf if hi is None else hi)
+    """Integers from ``lo``; without ``hi`` up to LARGEST_INT (a larger count fails deep inside a run)."""
+    return Interval(int, lo, LARGEST_INT if hi is None else hi)
 
 
 def real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> Interval:

@@ -38,6 +38,18 @@ def test_one_step_outside_a_rule_raises_config_error_naming_the_field(cls, name,
     assert f"{name}={bad!r}" in str(err.value)
 
 
+INTEGER_FIELDS = sorted(name for name, rule in FIELD_RULES.items()
+                        if isinstance(getattr(rule, "inner", rule), Interval) and getattr(rule, "inner", rule).kind is int)
+
+
+@pytest.mark.parametrize("name", INTEGER_FIELDS)
+def test_no_integer_setting_takes_a_count_beyond_int64(name):
+    # torch, numpy and itertools refuse sizes above 2**63 - 1 deep inside a run, after its folder was written
+    with pytest.raises(ConfigError) as err:
+        check_values("test", {name: 2**63})
+    assert name in err.value.fields
+
+
 def test_every_field_of_every_config_has_a_rule():
     for cls in CLASSES:
         assert {f.name for f in dataclasses.fields(cls)} <= set(FIELD_RULES), cls.__name__
