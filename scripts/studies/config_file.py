@@ -49,6 +49,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
         raise _refused(path, f"cannot be read ({err.strerror or err})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _refused(path, f"is not JSON ({err})") from None
+    except RecursionError:  # nesting deeper than the parser's recursion limit
+        raise _refused(path, "is not a settings file (JSON nested too deeply to read)") from None
     recorded = isinstance(data, dict) and isinstance(data.get(RUN_RECORD_SECTION), dict)
     if recorded:
         data = data[RUN_RECORD_SECTION]  # a run's config.json

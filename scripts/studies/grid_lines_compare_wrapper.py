@@ -145,8 +145,11 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
         parser.error("--seeds and --sweep torch-seed=... say the same: give one")
     if ns.summarize and ns.overwrite:
         parser.error("--summarize reads the runs in --output-dir; --overwrite would remove them first")
+    if ns.emit_commands and any(line_break in str(ns.output_dir) for line_break in "\n\r"):
+        parser.error(f"--output-dir={str(ns.output_dir)!r}: --emit-commands writes one command per line, "
+                     "and a path with a line break cannot be one")
     if "architecture" not in names:
-        sweeps.insert(0, _architectures(parser, ns.architectures or ",".join(ARCHITECTURES)))
+        sweeps.insert(0, _architectures(parser, ",".join(ARCHITECTURES) if ns.architectures is None else ns.architectures))
     else:
         sweeps.insert(0, sweeps.pop(names.index("architecture")))
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
@@ -217,8 +220,9 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
 
     check_output_dir(output_dir, overwrite=True)  # a path the file system refuses, before looking inside it
     recorded = same_sweep(output_dir, study.configs)
-    if mode == "summarize" and not Path(output_dir).is_dir():
-        raise OutputDirError(f"output_dir={str(output_dir)!r}: nothing to summarize (no such folder)")
+    if mode == "summarize" and recorded is None:
+        raise OutputDirError(f"output_dir={str(output_dir)!r}: nothing to summarize (no study recorded there: "
+                             f"no {SWEEP_RECORD})")
     continuing = not overwrite and (recorded is True or mode == "summarize")
     if recorded is False and not overwrite:
         raise OutputDirError(f"output_dir={str(output_dir)!r}: holds another study (its {SWEEP_RECORD} lists other "

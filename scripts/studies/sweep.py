@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import FIELD_RULES, to_jsonable
+from ptycho_torch.config import FIELD_RULES, clipping_enabled, to_jsonable
 from scripts.studies.runner_cli import value_parser
 
 SWEEP_RECORD = "sweep.json"
+# Settings with two spellings of one value: cells of both would be the same run twice.
+SAME_MEANING: dict[str, Callable[[Any], Any]] = {"gradient_clip_val": lambda v: v if clipping_enabled(v) else None}
 NOT_SWEPT = ("output_dir", "overwrite")  # where the runs go is the wrapper's
 FINISHED, RESUMABLE, FRESH = "finished", "resumable", "fresh"
+# A record that cannot be read as the one expected: missing, not JSON (or nested past the parser's
+# recursion limit), another shape.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,10 @@ def parse_sweep(text: str, cls: type, flags: dict[str, str]) -> Sweep:
         values = tuple(parse(v) for v in texts)
     except argparse.ArgumentTypeError as err:
         raise ValueError(f"--sweep={text!r}: {err}") from None
-    if len(set(map(repr, values))) != len(values):
-        raise ValueError(f"--sweep={text!r}: a value is given twice")
+    meaning = SAME_MEANING.get(name, lambda value: value)
+    if len(set(repr(meaning(v)) for v in values)) != len(values):
+        raise ValueError(f"--sweep={text!r}: a value is given twice" + (" (none and 0 both mean off)"
+                                                                       if name == "gradient_clip_val" else ""))
     return Sweep(name, flag, values)
 
 
@@ -161,7 +168,7 @@ def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
     try:
         recorded = json.loads(path.read_text())
         return [_settings(cell) for cell in recorded["cells"]] == json.loads(json.dumps(record_of(configs)))["cells"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except UNREADABLE:
         return False
 
 
@@ -171,7 +178,7 @@ def recorded_folders(folder: Path) -> list[Path]:
     try:
         cells = json.loads((Path(folder) / SWEEP_RECORD).read_text())["cells"]
         runs = [Path(cell["output_dir"]).resolve() for cell in cells]
-    except (OSError, ValueError, KeyError, TypeError):
+    except UNREADABLE:
         return []
     root = Path(folder).resolve()
     return [run.relative_to(root) for run in runs if run.is_relative_to(root) and run != root]
@@ -182,7 +189,7 @@ def cell_state(cfg: Any) -> str:
     folder = Path(cfg.output_dir)
     try:
         recorded = json.loads((folder / "config.json").read_text())["runner"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except UNREADABLE:
         return FRESH
     if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):
         return FRESH

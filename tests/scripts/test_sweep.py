@@ -160,6 +160,8 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--sweep", "torch-grad-clip=1,x"], "expected a number or none"),
     (["--sweep", "torch-grad-clip=-1"], "--torch-grad-clip=-1.0: must be"),
     (["--sweep", "torch-optimizer=adam,adam"], "a value is given twice"),
+    (["--sweep", "torch-grad-clip=0,1,none"], "a value is given twice (none and 0 both mean off)"),
+    (["--architectures", ""], "--architectures='': must be distinct names"),
     (["--sweep", "torch-optimizer"], "expected FLAG=v1,v2"),
     (["--sweep", "output-dir=a,b"], "not a setting that can be swept"),
     (["--sweep", "torch-architecture=cnn", "--architectures", "fno"], "say the same"),
@@ -170,14 +172,36 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
     (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
-], ids=["unknown", "bad-value", "rule", "twice", "no-values", "output-dir", "architectures", "swept-twice",
-        "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits", "cross-rule"])
+], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "no-architectures", "no-values", "output-dir",
+        "architectures", "swept-twice", "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits",
+        "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
         wrapper.main([*TINY_WRAPPER_ARGV, *argv, "--output-dir", str(out)])
     assert stopped.value.code == 2 and named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_emitted_commands_refuse_a_folder_whose_path_would_break_their_lines(tmp_path, capsys):
+    out = tmp_path / "a\nb"
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*TINY_WRAPPER_ARGV, "--output-dir", str(out), "--emit-commands"])
+    assert stopped.value.code == 2 and "a path with a line break cannot be one" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("folder", ["absent", "empty", "a-run"])
+def test_summarize_refuses_a_folder_that_holds_no_study_and_writes_nothing(tmp_path, capsys, folder):
+    out = tmp_path / folder
+    if folder != "absent":
+        out.mkdir()
+    if folder == "a-run":
+        (out / "metrics.json").write_text("{}")
+    before = sorted(out.rglob("*")) if out.exists() else None
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", str(out), "--summarize"]) == 2
+    assert "no study recorded there" in capsys.readouterr().err
+    assert (sorted(out.rglob("*")) if out.exists() else None) == before
 
 
 def test_a_folder_holding_another_study_is_refused_without_overwrite(swept, capsys):
@@ -312,3 +336,14 @@ def test_collapse_ignores_the_overall_amplitude_scale():
     rng = np.random.default_rng(1)
     truth = (1 + 0.3 * rng.random((1, 10, 10))) * np.exp(1j * rng.random((1, 10, 10)))
     assert collapse_reason(truth * 1e-3, truth) is None  # right structure, another scale: scored after alignment
+
+
+def test_records_nested_past_the_parsers_limit_read_as_unreadable_not_as_a_crash(tmp_path):
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.sweep import FRESH, cell_state, recorded_folders, same_sweep
+
+    (tmp_path / "sweep.json").write_text("[" * 100_000)
+    (tmp_path / "config.json").write_text("[" * 100_000)
+    cfg = TorchRunnerConfig(output_dir=tmp_path)
+    assert same_sweep(tmp_path, [cfg]) is False and recorded_folders(tmp_path) == []
+    assert cell_state(cfg) == FRESH
