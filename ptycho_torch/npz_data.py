@@ -270,6 +270,12 @@ def check_probe(probe: Any, source: str | os.PathLike, N: int) -> np.ndarray:
         raise DataError(source, "probeGuess", f"shape ({N}, {N})", f"shape {probe.shape}")
     if not np.all(np.isfinite(probe)) or not np.any(probe):
         raise DataError(source, "probeGuess", "finite values, not all zero", "NaN/inf or all zeros")
+    # the forward model works in float32: its intensities (summing to the probe's) must be finite there
+    with np.errstate(over="ignore"):  # an overflow is the inf refused below
+        intensity = float(np.sum(np.square(np.abs(probe.astype(np.complex128)))))
+    if not intensity <= float(np.finfo(np.float32).max):
+        raise DataError(source, "probeGuess", "a total intensity sum |P|^2 that float32 holds (<= 3.4e38)",
+                        f"{intensity:.3g}")
     return probe.astype(np.complex64)
 
 

@@ -109,6 +109,17 @@ def test_a_probe_file_is_used_and_a_bad_one_is_refused(tmp_path):
         load_probe(tmp_path / "none.npz", 16)
 
 
+@pytest.mark.parametrize("probe", [np.full((16, 16), 3e38, np.complex64), np.full((16, 16), 1e200, np.complex128),
+                                   np.full((16, 16), 2e18, np.complex64)], ids=["float32-max", "beyond-float32", "sum"])
+def test_a_probe_whose_intensity_float32_cannot_hold_is_refused_before_simulating(tmp_path, probe):
+    np.savez(tmp_path / "loud.npz", probeGuess=probe)
+    with pytest.raises(DataError, match="probeGuess.*float32 holds"):
+        load_probe(tmp_path / "loud.npz", 16)
+    np.savez(tmp_path / "bright.npz", probeGuess=np.full((16, 16), 1e17, np.complex64))  # 5e36 in all: usable
+    assert np.all(np.isfinite(simulate_split(dataclasses.replace(TINY, probe_npz=tmp_path / "bright.npz"), 1, 8,
+                                             np.random.default_rng(0), load_probe(tmp_path / "bright.npz", 16)).diffraction))
+
+
 def test_ideal_probe_is_a_centred_disk_with_unit_peak():
     probe = ideal_probe(64)
     assert probe.dtype == np.complex64 and np.abs(probe).max() == pytest.approx(1.0)
