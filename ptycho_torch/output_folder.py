@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import re
@@ -26,19 +27,35 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 LOCK_NAME = ".run.lock"
-TREE = "tree"  # a folder the command owns entirely (checkpoints, logs)
-Layout = Mapping[str, Union[None, str, "Layout"]]  # name -> None (file) | TREE | nested layout
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A folder of the command's whose file names are not fixed: the files directly inside that match
+    one of ``patterns`` (shell patterns) are its; anything else there (a subfolder, notes) is the user's."""
+
+    patterns: tuple[str, ...]
+
+    def owns(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+
+
+Layout = Mapping[str, Union[None, Tree, "Layout"]]  # name -> None (file) | Tree | nested layout
+ANY_FOLDER = Tree(())  # a folder of unknown layout: none of its files are a run's, every ``.*.tmp`` is a temporary
 
 DATASET_LAYOUT: Layout = {"train.npz": None, "test.npz": None}
-# What one run writes (workflow.run); config.json first, so that it is also removed first.
+# What one run writes (workflow.run); config.json first, so that it is also removed first. Lightning
+# writes the checkpoints (epoch=..-step=...ckpt, last.ckpt) and the logger's files (csv or tensorboard).
 RUN_LAYOUT: Layout = {
     "config.json": None, "metrics.json": None, "timing.json": None, "history.csv": None, "recon.npz": None,
     "reconstruction.png": None, "training.png": None,
-    "checkpoints": TREE, "logs": TREE, "ranks": TREE, "data": DATASET_LAYOUT,
+    "checkpoints": Tree(("*.ckpt",)), "logs": Tree(("metrics.csv", "hparams.yaml", "events.out.tfevents.*")),
+    "ranks": Tree(("rank*.json",)), "data": DATASET_LAYOUT,
 }
 # A trained model applied to a data file (scripts.grid_lines_reconstruct).
 RECONSTRUCTION_LAYOUT: Layout = dict.fromkeys(("config.json", "metrics.json", "recon.npz", "reconstruction.png"))
@@ -46,12 +63,13 @@ RECONSTRUCTION_LAYOUT: Layout = dict.fromkeys(("config.json", "metrics.json", "r
 # folder per cell (and seed), and cells/ and logs/ (its own: the cells' config files and logs).
 COMPARISON_TABLES = ("metrics_table.csv", "metrics_table.md", "comparison.png", "sweep.png", "sweep.json",
                      "commands.txt")
+BASELINE_TREE = Tree(("baseline.json", "recon_*.npz"))  # the iterative baseline's rows and reconstructions
 
 
 def comparison_layout(run_folders: Iterable[Path | str]) -> Layout:
     """``run_folders``: each run's folder relative to the comparison's (``runs/cnn``, ``runs/x/seed0``)."""
-    layout: dict = {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT, "cells": TREE, "logs": TREE,
-                    "baseline": TREE}
+    layout: dict = {**dict.fromkeys(COMPARISON_TABLES), "data": DATASET_LAYOUT, "cells": Tree(("*.json",)),
+                    "logs": Tree(("*.log",)), "baseline": BASELINE_TREE}
     for folder in run_folders:
         *parents, name = Path(folder).parts
         node = layout
@@ -129,10 +147,10 @@ def _owned_part(file: Path, folder: Path, layout: Layout | str) -> str | None:
         parts = file.relative_to(folder).parts
     except ValueError:
         return None
-    current: Layout | str = layout
+    current: Layout | Tree = layout
     for depth, part in enumerate(parts):
-        if current == TREE:
-            return "/".join(parts[:depth])
+        if isinstance(current, Tree):
+            return "/".join(parts[:depth + 1]) if depth == len(parts) - 1 and current.owns(part) else None
         if part not in current:
             return None
         current = current[part]
@@ -264,12 +282,12 @@ def _release(folder: Path, fd: int) -> None:
 
 # --- cleaning ----------------------------------------------------------------------------------
 
-def _temporary_of(name: str, layout: Layout | str) -> bool:
+def _temporary_of(name: str, layout: Layout | Tree) -> bool:
     """Whether ``name`` is a temporary of an atomic write (``.<artifact>.<random>.tmp``) in a folder
-    with ``layout``; in a folder the command owns entirely, every ``.*.tmp`` is."""
+    with ``layout``; in a Tree (names not fixed), every ``.*.tmp`` is."""
     if not _TEMPORARY.match(name):
         return False
-    if layout == TREE:
+    if isinstance(layout, Tree):
         return True
     return any(name.startswith(f".{artifact}.") for artifact, sub in layout.items() if sub is None)
 
@@ -290,8 +308,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_temporaries(folder: Path, layout: Layout | str) -> list[Path]:
-    """Remove the temporary files interrupted writes left in ``folder`` and in the folders it owns."""
+def remove_temporaries(folder: Path, layout: Layout | Tree) -> list[Path]:
+    """Remove the temporary files interrupted writes left in ``folder`` and in the folders of its layout."""
     removed = []
     for entry in sorted(folder.iterdir()):
         if entry.is_symlink():
@@ -299,22 +317,24 @@ def remove_temporaries(folder: Path, layout: Layout | str) -> list[Path]:
         if entry.is_file() and (_temporary_of(entry.name, layout) or _dead_claim_temporary(entry.name)):
             entry.unlink(missing_ok=True)
             removed.append(entry)
-        elif entry.is_dir() and (layout == TREE or isinstance(layout.get(entry.name), (Mapping, str))):
-            removed += remove_temporaries(entry, TREE if layout == TREE else layout[entry.name])
+        elif entry.is_dir() and isinstance(layout, Mapping) and isinstance(layout.get(entry.name), (Mapping, Tree)):
+            removed += remove_temporaries(entry, layout[entry.name])
     return removed
 
 
-def _entries(folder: Path, layout: Layout | str = TREE) -> list[Path]:
+def _entries(folder: Path, layout: Layout | Tree = ANY_FOLDER) -> list[Path]:
     """What ``folder`` holds, but for a claim and the temporaries of interrupted writes."""
     return sorted(p for p in folder.iterdir() if p.name != LOCK_NAME and not _temporary_of(p.name, layout)
                   and not p.name.startswith(LOCK_NAME + "."))
 
 
-def remove_previous_run(folder: Path, layout: Layout) -> tuple[list[Path], list[Path]]:
-    """Remove the artifacts ``layout`` lists (in its order); return (removed, left alone)."""
+def remove_previous_run(folder: Path, layout: Layout | Tree) -> tuple[list[Path], list[Path]]:
+    """Remove the artifacts ``layout`` lists (in its order; in a Tree the files it owns); return
+    (removed, left alone)."""
     removed, kept = [], []
     present = {entry.name: entry for entry in _entries(folder, layout)}
-    for name, sub in layout.items():
+    names = layout.items() if isinstance(layout, Mapping) else [(name, None) for name in present if layout.owns(name)]
+    for name, sub in names:
         entry = present.pop(name, None)
         if entry is None:
             continue
@@ -322,9 +342,6 @@ def remove_previous_run(folder: Path, layout: Layout) -> tuple[list[Path], list[
             kept.append(entry)  # not what a run writes under this name: the user's
         elif sub is None:
             entry.unlink()
-            removed.append(entry)
-        elif sub == TREE:
-            shutil.rmtree(entry)
             removed.append(entry)
         else:
             inner_removed, inner_kept = remove_previous_run(entry, sub)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -98,9 +97,9 @@ def result_rows(start: str, result: dict[str, Any], objects: int, target: float 
 def remove_stale_baseline(out: Path) -> None:
     """A study run again replaces its baseline: rows and warm starts of earlier runs would describe
     PINNs that may have been trained again (without --baseline the study then has none)."""
-    folder = out / BASELINE_RECORD.parent
-    if folder.is_dir():
-        shutil.rmtree(folder)
+    from ptycho_torch.output_folder import BASELINE_TREE, remove_previous_run
+
+    remove_previous_run(out, {BASELINE_RECORD.parent.name: BASELINE_TREE})  # the user's files there stay
 
 
 def read_baseline_rows(out: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import pytest
 
 from ptycho_torch.output_folder import (
     DATASET_LAYOUT, LOCK_NAME, RUN_LAYOUT, OutputDirError, check_output_dir, claimed, comparison_layout,
-    remove_previous_run, remove_temporaries,
+    Tree, remove_previous_run, remove_temporaries,
 )
 
 
@@ -27,9 +27,10 @@ def fill(folder, layout) -> None:
     for name, sub in layout.items():
         if sub is None:
             (folder / name).write_text("artifact")
-        elif isinstance(sub, str):
+        elif isinstance(sub, Tree):
             (folder / name).mkdir()
-            (folder / name / "inside.bin").write_text("artifact")
+            for pattern in sub.patterns:  # a file of each kind the command writes there
+                (folder / name / pattern.replace("*", "x")).write_text("artifact")
         else:
             fill(folder / name, sub)
 
@@ -155,12 +156,19 @@ def test_a_claim_from_another_host_is_refused_even_with_overwrite(tmp_path, over
 def test_overwrite_removes_every_artifact_of_the_layout_and_keeps_and_names_user_files(tmp_path, capsys):
     runs = ("runs/cnn", "runs/fno")
     fill(tmp_path, comparison_layout(runs))
-    mine = ["notes.txt", "runs/cnn/my_analysis.py", "data/README"]
+    mine = ["notes.txt", "runs/cnn/my_analysis.py", "data/README", "runs/fno/logs/my_notes.txt",
+            "runs/cnn/checkpoints/README.md", "logs/summary.txt", "baseline/plot.py"]
     for name in mine:
         (tmp_path / name).write_text("mine")
+    (tmp_path / "runs/cnn/checkpoints/best").mkdir()  # a folder of the user's inside one of the run's
+    (tmp_path / "runs/cnn/checkpoints/best/epoch=3.ckpt").write_text("mine")
     with claimed(tmp_path, True, comparison_layout(runs)):
         assert tree(tmp_path) == sorted(["data", "data/README", "notes.txt", "runs", "runs/cnn",
-                                         "runs/cnn/my_analysis.py", LOCK_NAME])
+                                         "runs/cnn/my_analysis.py", "runs/fno", "runs/fno/logs",
+                                         "runs/fno/logs/my_notes.txt", "runs/cnn/checkpoints",
+                                         "runs/cnn/checkpoints/README.md", "runs/cnn/checkpoints/best",
+                                         "runs/cnn/checkpoints/best/epoch=3.ckpt", "logs", "logs/summary.txt",
+                                         "baseline", "baseline/plot.py", LOCK_NAME])
     err = capsys.readouterr().err
     assert all(name in err for name in mine)
 
