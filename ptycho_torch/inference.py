@@ -71,7 +71,7 @@ def prepare(plan: ReconstructionPlan):
     ``--overwrite`` would remove (the folder itself is checked by ``claimed``, before it creates
     anything). Returns (module, data)."""
     from ptycho_torch.npz_data import load_any_split
-    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive
+    from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive, check_no_other_output
     from ptycho_torch.preflight import check_machine, training_items
     from ptycho_torch.trainer import fp16_runs_as_bf16
 
@@ -84,7 +84,7 @@ def prepare(plan: ReconstructionPlan):
     _warn_of_another_precision(plan.execution.precision, module.trained_precision, device.type)
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
-    _refuse_a_run_folder(plan.output_dir)
+    check_no_other_output(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
     return module, data
@@ -101,24 +101,6 @@ def _warn_of_another_precision(precision: str, trained: str | None, device_type:
     if predicted != trained:  # 16-mixed asked on a CPU predicts as a CPU trained it: bf16-mixed
         warnings.warn(f"the checkpoint trained at precision={trained}; predicting at precision={predicted}: "
                       f"pass --precision {trained} to reproduce the run's own reconstruction", stacklevel=3)
-
-
-def _refuse_a_run_folder(folder: Path) -> None:
-    """A training run's folder is not a reconstruction's: --overwrite would remove half of the run."""
-    from ptycho_torch.output_folder import OutputDirError
-
-    held = [name for name in ("checkpoints", "history.csv") if _exists(Path(folder) / name)]
-    if held:
-        raise OutputDirError(f"output_dir={str(folder)!r}: holds a training run ({', '.join(held)}); write the "
-                             "reconstruction to a folder of its own")
-
-
-def _exists(path: Path) -> bool:
-    """False also for a path the file system refuses to look at (the claim names that problem)."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
 
 
 def run(plan: ReconstructionPlan) -> dict[str, Any]:

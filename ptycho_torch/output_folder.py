@@ -141,6 +141,32 @@ def check_inputs_survive(path: Path, overwrite: bool, layout: Layout, inputs: Ma
                                  "--overwrite removes before the run; copy it elsewhere or choose another folder")
 
 
+# Names that mark a folder as one command's: another command's --overwrite there would leave them
+# beside its own files (a study's tables beside a run, a run's checkpoints beside a study).
+SIGNATURES = {"history.csv": "a training run", "checkpoints": "a training run", "recon.npz": "a reconstruction",
+              "sweep.json": "a comparison study"}
+
+
+def check_no_other_output(path: Path, overwrite: bool, layout: Layout) -> None:
+    """Refuse, for an ``--overwrite`` with ``layout``, a folder holding what another command writes
+    (a name of SIGNATURES that ``layout`` does not list)."""
+    if not overwrite:
+        return  # without overwrite a non-empty folder is refused anyway
+    held = [name for name in SIGNATURES if name not in layout and _exists(Path(path) / name)]
+    if held:
+        kinds = sorted({SIGNATURES[name] for name in held})
+        raise OutputDirError(f"output_dir={str(path)!r}: holds the files of {' and '.join(kinds)} ({', '.join(held)}), "
+                             "which --overwrite would leave beside this command's own; write to a folder of its own")
+
+
+def _exists(path: Path) -> bool:
+    """False also for a path the file system refuses to look at (the claim names that problem)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
+
+
 def _owned_part(file: Path, folder: Path, layout: Layout | str) -> str | None:
     """The artifact of ``layout`` that holds ``file`` (relative to ``folder``), or None."""
     try:

@@ -57,7 +57,7 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     DataError or OutputDirError (bad input) and leave the disk as it was.
     """
     from ptycho_torch import preflight
-    from ptycho_torch.output_folder import RUN_LAYOUT, check_inputs_survive, check_output_dir
+    from ptycho_torch.output_folder import RUN_LAYOUT, check_inputs_survive, check_no_other_output, check_output_dir
 
     preflight.check_machine(plan.execution)
     if data is None and plan.train_npz is not None:
@@ -70,6 +70,7 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
         preflight.check_simulation(plan.training, plan.simulation)
     if check_folder:
         check_output_dir(plan.output_dir, plan.overwrite, resume=plan.resume)
+        check_no_other_output(plan.output_dir, plan.overwrite, RUN_LAYOUT)
         check_inputs_survive(plan.output_dir, plan.overwrite, RUN_LAYOUT, input_files(plan))
     return data
 

@@ -47,12 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress: bool) -> int:
     """Check the probe file and the folder, claim it, then simulate and write both splits."""
-    from ptycho_torch.output_folder import DATASET_LAYOUT, check_inputs_survive, check_output_dir, claimed
+    from ptycho_torch.output_folder import (
+        DATASET_LAYOUT, check_inputs_survive, check_no_other_output, check_output_dir, claimed,
+    )
     from ptycho_torch.preflight import check_probe_file
     from ptycho_torch.simulation import simulate_dataset
 
     check_probe_file(sim)
     check_output_dir(output_dir, overwrite)
+    check_no_other_output(output_dir, overwrite, DATASET_LAYOUT)
     check_inputs_survive(output_dir, overwrite, DATASET_LAYOUT, {"probe_npz": sim.probe_npz})
     with claimed(output_dir, overwrite, DATASET_LAYOUT):
         train_path, test_path = simulate_dataset(sim, output_dir, progress=progress)

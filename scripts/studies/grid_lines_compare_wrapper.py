@@ -216,7 +216,9 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
     the finished runs, resumes those with an epoch-end checkpoint and reruns the rest. ``baseline``:
     (iteration counts, init) of ``--baseline`` / ``--baseline-init``, run after the cells."""
     from ptycho_torch import artifacts, workflow
-    from ptycho_torch.output_folder import check_inputs_survive, check_output_dir, claimed, comparison_layout
+    from ptycho_torch.output_folder import (
+        check_inputs_survive, check_no_other_output, check_output_dir, claimed, comparison_layout,
+    )
 
     check_output_dir(output_dir, overwrite=True)  # a path the file system refuses, before looking inside it
     recorded = same_sweep(output_dir, study.configs)
@@ -228,6 +230,8 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
         raise OutputDirError(f"output_dir={str(output_dir)!r}: holds another study (its {SWEEP_RECORD} lists other "
                              "cells); pass --overwrite to replace it or choose another folder")
     check_output_dir(output_dir, overwrite, resume=continuing)
+    layout = comparison_layout([*recorded_folders(output_dir), *(cell.folder for cell in study.cells)])
+    check_no_other_output(output_dir, overwrite, layout)
     states = [cell_state(cfg) if continuing else FRESH for cfg in study.configs]
     plans = [_plan(cfg, state, continuing, given) for cfg, state in zip(study.configs, states)]
     data, one_dataset = None, _one_dataset(study)
@@ -235,7 +239,6 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
         for plan, state in zip(plans, states):  # each cell's folder too: a file where runs/<cell> goes is refused now
             if state != FINISHED:
                 data = workflow.prepare(plan, data if one_dataset else None)
-    layout = comparison_layout([*recorded_folders(output_dir), *(cell.folder for cell in study.cells)])
     check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
     with claimed(output_dir, overwrite, layout, resume=continuing) as out:
         if mode != "summarize":

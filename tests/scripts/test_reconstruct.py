@@ -308,7 +308,7 @@ def test_a_training_runs_folder_is_refused_even_with_overwrite(trained, tmp_path
     subprocess.run(["cp", "-a", str(trained["gs1"]), str(run_copy)], check=True)
     before = sorted(p.name for p in run_copy.iterdir())
     assert reconstruct(run_copy, run_copy, "--overwrite") == 2
-    assert "holds a training run" in capsys.readouterr().err
+    assert "holds the files of a training run" in capsys.readouterr().err
     assert sorted(p.name for p in run_copy.iterdir()) == before
 
 

@@ -357,6 +357,25 @@ def test_an_input_in_a_folder_of_the_users_own_survives_overwrite(tmp_path):
     assert sorted(os.listdir(out / "my_data")) == ["test.npz", "train.npz"]
 
 
+@pytest.mark.parametrize("command, held, kind", [
+    ("runner", ["sweep.json", "runs/cnn/metrics.json"], "a comparison study"),
+    ("wrapper", ["history.csv", "checkpoints/last.ckpt", "metrics.json"], "a training run"),
+    ("wrapper", ["recon.npz", "config.json"], "a reconstruction"),
+    ("datagen", ["history.csv", "recon.npz"], "a reconstruction and a training run"),
+], ids=["runner-into-a-study", "wrapper-into-a-run", "wrapper-into-a-reconstruction", "datagen-into-a-run"])
+def test_overwrite_refuses_a_folder_holding_another_commands_output(command, held, kind, tmp_path, capsys):
+    out = tmp_path / "out"
+    for name in held:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("theirs")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert exit_status(command, [*TINY[command], "--output-dir", str(out), "--overwrite"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and f"holds the files of {kind}" in err[0], err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
 # --- output paths that cannot be used: exit 2, one line, nothing created -------------------------------------
 
 @pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
