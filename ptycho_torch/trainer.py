@@ -73,6 +73,29 @@ class RandomStates(Callback):
         random.setstate((version, tuple(internal), gauss))
 
 
+class RunCheckpoints(ModelCheckpoint):
+    """Lightning's checkpointing, for a run folder that may have been moved or copied before a resume.
+
+    The callback's state records its folder; where the run is resumed from another path, Lightning
+    forgets which files it wrote, keeps the old newest checkpoint and writes ``last-v1.ckpt`` beside a
+    stale ``last.ckpt``. Here the recorded paths are moved into the folder the run is in now."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("dirpath")
+        if recorded is not None and self.dirpath is not None and recorded != self.dirpath:
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{key: self._moved(state_dict.get(key), recorded)
+                             for key in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                          "best_k_models": {self._moved(path, recorded): score
+                                            for path, score in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
+    def _moved(self, path: str | None, recorded: str) -> str | None:
+        if not path or not Path(path).is_relative_to(recorded):
+            return path
+        return str(Path(self.dirpath) / Path(path).relative_to(recorded))
+
+
 class StopOnSignal(Callback):
     """SIGTERM / SIGINT during the fit: every rank stops between optimizer steps (see interrupts).
 
@@ -165,7 +188,7 @@ def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, o
     callbacks = [*callbacks, StopOnSignal(checkpoints)]
     callbacks.append(AdaptiveThreads(adapts_threads(execution)))  # also where it does not adapt: the record goes on
     if checkpoints is not None:
-        callbacks += [RandomStates(), ModelCheckpoint(dirpath=checkpoints, save_last=True, save_on_train_epoch_end=True)]
+        callbacks += [RandomStates(), RunCheckpoints(dirpath=checkpoints, save_last=True, save_on_train_epoch_end=True)]
     trainer = L.Trainer(
         accelerator=execution.accelerator,
         devices=execution.devices,

@@ -208,6 +208,16 @@ def test_a_checkpoint_another_run_wrote_is_refused_before_any_result_is_removed(
     assert snapshot(copy) == before and not (copy / ".run.lock").exists()
 
 
+def test_a_run_moved_to_another_folder_resumes_into_its_own_last_checkpoint(recorded, tmp_path):
+    moved = tmp_path / "moved"
+    subprocess.run(["cp", "-a", str(recorded), str(moved)], check=True)  # the checkpoints name the old folder
+    done = run(RUNNER, "--resume", "--output-dir", str(moved), "--epochs", "3")
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    files = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert len(files) == 2 and "last.ckpt" in files and files[0].startswith("epoch=2-"), files  # no last-v1.ckpt
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
 @pytest.mark.parametrize("num_threads", [0, 1], ids=["automatic", "explicit"])
 def test_a_resumed_run_takes_the_thread_count_it_trained_with_unless_one_is_set(tmp_path, num_threads):
     """Another count sums in another order: with automatic threads the checkpoint says how many."""
