@@ -64,6 +64,7 @@ from typing import NamedTuple
 
 import torch
 
+from ptycho_torch import cgroups
 from ptycho_torch.config import PyTorchExecutionConfig, plain_int
 
 SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 10 ticks per core over the sample
@@ -93,79 +94,34 @@ def usable_cores() -> int:
     return cores if quota is None else max(1, min(cores, int(quota + 0.5)))
 
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-PROC_CGROUP = "/proc/self/cgroup"
 V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")  # where cgroup v1 mounts the cpu controller
 
 
 def cpu_quota() -> float | None:
     """Cores' worth of CPU time per second that this process's cgroups allow: the tightest CFS
     bandwidth limit on its cgroup's path and above (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
-    ``cpu.cfs_period_us``); None where there is none or none can be read. The path's levels that
-    this filesystem view lacks are skipped (inside a container the mount's root is the container's
-    own cgroup); a path that leaves its namespace's root ('..') names no level this view can find."""
-    membership = _read_text(PROC_CGROUP)
-    if membership is None:
-        return None
-    limits = []
-    for line in membership.splitlines():
-        fields = line.split(":", 2)  # hierarchy id, controllers, path (which may hold colons)
-        if len(fields) != 3 or ".." in fields[2].split("/"):
-            continue
-        _, controllers, path = fields
-        if controllers == "":  # cgroup v2: the unified hierarchy (under 'unified' beside v1 ones)
-            root = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else \
-                os.path.join(CGROUP_ROOT, "unified")
-            limits += [_v2_limit(os.path.join(root, level)) for level in _levels(path)]
-        elif "cpu" in controllers.split(","):
-            for mount in (controllers, *V1_CPU_MOUNTS):
-                root = os.path.join(CGROUP_ROOT, mount)
-                if os.path.isdir(root):
-                    limits += [_v1_limit(os.path.join(root, level)) for level in _levels(path)]
-                    break
+    ``cpu.cfs_period_us``; see ``cgroups``); None where there is none or none can be read."""
+    limits = [(_v2_limit if level.version == 2 else _v1_limit)(level.directory)
+              for level in cgroups.levels("cpu", V1_CPU_MOUNTS)]
     limits = [limit for limit in limits if limit is not None]
     return min(limits) if limits else None
-
-
-def _levels(path: str) -> list[str]:
-    """'/a/b' -> ['a/b', 'a', '']: a cgroup and its ancestors, relative to the hierarchy's root."""
-    parts = [part for part in path.split("/") if part]
-    return ["/".join(parts[:end]) for end in range(len(parts), -1, -1)]
-
-
-def _read_text(filename: str) -> str | None:
-    """The file's text (bytes that are not UTF-8 replaced: a cgroup's name may hold any), None where
-    it cannot be read (no such level in this view, no such controller)."""
-    try:
-        with open(filename, "rb") as file:
-            return file.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _read_numbers(filename: str) -> list[str] | None:
-    text = _read_text(filename)
-    return None if text is None else text.split()
 
 
 def _ratio(quota: str, period: str) -> float | None:
     """quota / period (whole microseconds, as the kernel writes them) for a set limit; None for
     'max' / -1 (none) or what does not parse."""
-    try:
-        quota_us, period_us = int(quota), int(period)
-    except ValueError:
-        return None
-    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    quota_us, period_us = cgroups.whole_number(quota), cgroups.whole_number(period)
+    return quota_us / period_us if quota_us and period_us else None
 
 
 def _v2_limit(directory: str) -> float | None:
-    fields = _read_numbers(os.path.join(directory, "cpu.max"))  # "<quota> <period>" or "max <period>"
+    fields = cgroups.read_fields(directory, "cpu.max")  # "<quota> <period>" or "max <period>"
     return _ratio(*fields) if fields is not None and len(fields) == 2 else None
 
 
 def _v1_limit(directory: str) -> float | None:
-    quota = _read_numbers(os.path.join(directory, "cpu.cfs_quota_us"))  # -1: no limit
-    period = _read_numbers(os.path.join(directory, "cpu.cfs_period_us"))
+    quota = cgroups.read_fields(directory, "cpu.cfs_quota_us")  # -1: no limit
+    period = cgroups.read_fields(directory, "cpu.cfs_period_us")
     if quota is None or period is None or len(quota) != 1 or len(period) != 1:
         return None
     return _ratio(quota[0], period[0])

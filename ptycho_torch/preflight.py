@@ -4,7 +4,7 @@ Settings are validated when the configs are built; this adds what only the data 
 file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
     check_machine(execution)             the accelerator and the logger package exist here
     check_data(training, train, test)    groups, patterns for a batch, a validation split when needed
-    check_simulation(sim)                the probe file, and the pattern count the simulation will give
+    check_simulation(training, sim)      the probe file, the memory and the pattern count of the simulation
 """
 
 from __future__ import annotations
@@ -97,11 +97,51 @@ def check_probe_file(sim: SimulationConfig) -> None:
         load_probe(sim.probe_npz, sim.N)
 
 
+# What a simulated pattern occupies at the least (its amplitudes, Y_I and Y_phi in float32), per pixel;
+# a run holds more (copies for training, the test split's ground truth): about 50 bytes measured here.
+SIMULATED_BYTES_PER_PIXEL = 12
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: the kernel's MemAvailable, at most what its cgroups'
+    memory limits leave (``cgroups.memory_headroom``); None where neither can be read."""
+    from ptycho_torch.cgroups import memory_headroom, read_text
+
+    found = []
+    for line in (read_text(MEMINFO) or "").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "MemAvailable:" and fields[1].isdigit() and fields[2] == "kB":
+            found.append(int(fields[1]) * 1024)
+    headroom = memory_headroom()
+    return min([*found, *([] if headroom is None else [headroom])], default=None)
+
+
+MEMINFO = "/proc/meminfo"
+
+
+def check_simulation_memory(sim: SimulationConfig) -> None:
+    """Refuse settings whose simulated patterns cannot fit in the memory left on this machine (the
+    simulation would fail, or be killed, after the output folder was made)."""
+    from ptycho_torch.simulation import scan_grid, split_plan
+
+    patterns = sum(images * len(scan_grid(sim, stride)) for images, stride in split_plan(sim).values())
+    needed = patterns * sim.N**2 * SIMULATED_BYTES_PER_PIXEL
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ConfigError("simulation on this machine", [Problem(
+            "object_size", sim.object_size,
+            f"with N={sim.N}, train_stride={sim.train_stride}, test_stride={sim.test_stride} and "
+            f"{sim.n_train_images} + {sim.n_test_images} objects the simulation makes {patterns:,} patterns, "
+            f"at least {needed / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available "
+            "(fewer or smaller objects, or larger strides)")])
+
+
 def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
-    """The probe file and the number of patterns the simulation will make."""
+    """The probe file, the memory and the number of patterns the simulation will make."""
     from ptycho_torch.simulation import scan_grid
 
     check_probe_file(sim)
+    check_simulation_memory(sim)
     grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
                                                                   ("test", sim.test_stride))}
     one_object = {split: np.zeros(len(grid), dtype=np.int64) for split, grid in grids.items()}  # same scan for all

@@ -50,10 +50,11 @@ def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress:
     from ptycho_torch.output_folder import (
         DATASET_LAYOUT, check_inputs_survive, check_no_other_output, check_output_dir, claimed,
     )
-    from ptycho_torch.preflight import check_probe_file
+    from ptycho_torch.preflight import check_probe_file, check_simulation_memory
     from ptycho_torch.simulation import simulate_dataset
 
     check_probe_file(sim)
+    check_simulation_memory(sim)
     check_output_dir(output_dir, overwrite)
     check_no_other_output(output_dir, overwrite, DATASET_LAYOUT)
     check_inputs_survive(output_dir, overwrite, DATASET_LAYOUT, {"probe_npz": sim.probe_npz})

@@ -209,7 +209,7 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
 
     Refused input (bad setting, data file, machine or output folder) -> one line, REFUSED (2);
     a run that stopped on non-finite gradients -> one line, FAILED_RUN (3); SIGTERM / SIGINT ->
-    128 + signal (143 / 130); a failed read or write -> one line, 1. ``work`` returns 0 or, for
+    128 + signal (143 / 130); a failed read or write, or memory running out -> one line, 1. ``work`` returns 0 or, for
     a run that finished but diverged or never trained, FAILED_RUN.
     """
     from ptycho_torch.interrupts import Interrupted, deferred, signals_interrupt
@@ -236,6 +236,8 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
         return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
     except OSError as err:
         return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)
+    except MemoryError as err:  # numpy's allocation errors are MemoryErrors; a run's settings passed the checks
+        return _fail(f"out of memory ({err or 'an allocation failed'}); give the run fewer or smaller patterns", 1)
 
 
 OWN_PACKAGES = tuple(Path(__file__).resolve().parents[2] / name for name in ("ptycho_torch", "scripts"))

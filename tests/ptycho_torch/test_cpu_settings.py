@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptycho_torch import cpu_settings
+from ptycho_torch import cgroups, cpu_settings
 
 
 @pytest.mark.parametrize(("cores", "busy", "processes", "expected"), [
@@ -50,8 +50,8 @@ def pretend_cgroups(monkeypatch, tmp_path, membership: str | bytes, files: dict[
         write(root / "cgroup.controllers", "cpu memory\n")
     for name, content in files.items():
         write(root / name, content)
-    monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "proc_cgroup"))
-    monkeypatch.setattr(cpu_settings, "CGROUP_ROOT", str(root))
+    monkeypatch.setattr(cgroups, "PROC_CGROUP", str(tmp_path / "proc_cgroup"))
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", str(root))
 
 
 @pytest.mark.parametrize(("membership", "files", "quota"), [
@@ -106,8 +106,27 @@ def test_other_load_on_the_host_does_not_shrink_a_cpu_quota(monkeypatch, cores, 
     assert cpu_settings.free_threads(busy) == expected
 
 
+@pytest.mark.parametrize(("membership", "files", "headroom"), [
+    ("0::/jobs/run\n", {"jobs/run/memory.max": "1000\n", "jobs/run/memory.current": "400\n"}, 600),
+    ("0::/jobs/run\n", {"jobs/run/memory.max": "max\n", "jobs/run/memory.current": "400\n",
+                        "jobs/memory.max": "900\n", "jobs/memory.current": "800\n"}, 100),  # the tighter above
+    ("0::/a\n", {"a/memory.max": "100\n", "a/memory.current": "300\n"}, 0),  # over its limit: none left
+    ("0::/a\n", {"a/memory.max": "max\n", "a/memory.current": "300\n"}, None),
+    ("0::/a\n", {"a/memory.max": "1000\n"}, None),  # no usage to subtract
+    ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n"}, 1500),
+    ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+                       "memory/d/memory.usage_in_bytes": "500\n"}, None),
+    ("3:cpu:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n"}, None),
+    ("", {}, None),
+])
+def test_the_memory_headroom_is_the_least_room_under_a_cgroup_limit(monkeypatch, tmp_path, membership, files,
+                                                                     headroom):
+    pretend_cgroups(monkeypatch, tmp_path, membership, files)
+    assert cgroups.memory_headroom() == headroom
+
+
 def test_no_cgroup_membership_file_is_no_quota(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_settings, "PROC_CGROUP", str(tmp_path / "absent"))
+    monkeypatch.setattr(cgroups, "PROC_CGROUP", str(tmp_path / "absent"))
     assert cpu_settings.cpu_quota() is None
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho_torch import preflight
+from ptycho_torch import cgroups, preflight
 from ptycho_torch.config import ConfigError, ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.npz_data import DataError
 from ptycho_torch.outcome import DIVERGED, OK, UNTRAINED, run_status
@@ -104,6 +104,29 @@ def test_a_missing_or_wrong_probe_file_is_refused_before_simulating(tmp_path):
         preflight.check_probe_file(dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "small.npz"))
     np.savez(tmp_path / "right.npz", probeGuess=np.ones((16, 16), np.complex64))
     preflight.check_probe_file(dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "right.npz"))
+
+
+def pretend_memory(monkeypatch, tmp_path, available_kib: int | None, headroom: int | None = None) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\n"
+                       + ("" if available_kib is None else f"MemAvailable:   {available_kib} kB\n"))
+    monkeypatch.setattr(preflight, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(cgroups, "memory_headroom", lambda: headroom)
+
+
+def test_a_simulation_that_cannot_fit_in_the_memory_left_is_refused_naming_its_size(monkeypatch, tmp_path):
+    big = dataclasses.replace(TINY_SIMULATION, object_size=1024, N=32, train_stride=4, n_train_images=2)
+    patterns = 2 * 249**2 + TINY_SIMULATION.n_test_images * 125**2  # 124,002 + 15,625 at least 1.6 GiB
+    pretend_memory(monkeypatch, tmp_path, 2**20)  # 1 GiB
+    with pytest.raises(ConfigError, match=f"object_size=1024: .*{patterns:,} patterns.*1.0 GiB available"):
+        preflight.check_simulation(TRAINING, big)
+    pretend_memory(monkeypatch, tmp_path, 4 * 2**20)  # 4 GiB: fits
+    preflight.check_simulation_memory(big)
+    pretend_memory(monkeypatch, tmp_path, 4 * 2**20, headroom=2**30)  # a cgroup leaves 1 GiB: the tighter holds
+    with pytest.raises(ConfigError, match="1.0 GiB available"):
+        preflight.check_simulation_memory(big)
+    pretend_memory(monkeypatch, tmp_path, None)  # nothing known: nothing refused
+    preflight.check_simulation_memory(big)
 
 
 # --- the outcome of a finished run -------------------------------------------------------------
