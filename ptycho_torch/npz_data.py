@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,12 @@ class GridLinesData:
 # --- reading raw members ---------------------------------------------------------------------
 
 def _open_archive(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
+    try:
+        kind = os.stat(path).st_mode
+    except (OSError, ValueError):
+        kind = None  # np.load names what is wrong with it
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):  # a pipe or a device would block
+        raise DataError(path, None, "a regular NPZ file", "a pipe, socket or device")
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as err:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def test_the_model_N_must_match():
 
 def test_unreadable_paths_raise_data_error(tmp_path):
     np.save(tmp_path / "single.npy", np.zeros(3))
-    cases = {tmp_path / "absent.npz": "no such file", tmp_path: "NPZ", tmp_path / "single.npy": "NPZ"}
+    os.mkfifo(tmp_path / "pipe.npz")  # reading it would wait for a writer forever
+    cases = {tmp_path / "absent.npz": "no such file", tmp_path: "NPZ", tmp_path / "single.npy": "NPZ",
+             tmp_path / "pipe.npz": "a pipe, socket or device", Path("/dev/zero"): "a pipe, socket or device"}
     for path, words in cases.items():
         with pytest.raises(DataError, match=words):
             load_npz(path, "train")
