@@ -100,6 +100,8 @@ NOT_CONFIGS: dict[tuple[str, str], str] = {
     ("baseline.py", "data.N"): "GridLinesData.N, the patch side of the arrays (the iterative reference)",
     ("workflow.py", "resumed.checkpoint"): "resume.ResumePoint.checkpoint, the file a resumed run continues from",
     ("datamodule.py", "self.seed"): "EpochShuffle.seed, the sampler's copy of TrainingConfig.seed",
+    ("resume.py", "saved.training"): "the training config a checkpoint recorded, compared with the run's",
+    ("resume.py", "saved.training.epochs"): "the epochs of the config a checkpoint recorded (its own, not the run's)",
 }
 
 FAST_KILLERS = ("tests/scripts/test_behaviour.py", "tests/scripts/test_reads.py", "tests/ptycho_torch/test_preflight.py",

@@ -115,15 +115,19 @@ def pretend_memory(monkeypatch, tmp_path, available_kib: int | None, headroom: i
 
 
 def test_a_simulation_that_cannot_fit_in_the_memory_left_is_refused_naming_its_size(monkeypatch, tmp_path):
-    big = dataclasses.replace(TINY_SIMULATION, object_size=1024, N=32, train_stride=4, n_train_images=2)
-    patterns = 2 * 249**2 + TINY_SIMULATION.n_test_images * 125**2  # 124,002 + 15,625 at least 1.6 GiB
-    pretend_memory(monkeypatch, tmp_path, 2**20)  # 1 GiB
-    with pytest.raises(ConfigError, match=f"object_size=1024: .*{patterns:,} patterns.*1.0 GiB available"):
+    # every size differs from its default, so that each one read is seen in the count and the message
+    big = dataclasses.replace(TINY_SIMULATION, object_size=512, N=16, train_stride=2, test_stride=4, n_train_images=3,
+                              n_test_images=2)
+    patterns = 3 * 249**2 + 2 * 125**2  # 217,253 patterns of 16 x 16: at least 0.62 GiB
+    pretend_memory(monkeypatch, tmp_path, 2**19)  # 0.5 GiB
+    with pytest.raises(ConfigError, match=f"object_size=512: with N=16, train_stride=2, test_stride=4 and 3 \\+ 2 "
+                                          f"objects the simulation makes {patterns:,} patterns, at least 0.6 GiB; "
+                                          "this machine has 0.5 GiB available"):
         preflight.check_simulation(TRAINING, big)
-    pretend_memory(monkeypatch, tmp_path, 4 * 2**20)  # 4 GiB: fits
+    pretend_memory(monkeypatch, tmp_path, 2**20)  # 1 GiB: fits
     preflight.check_simulation_memory(big)
-    pretend_memory(monkeypatch, tmp_path, 4 * 2**20, headroom=2**30)  # a cgroup leaves 1 GiB: the tighter holds
-    with pytest.raises(ConfigError, match="1.0 GiB available"):
+    pretend_memory(monkeypatch, tmp_path, 2**20, headroom=2**29)  # a cgroup leaves 0.5 GiB: the tighter holds
+    with pytest.raises(ConfigError, match="0.5 GiB available"):
         preflight.check_simulation_memory(big)
     pretend_memory(monkeypatch, tmp_path, None)  # nothing known: nothing refused
     preflight.check_simulation_memory(big)
