@@ -17,7 +17,9 @@ reconstruction (MSE 0) scores exactly the cap instead of +inf, which strict JSON
 which would otherwise be indistinguishable from "undefined" (null).
 Null (None) means undefined, always with a reason: a reconstruction with any NaN or inf scores
 null for every metric of both channels; a constant ground-truth channel (no range) scores null
-for that channel. A mean over objects is null if any object's value is null.
+for that channel (amplitude: a range below 1e-6 of its largest value; phase: every value within
+1e-6 rad of the circular mean); an image too small for SSIM's window or for 4 Fourier rings scores
+those null. A mean over objects is null if any object's value is null.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ NONFINITE = "reconstruction is not finite (NaN or inf), so no metric is defined"
 SSIM_WINDOW = 11  # torchmetrics' default Gaussian window, in pixels
 CONSTANT_AMPLITUDE = "ground-truth amplitude is constant (no range), so amplitude PSNR/SSIM/FRC are undefined"
 CONSTANT_PHASE = "ground-truth phase is constant (no range), so phase PSNR/SSIM/FRC are undefined"
-CONSTANT_RANGE = 1e-6  # a ground-truth channel with a smaller value range counts as constant
+CONSTANT_RANGE = 1e-6  # a ground-truth channel whose relative range (amplitude) or circular spread (phase,
+# radians) is smaller counts as constant
+FRC_MIN_SIZE = 8  # pixels: a smaller scored image has fewer than 4 Fourier rings, which tell nothing
+SMALL_FOR_FRC = "the scored image ({h}x{w} px) has fewer than {rings} Fourier rings, so FRC50 is undefined"
 
 
 def wrap(phase: np.ndarray) -> np.ndarray:
@@ -53,7 +58,9 @@ def wrap(phase: np.ndarray) -> np.ndarray:
 
 
 def align_amplitude(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return recon * (truth.mean(dtype=np.float64) / max(float(recon.mean(dtype=np.float64)), 1e-12))
+    """recon scaled to the truth's mean (at any scale: no floor under the mean); an all-zero recon stays zero."""
+    mean = float(recon.mean(dtype=np.float64))
+    return recon * (truth.mean(dtype=np.float64) / mean) if mean > 0 else recon
 
 
 def align_phase(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -80,7 +87,8 @@ def frc50(a: np.ndarray, b: np.ndarray) -> float:
 
     A ring with no power in either image counts as agreeing (1), with power in only one as 0.
     """
-    fa, fb = np.fft.fftshift(np.fft.fft2(a)), np.fft.fftshift(np.fft.fft2(b))  # (H, W) complex
+    # float64 throughout (numpy keeps float32 input in complex64, whose power overflows from ~1e18)
+    fa, fb = (np.fft.fftshift(np.fft.fft2(np.asarray(image, dtype=np.float64))) for image in (a, b))  # (H, W)
     h, w = a.shape
     fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)), indexing="ij")
     ring = np.rint(np.hypot(fy, fx) * min(h, w)).astype(int)  # ring index, 1 ring = 1/min(h, w) cycles/px
@@ -112,15 +120,21 @@ def ssim(recon: np.ndarray, truth: np.ndarray, data_range: float) -> float | Non
 
 def _image_metrics(recon: np.ndarray, truth: np.ndarray) -> dict[str, float | str | None]:
     data_range = float(truth.max() - truth.min())
+    h, w = truth.shape
     metrics = {
         "mae": float(np.abs(recon - truth).mean()),
         "psnr": psnr(recon, truth, data_range),
         "ssim": ssim(recon, truth, data_range),
-        "frc50": frc50(recon, truth),
+        "frc50": frc50(recon, truth) if min(h, w) >= FRC_MIN_SIZE else None,
     }
+    reasons = []
     if metrics["ssim"] is None:
-        metrics["reason"] = f"the scored image ({truth.shape[0]}x{truth.shape[1]} px) is smaller than the " \
-                            f"{SSIM_WINDOW} px SSIM window, so SSIM is undefined"
+        reasons.append(f"the scored image ({h}x{w} px) is smaller than the {SSIM_WINDOW} px SSIM window, so SSIM "
+                       "is undefined")
+    if metrics["frc50"] is None:
+        reasons.append(SMALL_FOR_FRC.format(h=h, w=w, rings=FRC_MIN_SIZE // 2))
+    if reasons:
+        metrics["reason"] = "; ".join(reasons)
     return metrics
 
 
@@ -128,9 +142,21 @@ def _undefined(reason: str) -> dict:
     return {**dict.fromkeys(METRICS), "reason": reason}
 
 
+def constant_amplitude(amplitude: np.ndarray) -> bool:
+    """A value range below CONSTANT_RANGE of the largest value: scale-free, as the alignment is."""
+    return float(np.ptp(amplitude)) <= CONSTANT_RANGE * float(np.max(amplitude))
+
+
+def constant_phase(phase: np.ndarray) -> bool:
+    """Every phase within CONSTANT_RANGE radians of their circular mean (a constant phase near +-pi
+    spans almost 2 pi as plain numbers)."""
+    unit = np.exp(1j * phase.astype(np.float64))
+    return float(np.max(np.abs(np.angle(unit * np.conj(unit.mean()))))) < CONSTANT_RANGE
+
+
 def _channel(recon: np.ndarray, truth: np.ndarray, align: Callable[[np.ndarray, np.ndarray], np.ndarray],
-             constant_reason: str) -> dict:
-    if np.ptp(truth) < CONSTANT_RANGE:
+             constant: bool, constant_reason: str) -> dict:
+    if constant:
         return _undefined(constant_reason)
     return _image_metrics(align(recon, truth), truth)
 
@@ -139,8 +165,10 @@ def score(recon: np.ndarray, truth: np.ndarray) -> dict:
     """Metrics of one complex object (H, W) against its complex ground truth (H, W)."""
     if not np.isfinite(recon).all():
         return {channel: _undefined(NONFINITE) for channel in CHANNELS}
-    return {"amplitude": _channel(np.abs(recon), np.abs(truth), align_amplitude, CONSTANT_AMPLITUDE),
-            "phase": _channel(np.angle(recon), np.angle(truth), align_phase, CONSTANT_PHASE)}
+    amplitude, phase = np.abs(truth), np.angle(truth)
+    return {"amplitude": _channel(np.abs(recon), amplitude, align_amplitude, constant_amplitude(amplitude),
+                                  CONSTANT_AMPLITUDE),
+            "phase": _channel(np.angle(recon), phase, align_phase, constant_phase(phase), CONSTANT_PHASE)}
 
 
 def score_objects(recons: np.ndarray, truths: np.ndarray) -> dict:
@@ -172,8 +200,8 @@ def phase_seam_ratio(recons: np.ndarray, truths: np.ndarray, stride: int) -> flo
     1 = seams invisible; patches with their own phase offsets give > 1. None when not finite or
     when the region has no seam.
     """
-    if not np.all(np.isfinite(recons)) or recons.shape[-1] <= stride:
-        return None
+    if not np.all(np.isfinite(recons)) or min(recons.shape[-2:]) <= stride or stride < 2:
+        return None  # no seam, or (stride 1) nothing but seams
     error = np.angle(recons * np.conj(truths))  # (I, H, W)
     seam, inside = [], []
     for axis in (-1, -2):

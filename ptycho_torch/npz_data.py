@@ -191,6 +191,12 @@ def _check_dtype(key: str, array: Any, source: str) -> None:
 
 
 def _check_values(arrays: dict[str, np.ndarray], dims: dict[str, int], source: str) -> None:
+    for key, size, rule in (("objectGuess", "I", "at least one object"), ("diffraction", "M", "at least one pattern")):
+        if dims[size] < 1:
+            raise DataError(source, key, rule, f"shape {arrays[key].shape}")
+    if dims["S"] < dims["N"]:  # no N x N patch fits in such an object
+        raise DataError(source, "objectGuess", f"objects of at least N x N = {dims['N']} x {dims['N']} pixels",
+                        f"shape {arrays['objectGuess'].shape}")
     for key, array in arrays.items():
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
             raise DataError(source, key, "finite values", f"{int(np.sum(~np.isfinite(array)))} NaN/inf values")

@@ -319,3 +319,52 @@ def test_an_image_smaller_than_the_ssim_window_has_null_ssim_with_a_reason_and_t
     assert amplitude["mae"] == pytest.approx(0.0, abs=1e-12) and amplitude["psnr"] is not None
     big = np.linspace(0.2, 1.0, 11 * 11).reshape(11, 11)
     assert score(big.astype(np.complex128), big.astype(np.complex128))["amplitude"]["ssim"] == pytest.approx(1.0)
+
+
+# --- degenerate truths and sizes -----------------------------------------------------------------
+
+def test_a_constant_phase_near_pi_counts_as_constant_though_its_values_span_two_pi():
+    amplitude = np.abs(grid_lines_truth(3))
+    wobble = 1e-8 * np.random.default_rng(3).standard_normal(amplitude.shape)
+    truth = amplitude * np.exp(1j * (np.pi + wobble))  # angles near +pi and -pi
+    assert np.ptp(np.angle(truth)) > 6
+    scores = score(truth * 0.9, truth)
+    assert scores["phase"]["reason"] == CONSTANT_PHASE and scores["phase"]["ssim"] is None
+    assert scores["amplitude"]["ssim"] is not None
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1e-20, 1e20])
+def test_a_structured_amplitude_at_any_scale_is_scored_and_the_same_structure_scores_the_same(scale):
+    truth = grid_lines_truth(5)
+    recon = truth * (1 + 0.05 * np.random.default_rng(5).standard_normal(truth.shape))
+    reference = score(recon, truth)["amplitude"]
+    scaled = score((recon * scale).astype(np.complex64), (truth * scale).astype(np.complex64))["amplitude"]
+    assert "reason" not in scaled
+    assert scaled["ssim"] == pytest.approx(reference["ssim"], abs=1e-4)
+    assert scaled["frc50"] == reference["frc50"]
+
+
+def test_frc50_of_float32_images_holds_beyond_the_float32_power_range():
+    rng = np.random.default_rng(9)
+    a = rng.uniform(0.5, 1.0, (24, 24)).astype(np.float32)
+    b = (a + 0.2 * rng.standard_normal(a.shape)).astype(np.float32)
+    for scale in (1e18, 1e30):
+        assert frc50((b * scale).astype(np.float32), (a * scale).astype(np.float32)) == frc50(b, a)
+
+
+def test_an_image_with_fewer_than_four_fourier_rings_has_null_frc_with_a_reason():
+    truth = np.linspace(0.2, 1.0, 4 * 4).reshape(4, 4).astype(np.complex128)
+    amplitude = score(truth * 0.5, truth)["amplitude"]
+    assert amplitude["frc50"] is None and "Fourier rings" in amplitude["reason"] and "SSIM window" in amplitude["reason"]
+    assert amplitude["mae"] is not None
+
+
+def test_the_seam_ratio_of_stride_1_is_undefined_without_warnings():
+    import warnings
+
+    from ptycho_torch.metrics import phase_seam_ratio
+
+    truth = np.exp(1j * np.random.default_rng(2).uniform(-1, 1, (1, 4, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert phase_seam_ratio(truth, truth, 1) is None  # every neighbour pair is a seam: nothing to compare

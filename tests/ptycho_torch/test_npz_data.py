@@ -103,6 +103,12 @@ BROKEN_RULES = {
     "metadata entry missing": ("train", lambda: rewritten("train", metadata=np.array(json.dumps({"split": "train"}))), "n_lines"),
     "test coords not the raster grid": ("test", lambda: rewritten("test", coords=VALID["test"]["coords"][::-1] // 2), "raster grid"),
     "ground truth of the wrong size": ("test", lambda: rewritten("test", YY_ground_truth=VALID["test"]["YY_ground_truth"][:, 1:, 1:]), "stitched"),
+    "no objects and no patterns": ("test", lambda: rewritten("test", **{key: VALID["test"][key][:0] for key in (
+        "diffraction", "Y_I", "Y_phi", "coords", "image_index", "objectGuess", "YY_ground_truth")}), "one object"),
+    "no patterns": ("train", lambda: rewritten("train", **{key: VALID["train"][key][:0] for key in (
+        "diffraction", "Y_I", "Y_phi", "coords", "image_index")}), "one pattern"),
+    "objects smaller than a patch": ("test", lambda: rewritten("test", objectGuess=VALID["test"]["objectGuess"][:, :8, :8]),
+                                     "at least N x N"),
     "ground truth in a train file": ("train", lambda: rewritten("train", YY_ground_truth=VALID["test"]["YY_ground_truth"]), "YY_ground_truth"),
 }
 
