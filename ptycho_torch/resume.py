@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ptycho_torch.config import TrainingConfig, from_jsonable
 from ptycho_torch.npz_data import DataError
 from ptycho_torch.output_folder import RUN_LAYOUT, OutputDirError
@@ -50,13 +52,19 @@ def _read(checkpoint: Path) -> _Saved:
     from ptycho_torch.model import RUN_STATE
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError(f"it holds a {type(state).__name__}, not a checkpoint's mapping")
     missing = [key for key in CHECKPOINT_ENTRIES if key not in state]
     if missing:
         raise KeyError(f"no {', '.join(missing)}")
     run_state = state.get(RUN_STATE, {})
     hyper = state["hyper_parameters"]
-    return _Saved(int(state["epoch"]) + 1, run_state.get("threads"), from_jsonable(TrainingConfig, hyper["cfg"]),
-                  {name: tuple(value.shape) for name, value in state["state_dict"].items()}, hyper["probe"])
+    training, probe = from_jsonable(TrainingConfig, hyper["cfg"]), hyper["probe"]
+    N = training.model.N
+    if not (torch.is_tensor(probe) and probe.is_complex() and tuple(probe.shape) == (N, N)):
+        raise TypeError(f"its probe is not an ({N}, {N}) complex tensor")
+    return _Saved(int(state["epoch"]) + 1, run_state.get("threads"), training,
+                  {name: tuple(value.shape) for name, value in state["state_dict"].items()}, probe)
 
 
 def differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
@@ -83,14 +91,18 @@ def _model_shapes(training: TrainingConfig, probe: Any) -> dict[str, tuple[int, 
     return {name: tuple(value.shape) for name, value in module.state_dict().items()}
 
 
-def _check_same_run(saved: _Saved, training: TrainingConfig, where: str) -> None:
-    """Refuse a checkpoint that another run wrote (another architecture, seed, learning rate, ...):
-    resuming from it would continue that run under this one's record. Epochs may differ (grown)."""
+def _check_same_run(saved: _Saved, training: TrainingConfig, probe: Any, where: str) -> None:
+    """Refuse a checkpoint that another run wrote (another architecture, seed, learning rate, probe,
+    ...): resuming from it would continue that run under this one's record. Epochs may differ (grown)."""
     changed = differences(saved.training, dataclasses.replace(training, epochs=saved.training.epochs))
     if changed:
         raise OutputDirError(f"{where}: its {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} was written by another run than "
                              f"its config.json records (checkpoint against config.json: {'; '.join(changed)}); "
                              "start the run again with --overwrite")
+    if not np.array_equal(saved.probe.numpy(), np.asarray(probe, dtype=np.complex64)):
+        raise OutputDirError(f"{where}: its {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} was trained with another probe than "
+                             "this run's data has (the probe settings in config.json, or the data files, changed "
+                             "since); start the run again with --overwrite")
     expected = _model_shapes(saved.training, saved.probe)
     if saved.shapes != expected:
         odd = sorted(set(saved.shapes) ^ set(expected)) or sorted(k for k in expected if saved.shapes[k] != expected[k])
@@ -110,12 +122,13 @@ def remove_results(output_dir: Path) -> None:
         (Path(output_dir) / name).unlink(missing_ok=True)
 
 
-def resume_point(output_dir: Path, training: TrainingConfig) -> ResumePoint:
+def resume_point(output_dir: Path, training: TrainingConfig, probe: Any) -> ResumePoint:
     """The checkpoint to continue the run in ``output_dir`` from, up to ``training.epochs`` epochs, and
     the thread count it trained with (a resumed run with an automatic count takes it: same sums).
 
     OutputDirError when there is none, nothing is left to do, or it holds another run (``training``
-    but the epochs differs from the checkpoint's config); DataError when it cannot be read."""
+    but the epochs differs from the checkpoint's config, or ``probe``, the run's data's, from its
+    probe); DataError when it cannot be read."""
     epochs = training.epochs
     checkpoint = last_checkpoint(output_dir)
     where = f"output_dir={str(output_dir)!r}"
@@ -127,7 +140,7 @@ def resume_point(output_dir: Path, training: TrainingConfig) -> ResumePoint:
         saved = _read(checkpoint)
     except Exception as err:  # a damaged or foreign file: refused by name, the original error kept in the chain
         raise DataError.unreadable(checkpoint, "an epoch-end run checkpoint to resume from", err) from err
-    _check_same_run(saved, training, where)
+    _check_same_run(saved, training, probe, where)
     done, threads = saved.done, saved.threads
     if done > epochs:
         raise OutputDirError(f"{where}: its checkpoint has {done} epochs done, more than epochs={epochs}")

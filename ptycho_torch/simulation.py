@@ -108,9 +108,14 @@ def split_plan(sim: SimulationConfig) -> dict[str, tuple[int, int]]:
     return {"train": (sim.n_train_images, sim.train_stride), "test": (sim.n_test_images, sim.test_stride)}
 
 
+def simulation_probe(sim: SimulationConfig) -> np.ndarray:
+    """The (N, N) complex64 probe the simulation illuminates with: the ideal disk, or the given file's."""
+    return ideal_probe(sim.N, sim.probe_defocus) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
+
+
 def simulate_splits(sim: SimulationConfig, progress: bool = False) -> dict[str, GridLinesData]:
     """Simulate the train and test splits in memory (the same arrays ``simulate_dataset`` writes)."""
-    probe = ideal_probe(sim.N, sim.probe_defocus) if sim.probe_npz is None else load_probe(sim.probe_npz, sim.N)
+    probe = simulation_probe(sim)
     seeds = dict(zip(SPLITS, np.random.SeedSequence(sim.data_seed).spawn(len(SPLITS))))
     plan = split_plan(sim)
     total = sum(n * len(scan_grid(sim, stride)) for n, stride in plan.values())

@@ -75,12 +75,17 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     return data
 
 
-def resume_from(plan: RunPlan):
-    """Where a resumed run continues from (``resume.ResumePoint``; refused when there is none);
+def resume_from(plan: RunPlan, data=None):
+    """Where a resumed run continues from (``resume.ResumePoint``; refused when there is none, or
+    when its checkpoint was trained on another probe than this run's ``data`` or simulation has);
     None for a new run."""
     from ptycho_torch.resume import resume_point
+    from ptycho_torch.simulation import simulation_probe
 
-    return resume_point(plan.output_dir, plan.training) if plan.resume else None
+    if not plan.resume:
+        return None
+    probe = data[0].probeGuess if data is not None else simulation_probe(plan.simulation)
+    return resume_point(plan.output_dir, plan.training, probe)
 
 
 def input_files(plan: RunPlan) -> dict[str, Path | None]:
@@ -101,9 +106,9 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
 
     if rank_zero_only.rank != 0:
         data = prepare(plan, data, check_folder=False)
-        return _train_and_write(plan, data, resume_from(plan), data_dir=None, main_rank=False)
+        return _train_and_write(plan, data, resume_from(plan, data), data_dir=None, main_rank=False)
     data = prepare(plan, data)
-    resumed = resume_from(plan)
+    resumed = resume_from(plan, data)
     with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT, resume=plan.resume):
         return _train_and_write(plan, data, resumed, data_dir=plan.output_dir / "data", main_rank=True)
 

@@ -186,6 +186,10 @@ def other_shapes(state) -> None:
     state["state_dict"][name] = state["state_dict"][name][:1]
 
 
+def probe_not_a_tensor(state) -> None:
+    state["hyper_parameters"]["probe"] = "x"
+
+
 def lightning_entries_only(state) -> None:
     for key in [k for k in state if k != "epoch"]:
         del state[key]
@@ -195,7 +199,8 @@ def lightning_entries_only(state) -> None:
     (other_run, ["was written by another run", "model.architecture='fno' against 'cnn'", "seed=9 against 4"]),
     (other_shapes, ["do not fit the model its own config describes", "weight"]),
     (lightning_entries_only, ["expected an epoch-end run checkpoint", "KeyError", "no state_dict"]),
-], ids=["other-settings", "other-shapes", "not-a-run-checkpoint"])
+    (probe_not_a_tensor, ["expected an epoch-end run checkpoint", "probe is not an (16, 16) complex tensor"]),
+], ids=["other-settings", "other-shapes", "not-a-run-checkpoint", "probe-not-a-tensor"])
 def test_a_checkpoint_another_run_wrote_is_refused_before_any_result_is_removed(recorded, capsys, tmp_path,
                                                                                  change, words):
     copy = tmp_path / "copy"
@@ -206,6 +211,18 @@ def test_a_checkpoint_another_run_wrote_is_refused_before_any_result_is_removed(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert all(word in err for word in words), err
     assert snapshot(copy) == before and not (copy / ".run.lock").exists()
+
+
+def test_a_checkpoint_trained_on_another_probe_than_the_runs_data_is_refused(recorded, capsys, tmp_path):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
+    record = json.loads((copy / "config.json").read_text())
+    record["runner"]["probe_defocus"] = 0.5  # the record edited: the simulation's probe is another now
+    (copy / "config.json").write_text(json.dumps(record))
+    before = snapshot(copy)
+    assert main(["--resume", "--output-dir", str(copy), "--epochs", "3"]) == 2
+    assert "trained with another probe" in capsys.readouterr().err
+    assert snapshot(copy) == before
 
 
 def test_a_run_moved_to_another_folder_resumes_into_its_own_last_checkpoint(recorded, tmp_path):
