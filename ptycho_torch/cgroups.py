@@ -77,18 +77,33 @@ def whole_number(field: str) -> int | None:
 V1_MEMORY_MOUNTS = ("memory",)
 
 
+# Per version: the limit, the usage, and the usage's page cache that the kernel can drop (in memory.stat).
+MEMORY_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+
+
 def memory_headroom() -> int | None:
     """Bytes this process's cgroups let it use beyond what they use now: the least, over its cgroup
-    and those above it, of limit - usage (v2 ``memory.max`` / ``memory.current``, v1
-    ``memory.limit_in_bytes`` / ``memory.usage_in_bytes``); None where no limit is set or readable."""
-    files = {2: ("memory.max", "memory.current"), 1: ("memory.limit_in_bytes", "memory.usage_in_bytes")}
+    and those above it, of limit - (usage - inactive page cache), as ``docker stats`` counts it (the
+    usage counts files read and written, which the kernel drops under pressure); None where no limit
+    is set or readable."""
     room = []
     for level in levels("memory", V1_MEMORY_MOUNTS):
-        limit_name, usage_name = files[level.version]
+        limit_name, usage_name, cache_name = MEMORY_FILES[level.version]
         limit, usage = read_fields(level.directory, limit_name), read_fields(level.directory, usage_name)
         if not limit or not usage or len(limit) != 1 or len(usage) != 1:
             continue
         limit_bytes, usage_bytes = whole_number(limit[0]), whole_number(usage[0])
         if limit_bytes is not None and usage_bytes is not None and limit_bytes < 2**62:  # v1 writes ~2**63 for none
-            room.append(max(0, limit_bytes - usage_bytes))
+            used = usage_bytes - min(_stat_entry(level.directory, cache_name), usage_bytes)
+            room.append(max(0, limit_bytes - used))
     return min(room) if room else None
+
+
+def _stat_entry(directory: str, name: str) -> int:
+    """An entry of the cgroup's memory.stat (``name value`` lines), 0 where absent or unreadable."""
+    fields = read_fields(directory, "memory.stat") or []
+    for key, value in zip(fields[::2], fields[1::2]):
+        if key == name:
+            return whole_number(value) or 0
+    return 0

@@ -55,10 +55,13 @@ def load_model(checkpoint: Path, device=None):
     DataError names the file when it is missing or is not a checkpoint written by this tool."""
     from ptycho_torch.model import PtychoPINN
     from ptycho_torch.npz_data import DataError
+    from ptycho_torch.special_files import is_special_file
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise DataError(checkpoint, None, "a checkpoint file", "a folder" if checkpoint.is_dir() else "no such file")
+        found = "a folder" if checkpoint.is_dir() else "a pipe, socket or device" if is_special_file(
+            checkpoint) else "no such file"
+        raise DataError(checkpoint, None, "a checkpoint file", found)
     try:
         return PtychoPINN.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
     except Exception as err:  # unreadable, not a checkpoint, or one without our config: refused by name, cause chained

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from ptycho_torch import artifacts
 from ptycho_torch.config import SimulationConfig
 from ptycho_torch.scan import raster_positions, stitched_region
+from ptycho_torch.special_files import is_special_file
 
 SPLITS = ("train", "test")
 
@@ -113,11 +113,7 @@ class GridLinesData:
 # --- reading raw members ---------------------------------------------------------------------
 
 def _open_archive(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
-    try:
-        kind = os.stat(path).st_mode
-    except (OSError, ValueError):
-        kind = None  # np.load names what is wrong with it
-    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):  # a pipe or a device would block
+    if is_special_file(path):
         raise DataError(path, None, "a regular NPZ file", "a pipe, socket or device")
     try:
         archive = np.load(path, allow_pickle=False)

@@ -222,7 +222,7 @@ def _read_holder(fd: int) -> dict:
     os.lseek(fd, 0, os.SEEK_SET)
     try:
         holder = json.loads(os.read(fd, 4096).decode() or "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # not a claim this code wrote
         return {}
     return holder if isinstance(holder, dict) else {}
 

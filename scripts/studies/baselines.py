@@ -105,7 +105,17 @@ def remove_stale_baseline(out: Path) -> None:
 def read_baseline_rows(out: Path) -> list[dict[str, Any]]:
     """The rows ``run_baselines`` wrote into ``out`` (none when it holds no baseline)."""
     record = out / BASELINE_RECORD
-    return json.loads(record.read_text())["rows"] if record.is_file() else []
+    if not record.is_file():
+        return []
+    try:
+        rows = json.loads(record.read_text())["rows"]
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise TypeError("rows is not a list of rows")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # damaged: no rows, said once
+        print(f"warning: {record} cannot be read ({type(err).__name__}); the tables have no baseline rows",
+              file=sys.stderr)
+        return []
+    return rows
 
 
 def flat_recon(out: Path) -> Any:

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ptycho_torch.special_files import is_special_file
 from ptycho_torch.config import ConfigError, Problem
 
 RUN_RECORD_SECTION = "runner"  # where a run's config.json keeps the runner settings
@@ -43,6 +44,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
 
     Raises ConfigError (one problem, field ``config``) for an unreadable or malformed file, a
     top level that is not a mapping, and unknown names."""
+    if is_special_file(path):
+        raise _refused(path, "is a pipe, socket or device, not a settings file")
     try:
         data = json.loads(Path(path).read_text())
     except OSError as err:

@@ -51,9 +51,17 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
     ``swept``: the cell's swept settings and values, shown in their own columns."""
     row: dict[str, Any] = {"row": "run", "cell": cell, "seed": seed, **swept}
     try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except FileNotFoundError:
-        return row | {"status": MISSING, "status_reason": "no metrics.json: the run did not finish"}
+        return _filled(row, folder)
+    except FileNotFoundError as err:
+        return row | {"status": MISSING, "status_reason": f"no {Path(err.filename).name}: the run did not finish"}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # a damaged record: no result
+        return row | {"status": MISSING, "status_reason": f"its records cannot be read ({type(err).__name__})"}
+
+
+def _filled(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``row`` (a copy) with the run's results."""
+    row = dict(row)
+    metrics = json.loads((folder / "metrics.json").read_text())
     config = json.loads((folder / "config.json").read_text())
     row |= {"architecture": metrics["architecture"], "status": metrics["status"],
             "status_reason": metrics["status_reason"], "collapsed": metrics.get("collapsed"),

@@ -105,3 +105,18 @@ def test_a_nul_character_in_a_files_path_setting_exits_2_naming_the_flag(tmp_pat
             main(["--config", str(written(tmp_path, {name: str(tmp_path / "a\0b")})), "--dry-run"])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"{flag}=" in err and "NUL" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_device_as_settings_file_exits_2_instead_of_waiting(tmp_path, capsys, kind):
+    import os
+
+    path = tmp_path / "settings.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    else:
+        path = Path("/dev/zero")  # reading it would never end
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is a pipe, socket or device" in err and "--config=" in err

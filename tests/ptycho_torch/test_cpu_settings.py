@@ -114,6 +114,13 @@ def test_other_load_on_the_host_does_not_shrink_a_cpu_quota(monkeypatch, cores, 
     ("0::/a\n", {"a/memory.max": "max\n", "a/memory.current": "300\n"}, None),
     ("0::/a\n", {"a/memory.max": "1000\n"}, None),  # no usage to subtract
     ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n"}, 1500),
+    # page cache the kernel can drop is not used memory (files written or read count in the usage)
+    ("0::/a\n", {"a/memory.max": "1000\n", "a/memory.current": "900\n",
+                 "a/memory.stat": "anon 100\nfile 800\ninactive_file 700\nactive_file 100\n"}, 800),
+    ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "1500\n",
+                       "memory/d/memory.stat": "cache 1400\ninactive_file 9\ntotal_inactive_file 1200\n"}, 1700),
+    ("0::/a\n", {"a/memory.max": "1000\n", "a/memory.current": "900\n", "a/memory.stat": "inactive_file x\n"},
+     100),  # unreadable: nothing subtracted
     ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
                        "memory/d/memory.usage_in_bytes": "500\n"}, None),
     ("3:cpu:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n"}, None),

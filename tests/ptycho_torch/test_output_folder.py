@@ -198,3 +198,11 @@ def test_a_folder_holding_only_temporaries_and_a_stale_claim_counts_as_empty(tmp
     with claimed(tmp_path, True, DATASET_LAYOUT):
         assert tree(tmp_path) == [LOCK_NAME]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_claim_file_holding_json_nested_past_the_parsers_limit_is_an_unknown_holder_not_a_crash(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("[" * 4000)  # as a claim whose holder cannot be read: refused by name
+    with pytest.raises(OutputDirError, match=r"claimed from another host \(pid \? on host \?"):
+        with claimed(tmp_path, True, RUN_LAYOUT):
+            raise AssertionError("claimed a folder whose claim cannot be read")
+    assert (tmp_path / LOCK_NAME).read_text() == "[" * 4000

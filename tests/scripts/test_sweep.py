@@ -347,3 +347,17 @@ def test_records_nested_past_the_parsers_limit_read_as_unreadable_not_as_a_crash
     cfg = TorchRunnerConfig(output_dir=tmp_path)
     assert same_sweep(tmp_path, [cfg]) is False and recorded_folders(tmp_path) == []
     assert cell_state(cfg) == FRESH
+
+
+@pytest.mark.parametrize("damage", ["[" * 100_000, "[1]", '{"status": "ok"}'], ids=["nested", "a-list", "fields-missing"])
+def test_a_runs_damaged_records_make_its_row_missing_and_a_damaged_baseline_record_no_rows(tmp_path, capsys, damage):
+    from scripts.studies.baselines import BASELINE_RECORD, read_baseline_rows
+    from scripts.studies.study_table import run_row
+
+    (tmp_path / "metrics.json").write_text(damage)
+    (tmp_path / "config.json").write_text("{}")
+    row = run_row(tmp_path, "cnn", None, {})
+    assert row["status"] == "missing" and "cannot be read" in row["status_reason"]
+    (tmp_path / BASELINE_RECORD).parent.mkdir()
+    (tmp_path / BASELINE_RECORD).write_text(damage)
+    assert read_baseline_rows(tmp_path) == [] and "cannot be read" in capsys.readouterr().err
