@@ -87,6 +87,7 @@ def result_rows(start: str, result: dict[str, Any], objects: int, target: float 
         mean = at["metrics"]["mean"]
         row = {"row": "baseline", "cell": f"iterative {count} it. from {start}", "architecture": "iterative",
                "status": "ok" if at["finite"] else "failed", "init": start, "iterations": count,
+               "status_reason": None if at["finite"] else "the iterative reconstruction is not finite (NaN or inf)",
                "seconds": at["seconds"], "seconds_per_scan": at["seconds"] / objects, "target_phase_ssim": target,
                "target_iterations": reached["iterations"] if reached else None,
                "target_seconds_per_scan": reached["seconds"] / objects if reached else None}

@@ -480,8 +480,9 @@ def report(table: list[dict[str, Any]] | None, output_dir: Path) -> int:
     print(markdown(shown, [c for c in shown_columns(shown) if c not in ("row", "seed")
                            or any(r.get("seed") is not None for r in runs)]), end="")
     print(f"comparison in {output_dir}")
-    return outcome_status({f"run {row['cell']}" + (f" seed {row['seed']}" if row["seed"] is not None else ""): row
-                           for row in runs})
+    baselines = [row for row in table if row["row"] == "baseline"]
+    return outcome_status({**{f"run {row['cell']}" + (f" seed {row['seed']}" if row["seed"] is not None else ""): row
+                              for row in runs}, **{f"baseline row {row['cell']}": row for row in baselines}})
 
 
 if __name__ == "__main__":

@@ -127,3 +127,17 @@ def test_a_baseline_that_fails_leaves_the_runs_tables_complete(tmp_path, monkeyp
         wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--baseline", "2", "--output-dir", str(out)])
     rows = table(out)
     assert [r["row"] for r in rows] == ["run", "mean", "std"] and rows[0]["cell"] == "cnn"
+
+
+def test_a_failed_baseline_row_is_named_on_stderr_and_the_study_exits_3(tmp_path, capsys):
+    from scripts.studies.baselines import result_rows
+
+    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
+          "finite": False, "seconds": 1.0}
+    failed = result_rows("flat", {"at": {2: at}, "reached": None}, objects=1, target=None)
+    run = {"row": "run", "cell": "cnn", "seed": None, "status": "ok", "status_reason": None}
+    assert wrapper.report([run, *failed], tmp_path) == 3
+    err = capsys.readouterr().err
+    assert "baseline row iterative 2 it. from flat failed: the iterative reconstruction is not finite" in err
+    at["finite"] = True
+    assert wrapper.report([run, *result_rows("flat", {"at": {2: at}, "reached": None}, 1, None)], tmp_path) == 0
