@@ -4,7 +4,11 @@
     untrained  no optimizer step was applied (every step skipped), the weights are bit for bit the
                initial ones, or every recorded loss equals the first (the loss never moved)
     collapsed  a reconstructed object's amplitude or phase is constant: its spread over the scored
-               region is below 1 % of the ground truth's (``collapse_reason``)
+               region is below 1 % of the ground truth's (``collapse_reason``); or the reconstruction
+               does not depend on the measured patterns: with the test patterns exchanged among the
+               scan positions no pixel moves by 1 % of the truth's amplitude spread
+               (``ignores_input_reason``; at gridsize 2 a fixed output per place in the group merges
+               into an image that is not constant, so the first test alone misses it)
     ok         otherwise
 
 Such a run still writes its artifacts (they are the evidence); the status goes into metrics.json
@@ -56,6 +60,23 @@ def collapse_reason(recons: np.ndarray, truths: np.ndarray) -> str | None:
                 return (f"object {index}: the reconstructed {channel} is constant (spread {spread:.3g}, under "
                         f"{COLLAPSE_SPREAD:.0%} of the ground truth's {truth_spread:.3g})")
     return None
+
+
+def ignores_input_reason(recons: np.ndarray, exchanged: np.ndarray, truths: np.ndarray) -> str | None:
+    """Why the reconstruction ignores the measurements, or None: ``exchanged`` is the reconstruction
+    from the same test patterns exchanged among the scan positions (I, H, W complex, as ``recons``)."""
+    moved = float(np.max(np.abs(recons.astype(np.complex128) - exchanged)))
+    spread = max(_spread(truth, "amplitude") for truth in truths)
+    if spread > 0 and moved < COLLAPSE_SPREAD * spread:
+        return (f"the reconstruction does not depend on the measured patterns: exchanging them among the scan "
+                f"positions moves no pixel by {COLLAPSE_SPREAD:.0%} of the ground truth's amplitude spread "
+                f"(at most {moved:.3g} against {spread:.3g})")
+    return None
+
+
+def exchanged_patterns(count: int) -> np.ndarray:
+    """Every pattern to another scan position (half the split away), for ``ignores_input_reason``."""
+    return np.roll(np.arange(count), count // 2)
 
 
 def run_status(recons: np.ndarray, losses: Sequence[float], final_val_loss: float | None, *,

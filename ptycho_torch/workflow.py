@@ -155,6 +155,18 @@ def write_rank_record(trained, folder: Path) -> None:
         "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
 
 
+def input_ignored(module, test_data, execution: PyTorchExecutionConfig, recons) -> str | None:
+    """``outcome.ignores_input_reason`` for the test split: predicted again with its patterns exchanged
+    among the scan positions."""
+    import dataclasses
+
+    from ptycho_torch.outcome import exchanged_patterns, ignores_input_reason
+
+    order = exchanged_patterns(len(test_data.diffraction))
+    exchanged = reconstruct(module, dataclasses.replace(test_data, diffraction=test_data.diffraction[order]), execution)
+    return ignores_input_reason(recons, exchanged, test_data.YY_ground_truth)
+
+
 def reconstruct(module, test_data, execution: PyTorchExecutionConfig):
     """Stitched test objects (I, H, W) complex64, predicted in batches of ``infer_batch_size`` at the
     run's ``precision``."""
@@ -208,6 +220,8 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     reconstruct_seconds = time.perf_counter() - started
     inference_seconds = warm_inference_seconds(module, test_data, execution)
     collapse = collapse_reason(recons, test_data.YY_ground_truth) if np.all(np.isfinite(recons)) else None
+    if collapse is None and np.all(np.isfinite(recons)) and len(test_data.diffraction) > 1:
+        collapse = input_ignored(module, test_data, execution, recons)
     status, reason = run_status(recons, [row["loss"] for row in module.history], module.last_val_loss,
                                 steps_applied=module.optimizer_steps - module.nonfinite_skips,
                                 weights_changed=parameter_digest(module) != trained.initial_digest, collapse=collapse)

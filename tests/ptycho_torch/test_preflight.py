@@ -187,3 +187,16 @@ def test_training_groups_take_the_test_splits_spacing():
     preflight.check_simulation(plateau2, sim)
     with pytest.raises(ConfigError):
         preflight.check_simulation(plateau2, dataclasses.replace(sim, test_stride=8))
+
+
+def test_a_reconstruction_that_moves_less_than_a_hundredth_of_the_truths_spread_ignores_its_input():
+    from ptycho_torch.outcome import exchanged_patterns, ignores_input_reason
+
+    truth = np.exp(1j * np.linspace(0, 1, 64)).reshape(1, 8, 8) * np.linspace(0.2, 1.0, 64).reshape(1, 8, 8)
+    spread = float(np.std(np.abs(truth)))
+    recon = truth * 0.9
+    assert "does not depend on the measured patterns" in ignores_input_reason(recon, recon + 0.009 * spread, truth)
+    assert ignores_input_reason(recon, recon + 0.011 * spread, truth) is None
+    assert ignores_input_reason(recon, recon, np.ones_like(truth)) is None  # a flat truth: nothing to judge by
+    order = exchanged_patterns(5)
+    assert sorted(order) == list(range(5)) and all(order != np.arange(5))

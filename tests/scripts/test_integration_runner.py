@@ -11,7 +11,7 @@ from scripts.studies import grid_lines_compare_wrapper as wrapper
 from scripts.studies import grid_lines_torch_runner as runner
 from tests.helpers import TINY_ARGV as TINY
 from tests.helpers import TINY_WRAPPER_ARGV as TINY_WRAPPER
-from tests.helpers import history
+from tests.helpers import FINISHED, history
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,8 @@ def assert_clip_evidence(rows: list[dict], clip: float) -> None:
 def test_runner_cli_clips_every_step(tmp_path, evidence, capsys, gridsize):
     clip = 1e-3
     assert runner.main([*TINY, "--output-dir", str(tmp_path / "run"), "--grad-clip", str(clip),
-                        "--log-grad-norm", "--gridsize", str(gridsize)]) == 0
+                        "--log-grad-norm", "--gridsize", str(gridsize)]) in FINISHED  # 12 tiny steps clipped
+    # at 1e-3 leave the gridsize-2 reconstruction independent of the patterns: reported collapsed, exit 3
     assert "results in" in capsys.readouterr().out
     run = tmp_path / "run"
     evidence.keep(run)
@@ -45,7 +46,7 @@ def test_wrapper_torch_grad_clip_reaches_every_architecture(tmp_path, evidence, 
     out = tmp_path / "compare"
     assert wrapper.main([*TINY_WRAPPER, "--architectures", "cnn,fno", "--output-dir", str(out),
                          "--torch-grad-clip", str(clip), "--torch-grad-clip-algorithm", "norm",
-                         "--torch-gridsize", str(gridsize)]) == 0
+                         "--torch-gridsize", str(gridsize)]) in FINISHED
     evidence.keep(out)
     for arch in ("cnn", "fno"):
         evidence.keep(out / "runs" / arch, arch)

@@ -248,6 +248,24 @@ def test_a_model_forced_to_a_constant_output_is_reported_collapsed_with_exit_3(t
     assert "collapsed" in capsys.readouterr().err
 
 
+def test_a_gridsize_2_model_whose_output_ignores_its_input_is_reported_collapsed(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from ptycho_torch.model import PtychoPINN
+    from scripts.studies import grid_lines_torch_runner as runner
+
+    def one_value_per_place(self, diffraction):  # (B, 4, N, N): each place in the group its own constant
+        values = torch.tensor([0.3, 0.5 + 0.2j, 0.7, 0.9 - 0.1j], dtype=torch.complex64).view(1, 4, 1, 1)
+        return values.expand(diffraction.shape).clone() + 0 * self.generator(diffraction)
+
+    monkeypatch.setattr(PtychoPINN, "forward", one_value_per_place)
+    out = tmp_path / "fixed"
+    assert runner.main([*TINY_ARGV, "--gridsize", "2", "--optimizer", "adamw", "--weight-decay", "0.5",
+                        "--output-dir", str(out)]) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "collapsed" and "does not depend on the measured patterns" in metrics["status_reason"]
+
+
 def test_every_cell_gets_its_own_folder_even_when_values_share_a_file_name(tmp_path, capsys):
     from scripts.studies.sweep import Sweep, cells_of
 
