@@ -21,6 +21,7 @@ from typing import Any
 
 from ptycho_torch.config import plain_int
 from scripts.studies.study_table import score_columns
+from scripts.studies.sweep import UNREADABLE
 
 BASELINE_RECORD = Path("baseline") / "baseline.json"
 INITS = ("flat", "pinn")
@@ -112,7 +113,7 @@ def read_baseline_rows(out: Path) -> list[dict[str, Any]]:
         rows = json.loads(record.read_text())["rows"]
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             raise TypeError("rows is not a list of rows")
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # damaged: no rows, said once
+    except UNREADABLE as err:  # damaged: no rows, said once
         print(f"warning: {record} cannot be read ({type(err).__name__}); the tables have no baseline rows",
               file=sys.stderr)
         return []

@@ -173,7 +173,8 @@ def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespac
         from_file = read_settings(namespace.config, cls, (*ignored, *COMMAND_LINE_ONLY))
     except ConfigError as err:
         parser.error(config_error_message(err, {}))
-    if from_file.dropped.get("overwrite") and not getattr(namespace, "overwrite", False):
+    # the wrapper owns its overwrite (``ignored``); the runner's flag, where given, is the user's answer
+    if "overwrite" not in ignored and from_file.dropped.get("overwrite") and "overwrite" not in given:
         print(f"warning: {CONFIG_FLAG}={str(namespace.config)!r}: its overwrite=true is not used; only the "
               "--overwrite flag lets a run replace a folder's files", file=sys.stderr)
     namespace.given = tuple(sorted(from_file.given | set(given)))

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scripts.studies.sweep import UNREADABLE
+
 SCORES = ("amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50", "phase_frc50",
           "amplitude_mae", "phase_mae", "phase_seam_ratio", "seconds", "train_seconds", "seconds_per_scan",
           "clip_bite_fraction")
@@ -54,7 +56,7 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
         return _filled(row, folder)
     except FileNotFoundError as err:
         return row | {"status": MISSING, "status_reason": f"no {Path(err.filename).name}: the run did not finish"}
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # a damaged record: no result
+    except UNREADABLE as err:  # a damaged record: no result
         return row | {"status": MISSING, "status_reason": f"its records cannot be read ({type(err).__name__})"}
 
 
