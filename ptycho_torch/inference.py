@@ -75,7 +75,7 @@ def prepare(plan: ReconstructionPlan):
     anything). Returns (module, data)."""
     from ptycho_torch.npz_data import load_any_split
     from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive, check_no_other_output
-    from ptycho_torch.preflight import check_machine, training_items
+    from ptycho_torch.preflight import check_machine, training_items, warn_of_unlit_region
     from ptycho_torch.trainer import fp16_runs_as_bf16
 
     check_machine(plan.execution)
@@ -87,6 +87,8 @@ def prepare(plan: ReconstructionPlan):
     _warn_of_another_precision(plan.execution.precision, module.trained_precision, device.type)
     data = load_any_split(plan.test_npz, expected_N=module.cfg.model.N)
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
+    warn_of_unlit_region(module.cfg.model, module.hparams["probe"], data.coords, data.image_index,
+                         data.metadata["object_size"], data.metadata["stride"], str(plan.test_npz))
     check_no_other_output(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
@@ -112,7 +114,7 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import phase_seam_ratio, score_objects
     from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, claimed
-    from ptycho_torch.workflow import reconstruct
+    from ptycho_torch.workflow import reconstruct, scored_unlit_share
 
     module, data = prepare(plan)
     out = plan.output_dir
@@ -129,7 +131,8 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
             plots.plot_object(out / "reconstruction.png", recons[0], title)
             return summary
         summary |= {**score_objects(recons, truth),
-                    "phase_seam_ratio": phase_seam_ratio(recons, truth, data.metadata["stride"])}
+                    "phase_seam_ratio": phase_seam_ratio(recons, truth, data.metadata["stride"]),
+                    "unlit_fraction": scored_unlit_share(module, data)}
         artifacts.write_npz(out / "recon.npz", recon=recons, ground_truth=truth)
         plots.plot_reconstruction(out / "reconstruction.png", truth[0], recons[0], title)
         artifacts.write_json(out / "metrics.json", summary)  # last, as a run's: its presence means complete

@@ -144,6 +144,27 @@ def overlap_weights(probe: torch.Tensor) -> torch.Tensor:
     return probe.abs().square()
 
 
+def unlit_fraction(weights: np.ndarray, coords: np.ndarray, image_index: np.ndarray,
+                   region: tuple[int, int, int, int]) -> float:
+    """Of the objects' ``region`` (row0, row1, col0, col1), the share of pixels that no scan position's
+    weight (N, N), the probe's intensity, reaches by WEIGHT_FLOOR of its peak: pixels no pattern
+    measures. A gridsize-2 merge leaves them 0 (its canvas has no weight there); a gridsize-1 network
+    answers there with a guess. Either way the scores count them."""
+    weights = np.asarray(weights, dtype=np.float64)
+    N = weights.shape[-1]
+    lit = weights > WEIGHT_FLOOR * weights.max()  # as the merge's coverage, one position at a time
+    row0, row1, col0, col1 = region
+    rows, cols = max(row1, int(coords[:, 0].max()) + N), max(col1, int(coords[:, 1].max()) + N)
+    unlit = 0
+    images = np.unique(image_index)
+    for image in images:
+        canvas = np.zeros((rows, cols), dtype=bool)
+        for row, col in coords[image_index == image]:
+            canvas[row:row + N, col:col + N] |= lit
+        unlit += int(np.count_nonzero(~canvas[row0:row1, col0:col1]))
+    return unlit / (len(images) * (row1 - row0) * (col1 - col0))
+
+
 # --- inference: group canvases -> whole objects (numpy) ----------------------------------------------------
 
 def assemble_objects(canvases: np.ndarray, canvas_weights: np.ndarray, origins: np.ndarray,

@@ -5,16 +5,19 @@ file and the machine can tell: a refusal here is bad input (exit 2) and leaves n
     check_machine(execution)             the accelerator and the logger package exist here
     check_data(training, train, test)    groups, patterns for a batch, a validation split when needed
     check_simulation(training, sim)      the probe file, the memory and the pattern count of the simulation
+Both also warn (not refuse: a sparse scan may be the study) when the test scan leaves part of the
+scored region unlit (``warn_of_unlit_region``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 
-from ptycho_torch.config import ConfigError, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.config import ConfigError, ModelConfig, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.npz_data import DataError, GridLinesData
 
 
@@ -75,6 +78,39 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
     items = training_items(training, train.coords, train.image_index, sources[0], spacing)
     training_items(training, test.coords, test.image_index, sources[1])
     check_pattern_count(training, items, sources[0])
+    warn_of_unlit_region(training.model, train.probeGuess, test.coords, test.image_index,
+                         test.metadata["object_size"], spacing, sources[1])
+
+
+def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int) -> float:
+    """``overlap.unlit_fraction`` of a test scan's scored region (``scan.stitched_region``), for the
+    probe (N, N) as the model weighs it (masked where ``probe_mask``)."""
+    import torch
+
+    from ptycho_torch.overlap import unlit_fraction
+    from ptycho_torch.physics import apply_probe_mask
+    from ptycho_torch.scan import stitched_region
+
+    probe = torch.as_tensor(np.asarray(probe)).to(torch.complex64)
+    if model.probe_mask:
+        probe = apply_probe_mask(probe, model.probe_mask_diameter)
+    region = stitched_region(object_size, probe.shape[-1], stride)
+    return unlit_fraction(probe.abs().square().numpy(), np.asarray(coords), np.asarray(image_index), region)
+
+
+def warn_of_unlit_region(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int,
+                         source: str) -> None:
+    """A warning when part of the region a test scan is scored on is lit by no scan position."""
+    from ptycho_torch.overlap import WEIGHT_FLOOR
+
+    share = unlit_share(model, probe, coords, image_index, object_size, stride)
+    if share == 0:
+        return
+    answer = ("the gridsize-2 merge reconstructs it as 0" if model.gridsize > 1
+              else "the network's output there is a guess")
+    warnings.warn(f"{share:.1%} of the scored region of {source} is lit by no scan position (probe intensity "
+                  f"below {WEIGHT_FLOOR:g} of its peak at every position, stride {stride}): no pattern measures it, so {answer}, "
+                  "and the scores count it; a denser test scan (a smaller stride) covers it", stacklevel=2)
 
 
 def training_items(training: TrainingConfig, coords, image_index, source: str, spacing: int | None = None) -> int:
@@ -138,7 +174,7 @@ def check_simulation_memory(sim: SimulationConfig) -> None:
 
 def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     """The probe file, the memory and the number of patterns the simulation will make."""
-    from ptycho_torch.simulation import scan_grid
+    from ptycho_torch.simulation import scan_grid, simulation_probe
 
     check_probe_file(sim)
     check_simulation_memory(sim)
@@ -149,4 +185,6 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     per_object = training_items(training, grids["train"], one_object["train"], "the simulated train split",
                                 sim.test_stride)
     training_items(training, grids["test"], one_object["test"], "the simulated test split")
+    warn_of_unlit_region(training.model, simulation_probe(sim), grids["test"], one_object["test"], sim.object_size,
+                         sim.test_stride, "the simulated test split")
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

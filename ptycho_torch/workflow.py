@@ -143,6 +143,14 @@ def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_r
         return write_results(out, plan.execution, trained, test_data, timing) if main_rank else None
 
 
+def scored_unlit_share(module, data) -> float:
+    """``preflight.unlit_share`` of ``data``'s scan for the probe ``module`` trained with."""
+    from ptycho_torch.preflight import unlit_share
+
+    return unlit_share(module.cfg.model, module.hparams["probe"], data.coords, data.image_index,
+                       data.metadata["object_size"], data.metadata["stride"])
+
+
 def write_rank_record(trained, folder: Path) -> None:
     """This rank's per-step gradient norms and a digest of its parameters (DDP evidence)."""
     from ptycho_torch import artifacts
@@ -228,6 +236,7 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     metrics = {"status": status, "status_reason": reason, "architecture": architecture, "collapsed": collapse is not None,
                **score_objects(recons, test_data.YY_ground_truth),
                "phase_seam_ratio": phase_seam_ratio(recons, test_data.YY_ground_truth, test_data.metadata["stride"]),
+               "unlit_fraction": scored_unlit_share(module, test_data),
                "nonfinite_skips": module.nonfinite_skips, "optimizer_steps": module.optimizer_steps,
                "final_train_loss": module.history[-1]["loss"], "final_val_loss": module.last_val_loss}
     artifacts.write_json(out / "timing.json", {"fit_seconds": None, **(timing or {}),

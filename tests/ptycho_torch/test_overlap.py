@@ -17,16 +17,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptycho_torch import overlap
+from ptycho_torch import overlap, preflight
 from ptycho_torch.config import ModelConfig, SimulationConfig, TrainingConfig
 from ptycho_torch.model import PtychoPINN
 from ptycho_torch.overlap import extract_from_canvas, group_members, group_offsets, merge_patches
 from ptycho_torch.probe import ideal_probe
 from ptycho_torch.reconstruction import stitch_objects
-from ptycho_torch.scan import extract_patches, raster_positions
+from ptycho_torch.scan import extract_patches, raster_positions, stitched_region
 from ptycho_torch.simulation import far_field, simulate_split
 from ptycho_torch.training import predict_patches
 from tests.helpers import examples
+from tests.strategies import seeds
 
 ORACLE_RUNS = settings(max_examples=examples(40), deadline=None)
 
@@ -354,3 +355,54 @@ def test_raster_groups_are_spaced_as_asked(step, multiple, positions):
     offsets = group_offsets(coords, groups)
     assert np.array_equal(offsets, np.broadcast_to([[0, 0], [0, k * step], [k * step, 0], [k * step, k * step]],
                                                    offsets.shape))
+
+
+def unlit_by_definition(weights: np.ndarray, coords: np.ndarray, image_index: np.ndarray, region) -> float:
+    """Pixel by pixel: a region pixel is lit when some position of its object puts weight above the floor on it."""
+    N, (row0, row1, col0, col1) = weights.shape[-1], region
+    floor = overlap.WEIGHT_FLOOR * weights.max()
+    unlit = total = 0
+    for image in np.unique(image_index):
+        corners = coords[image_index == image]
+        for row in range(row0, row1):
+            for col in range(col0, col1):
+                inside = [(row - r, col - c) for r, c in corners if 0 <= row - r < N and 0 <= col - c < N]
+                unlit += not any(weights[dr, dc] > floor for dr, dc in inside)
+                total += 1
+    return unlit / total
+
+
+@settings(deadline=None, max_examples=examples(30))
+@given(N=st.integers(2, 6), strides=st.lists(st.integers(1, 6), min_size=1, max_size=2), size=st.integers(6, 14),
+       radius=st.floats(0.3, 4.0), seed=seeds)
+def test_the_unlit_share_is_the_share_of_region_pixels_no_position_lights(N, strides, size, radius, seed):
+    """Against the definition pixel by pixel, for disks of any size (down to one lit pixel, a weight
+    just under the floor), one or two objects scanned at their own strides."""
+    rng = np.random.default_rng(seed)
+    centre = (N - 1) / 2
+    distance = np.hypot(*np.meshgrid(np.arange(N) - centre, np.arange(N) - centre, indexing="ij"))
+    weights = np.where(distance <= radius, rng.uniform(0.5, 1.0, (N, N)), overlap.WEIGHT_FLOOR * 0.99)
+    weights[np.unravel_index(np.argmin(distance), distance.shape)] = 1.0  # the peak: at least one lit pixel
+    strides = [min(stride, N) for stride in strides]
+    coords = np.concatenate([raster_positions(size, N, stride) for stride in strides])
+    image_index = np.concatenate([np.full(len(raster_positions(size, N, stride)), i) for i, stride in enumerate(strides)])
+    region = stitched_region(size, N, strides[0])
+    assert overlap.unlit_fraction(weights, coords, image_index, region) == pytest.approx(
+        unlit_by_definition(weights, coords, image_index, region), abs=1e-12)
+
+
+@pytest.mark.parametrize("test_stride", [8, 16])
+def test_the_unlit_share_is_where_a_gridsize_2_reconstruction_is_zero(test_stride):
+    """Each pattern answered with its true patch: at stride 8 the stitched object is covered; at
+    stride N the probe's dark corners between positions stay 0, exactly the unlit share."""
+    data = noise_free("test")
+    if test_stride != SIM.test_stride:
+        probe = ideal_probe(SIM.N, SIM.probe_defocus)
+        data = simulate_split(dataclasses.replace(SIM, test_stride=test_stride), 1, test_stride,
+                              np.random.default_rng(5), probe, split="test")
+    truth = extract_patches(data.objectGuess, data.coords, SIM.N, data.image_index)
+    stitched = stitch_objects(predict_patches(module_for(2, data, truth), indexed(data), batch_size=5).numpy(), data)
+    share = preflight.unlit_share(ModelConfig(N=SIM.N, gridsize=2), data.probeGuess, data.coords, data.image_index,
+                                  SIM.object_size, test_stride)
+    assert np.mean(stitched == 0) == share
+    assert (share > 0.2) == (test_stride == SIM.N)

@@ -13,6 +13,7 @@ from ptycho_torch import cgroups, preflight
 from ptycho_torch.config import ConfigError, ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.npz_data import DataError
 from ptycho_torch.outcome import DIVERGED, OK, UNTRAINED, run_status
+from ptycho_torch.simulation import scan_grid, simulate_splits, simulation_probe
 from tests.helpers import TINY_SIMULATION
 
 TRAINING = TrainingConfig(model=ModelConfig(N=16))
@@ -200,3 +201,30 @@ def test_a_reconstruction_that_moves_less_than_a_hundredth_of_the_truths_spread_
     assert ignores_input_reason(recon, recon, np.ones_like(truth)) is None  # a flat truth: nothing to judge by
     order = exchanged_patterns(5)
     assert sorted(order) == list(range(5)) and all(order != np.arange(5))
+
+
+@pytest.mark.parametrize("gridsize, answer", [(1, "the network's output there is a guess"),
+                                              (2, "the gridsize-2 merge reconstructs it as 0")])
+def test_a_test_scan_that_leaves_part_of_the_scored_region_unlit_is_warned_of_before_anything_runs(gridsize, answer):
+    """At stride N the disk probe leaves the corners between positions dark (N=16, 48 px object)."""
+    training = dataclasses.replace(TRAINING, model=ModelConfig(N=16, gridsize=gridsize))
+    sparse = dataclasses.replace(TINY_SIMULATION, object_size=48, test_stride=16)
+    with pytest.warns(UserWarning, match=r"of the scored region of the simulated test split is lit by no scan "
+                                         r"position .*stride 16\): no pattern measures it, so ") as caught:
+        preflight.check_simulation(training, sparse)
+    share = preflight.unlit_share(training.model, simulation_probe(sparse), scan_grid(sparse, 16), np.zeros(9, int),
+                                  48, 16)
+    assert share > 0.2 and f"{share:.1%} of the scored region" in str(caught[0].message)
+    assert answer in str(caught[0].message)
+    data = simulate_splits(sparse)
+    with pytest.warns(UserWarning, match=r"of the scored region of the test file is lit by no scan position"):
+        preflight.check_data(training, data["train"], data["test"], ("the train file", "the test file"))
+
+
+def test_a_covered_test_scan_is_not_warned_of_unless_the_probe_mask_darkens_it(recwarn):
+    covered = dataclasses.replace(TINY_SIMULATION, object_size=48, test_stride=8)
+    preflight.check_simulation(TRAINING, covered)
+    assert not [w for w in recwarn if "lit by no scan position" in str(w.message)]
+    masked = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=3.0))
+    with pytest.warns(UserWarning, match="lit by no scan position"):
+        preflight.check_simulation(masked, covered)

@@ -57,7 +57,7 @@ def test_the_reconstruction_and_scores_equal_the_runs_own(trained, tmp_path, nam
         assert np.array_equal(ran["recon"], applied["recon"])
         assert np.array_equal(ran["ground_truth"], applied["ground_truth"])
     ran, applied = (json.loads((folder / "metrics.json").read_text()) for folder in (run, out))
-    for key in ("mean", "per_object", "alignment", "phase_seam_ratio", "architecture"):
+    for key in ("mean", "per_object", "alignment", "phase_seam_ratio", "unlit_fraction", "architecture"):
         assert applied[key] == ran[key], key
     assert applied["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
     assert applied["data"] == str(run / "data" / "test.npz") and applied["objects"] == 1
