@@ -10,7 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptycho_torch.metrics import (CONSTANT_AMPLITUDE, CONSTANT_PHASE, METRICS, NONFINITE, PSNR_CAP_DB,
-                                  align_amplitude, align_phase, frc50, score, score_objects)
+                                  align_amplitude, align_phase, frc50, phase_image, score,
+                                  score_objects, wrap)
 from ptycho_torch.objects import as_complex, grid_lines_amplitude_phase
 from tests.helpers import examples
 from tests.strategies import rng_seeds as seeds, phase_planes, amplitude_scales, image_sides
@@ -96,6 +97,35 @@ def test_known_phase_offset_and_ramp_are_removed_exactly(seed, plane):
     phase = score(recon, truth)["phase"]
     assert phase["mae"] < 1e-9 and phase["psnr"] == PSNR_CAP_DB
     assert phase["ssim"] == pytest.approx(1.0, abs=1e-6) and phase["frc50"] == 0.5
+
+
+@SCORING
+@given(seeds, st.floats(-np.pi, np.pi))
+@example(0, np.pi - 0.1)  # the truth's phase then crosses +-pi
+@example(3, 2.0)  # the turn moved SSIM by 0.055 when the truth's mean phase counted as a level
+def test_truth_and_recon_turned_alike_score_the_same(seed, turn):
+    """The far field cannot see a global phase, so no score may (a truth across +-pi, split into
+    values 2 pi apart, scored SSIM 0.97 instead of 0.07)."""
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    rng = np.random.default_rng(seed)
+    recon = truth * np.exp(1j * 0.3 * rng.standard_normal(truth.shape)) * (1 + 0.1 * rng.standard_normal(truth.shape))
+    plain = score(recon, truth)["phase"]
+    turned = score(recon * np.exp(1j * turn), truth * np.exp(1j * turn))["phase"]
+    for name in METRICS:
+        assert turned[name] == pytest.approx(plain[name], rel=1e-6, abs=1e-9), name
+
+
+@given(st.lists(st.floats(-np.pi, np.pi), min_size=2, max_size=40), st.floats(-np.pi, np.pi))
+def test_the_phase_image_has_its_cut_in_the_widest_gap_and_starts_at_zero(values, turn):
+    phase = np.array(values)
+    image = phase_image(phase)
+    np.testing.assert_allclose(np.exp(1j * image), np.exp(1j * (phase - phase[np.argmin(image)])), atol=1e-12)
+    assert image.min() == 0
+    ordered = np.sort(np.mod(phase, 2 * np.pi))
+    widest = max(np.max(np.diff(ordered), initial=0.0), ordered[0] + 2 * np.pi - ordered[-1])
+    assert np.ptp(image) == pytest.approx(2 * np.pi - widest, abs=1e-9)  # spans the circle minus its widest gap
+    turned = phase_image(wrap(phase + turn))
+    assert np.ptp(turned) == pytest.approx(np.ptp(image), abs=1e-9)
 
 
 @SCORING
