@@ -75,7 +75,7 @@ def prepare(plan: ReconstructionPlan):
     anything). Returns (module, data)."""
     from ptycho_torch.npz_data import load_any_split
     from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, check_inputs_survive, check_no_other_output
-    from ptycho_torch.preflight import check_machine, training_items, warn_of_unlit_region
+    from ptycho_torch.preflight import check_machine, training_items, warn_of_another_probe, warn_of_unlit_region
     from ptycho_torch.trainer import fp16_runs_as_bf16
 
     check_machine(plan.execution)
@@ -89,6 +89,7 @@ def prepare(plan: ReconstructionPlan):
     training_items(module.cfg, data.coords, data.image_index, str(plan.test_npz))  # groupable at its gridsize
     warn_of_unlit_region(module.cfg.model, module.hparams["probe"], data.coords, data.image_index,
                          data.metadata["object_size"], data.metadata["stride"], str(plan.test_npz))
+    warn_of_another_probe(module.hparams["probe"], data, str(plan.test_npz), "the probe the checkpoint trained with")
     check_no_other_output(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT)
     check_inputs_survive(plan.output_dir, plan.overwrite, RECONSTRUCTION_LAYOUT,
                          {"checkpoint": plan.checkpoint, "test_npz": plan.test_npz})
@@ -113,18 +114,22 @@ def run(plan: ReconstructionPlan) -> dict[str, Any]:
     (metrics.json's content when the file has ground truth)."""
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import phase_seam_ratio, score_objects
+    from ptycho_torch.outcome import reconstruction_status
     from ptycho_torch.output_folder import RECONSTRUCTION_LAYOUT, claimed
-    from ptycho_torch.workflow import reconstruct, scored_unlit_share
+    from ptycho_torch.workflow import collapse_of, reconstruct, scored_unlit_share
 
     module, data = prepare(plan)
     out = plan.output_dir
     with claimed(out, plan.overwrite, RECONSTRUCTION_LAYOUT):
         artifacts.write_json(out / "config.json", plan.record | {"training": module.hparams["cfg"]})
-        recons = reconstruct(module, data, _threads_as_trained(plan, module))  # (I, H, W) complex64
+        execution = _threads_as_trained(plan, module)
+        recons = reconstruct(module, data, execution)  # (I, H, W) complex64
         architecture = module.cfg.model.architecture
-        summary = {"checkpoint": str(plan.checkpoint), "data": str(plan.test_npz), "architecture": architecture,
-                   "objects": int(recons.shape[0])}
         truth = data.YY_ground_truth
+        status, reason = reconstruction_status(recons, None if truth is None else
+                                               collapse_of(module, data, execution, recons))
+        summary = {"status": status, "status_reason": reason, "checkpoint": str(plan.checkpoint),
+                   "data": str(plan.test_npz), "architecture": architecture, "objects": int(recons.shape[0])}
         title = f"{architecture} ({plan.checkpoint.name}): {plan.test_npz.name} object 0"
         if truth is None:
             artifacts.write_npz(out / "recon.npz", recon=recons)

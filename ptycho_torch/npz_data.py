@@ -263,6 +263,7 @@ def check_arrays(arrays: dict[str, Any], source: str | os.PathLike, split: str,
             _check_dtype(key, arrays[key], source)
             _bind_shape(key, arrays[key], dims, source)
     _check_values(arrays, dims, source)
+    check_probe(arrays["probeGuess"], source, dims["N"])  # the probe rules a probe file must meet
     metadata = _parse_metadata(arrays["metadata"], dims, source, split)
     if split == "test":
         _check_test_grid(arrays, dims, metadata["stride"], source)
@@ -285,7 +286,12 @@ def check_probe(probe: Any, source: str | os.PathLike, N: int) -> np.ndarray:
     if not intensity <= float(np.finfo(np.float32).max):
         raise DataError(source, "probeGuess", "a total intensity sum |P|^2 that float32 holds (<= 3.4e38)",
                         f"{intensity:.3g}")
-    return probe.astype(np.complex64)
+    with np.errstate(over="ignore"):  # what the forward model uses: a complex128 probe may not survive it
+        cast = probe.astype(np.complex64)
+    if not np.all(np.isfinite(cast)) or not np.any(cast):
+        raise DataError(source, "probeGuess", "values that complex64 holds (finite, not all zero)",
+                        "values that overflow or underflow to 0 there")
+    return cast
 
 
 # --- files --------------------------------------------------------------------------------------

@@ -82,8 +82,9 @@ def exchanged_patterns(count: int) -> np.ndarray:
 def run_status(recons: np.ndarray, losses: Sequence[float], final_val_loss: float | None, *,
                steps_applied: int, weights_changed: bool, collapse: str | None = None) -> tuple[str, str | None]:
     """(status, reason); reason is None when the status is ok. ``collapse``: ``collapse_reason``'s answer."""
-    if not np.all(np.isfinite(recons)):
-        return DIVERGED, "the reconstruction holds non-finite values"
+    of_reconstruction = reconstruction_status(recons, collapse)
+    if of_reconstruction[0] == DIVERGED:
+        return of_reconstruction
     if losses and not _finite(losses[-1]):
         return DIVERGED, "the final train loss is not finite"
     if not _finite(final_val_loss):
@@ -94,6 +95,14 @@ def run_status(recons: np.ndarray, losses: Sequence[float], final_val_loss: floa
         return UNTRAINED, "the weights are unchanged from their initial values"
     if len(losses) > 1 and all(loss == losses[0] for loss in losses):
         return UNTRAINED, "the loss never moved from its first value"
+    return of_reconstruction
+
+
+def reconstruction_status(recons: np.ndarray, collapse: str | None = None) -> tuple[str, str | None]:
+    """What the reconstruction alone tells (the reconstruct command has no training to judge):
+    diverged when it is not finite, collapsed with ``collapse``'s reason, else ok."""
+    if not np.all(np.isfinite(recons)):
+        return DIVERGED, "the reconstruction holds non-finite values"
     if collapse is not None:
         return COLLAPSED, collapse
     return OK, None

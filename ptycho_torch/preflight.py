@@ -80,6 +80,16 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
     check_pattern_count(training, items, sources[0])
     warn_of_unlit_region(training.model, train.probeGuess, test.coords, test.image_index,
                          test.metadata["object_size"], spacing, sources[1])
+    warn_of_another_probe(train.probeGuess, test, sources[1], f"the probe of {sources[0]}, which the model trains with")
+
+
+def warn_of_another_probe(model_probe, data: GridLinesData, source: str, whose: str) -> None:
+    """A warning when ``data``'s probe is not the one the model predicts with: its patterns were
+    measured (or simulated) with another illumination than the model knows (legitimate as a test of
+    how far a model carries; never silent)."""
+    if not np.array_equal(np.asarray(model_probe, dtype=np.complex64), data.probeGuess):
+        warnings.warn(f"the probe of {source} differs from {whose}: its patterns were made with another probe "
+                      "than the model predicts with", stacklevel=2)
 
 
 def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int) -> float:

@@ -163,6 +163,22 @@ def write_rank_record(trained, folder: Path) -> None:
         "parameters_sha256": parameter_digest(trained.module), "history": trained.module.history})
 
 
+def collapse_of(module, test_data, execution: PyTorchExecutionConfig, recons) -> str | None:
+    """Why the finite reconstruction of ``test_data`` (with ground truth) collapsed, or None: a constant
+    amplitude or phase (``outcome.collapse_reason``), else one that does not depend on the patterns
+    (``input_ignored``, which needs two patterns to exchange)."""
+    import numpy as np
+
+    from ptycho_torch.outcome import collapse_reason
+
+    if not np.all(np.isfinite(recons)):
+        return None
+    collapse = collapse_reason(recons, test_data.YY_ground_truth)
+    if collapse is None and len(test_data.diffraction) > 1:
+        collapse = input_ignored(module, test_data, execution, recons)
+    return collapse
+
+
 def input_ignored(module, test_data, execution: PyTorchExecutionConfig, recons) -> str | None:
     """``outcome.ignores_input_reason`` for the test split: predicted again with its patterns exchanged
     among the scan positions."""
@@ -217,7 +233,7 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     from ptycho_torch import artifacts, plots
     from ptycho_torch.metrics import phase_seam_ratio, score_objects
     from ptycho_torch.model import HISTORY_COLUMNS
-    from ptycho_torch.outcome import collapse_reason, run_status
+    from ptycho_torch.outcome import run_status
     from ptycho_torch.training import parameter_digest
 
     module = trained.module
@@ -227,9 +243,7 @@ def write_results(out: Path, execution: PyTorchExecutionConfig, trained, test_da
     recons = reconstruct(module, test_data, execution)
     reconstruct_seconds = time.perf_counter() - started
     inference_seconds = warm_inference_seconds(module, test_data, execution)
-    collapse = collapse_reason(recons, test_data.YY_ground_truth) if np.all(np.isfinite(recons)) else None
-    if collapse is None and np.all(np.isfinite(recons)) and len(test_data.diffraction) > 1:
-        collapse = input_ignored(module, test_data, execution, recons)
+    collapse = collapse_of(module, test_data, execution, recons)
     status, reason = run_status(recons, [row["loss"] for row in module.history], module.last_val_loss,
                                 steps_applied=module.optimizer_steps - module.nonfinite_skips,
                                 weights_changed=parameter_digest(module) != trained.initial_digest, collapse=collapse)

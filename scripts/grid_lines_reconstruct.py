@@ -25,7 +25,7 @@ from typing import Any
 
 from ptycho_torch.config import ACCELERATORS, PRECISIONS, ConfigError, Problem, PyTorchExecutionConfig, Validated, to_jsonable
 from scripts.studies.runner_cli import (
-    add_grouped_settings, build_config, exit_with, new_parser, run_command, setting_flags,
+    add_grouped_settings, build_config, exit_with, new_parser, outcome_status, run_command, setting_flags,
 )
 from scripts.studies.runner_fields import route_of, setting
 
@@ -117,7 +117,7 @@ def report(cfg: ReconstructConfig, summary: dict[str, Any]) -> int:
         ssim = summary["mean"]["amplitude"]["ssim"]
         scored = f", amplitude SSIM {'null' if ssim is None else format(ssim, '.3f')}"
     print(f"reconstructed {summary['objects']} object(s) into {cfg.output_dir}{scored}")
-    return 0
+    return outcome_status({f"reconstruction in {cfg.output_dir}": summary})
 
 
 if __name__ == "__main__":

@@ -110,6 +110,13 @@ BROKEN_RULES = {
     "objects smaller than a patch": ("test", lambda: rewritten("test", objectGuess=VALID["test"]["objectGuess"][:, :8, :8]),
                                      "at least N x N"),
     "ground truth in a train file": ("train", lambda: rewritten("train", YY_ground_truth=VALID["test"]["YY_ground_truth"]), "YY_ground_truth"),
+    # a file's probe meets a probe file's rules (it trained the model, or the test patterns were measured with it)
+    "an all-zero probe in a train file": ("train", lambda: rewritten("train", probeGuess=0 * VALID["train"]["probeGuess"]),
+                                          "not all zero"),
+    "an all-zero probe in a test file": ("test", lambda: rewritten("test", probeGuess=0 * VALID["test"]["probeGuess"]),
+                                         "not all zero"),
+    "a probe whose intensity float32 cannot hold": ("train", lambda: rewritten(
+        "train", probeGuess=np.full_like(VALID["train"]["probeGuess"], 1e19)), "float32 holds"),
 }
 
 

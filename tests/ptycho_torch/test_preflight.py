@@ -228,3 +228,14 @@ def test_a_covered_test_scan_is_not_warned_of_unless_the_probe_mask_darkens_it(r
     masked = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=3.0))
     with pytest.warns(UserWarning, match="lit by no scan position"):
         preflight.check_simulation(masked, covered)
+
+
+def test_a_test_file_made_with_another_probe_than_the_model_trains_with_is_warned_of(recwarn):
+    """The model trains (and predicts) with the train file's probe; the test file's was never read."""
+    data = simulate_splits(dataclasses.replace(TINY_SIMULATION, object_size=48))
+    preflight.check_data(TRAINING, data["train"], data["test"], ("the train file", "the test file"))
+    assert not [w for w in recwarn if "probe" in str(w.message)]
+    other = dataclasses.replace(data["test"], probeGuess=data["test"].probeGuess * np.complex64(1j))
+    with pytest.warns(UserWarning, match="the probe of the test file differs from the probe of the train file, which "
+                                         "the model trains with: its patterns were made with another probe"):
+        preflight.check_data(TRAINING, data["train"], other, ("the train file", "the test file"))

@@ -109,6 +109,16 @@ def test_a_probe_file_is_used_and_a_bad_one_is_refused(tmp_path):
         load_probe(tmp_path / "none.npz", 16)
 
 
+def test_a_double_precision_probe_that_complex64_turns_to_zero_is_refused(tmp_path):
+    """Nonzero in complex128, all zero in the forward model's complex64: it crashed the simulation
+    ("carry no energy") after the folder was made."""
+    np.savez(tmp_path / "faint.npz", probeGuess=np.full((16, 16), 1e-50, np.complex128))
+    with pytest.raises(DataError, match="probeGuess.*complex64 holds"):
+        load_probe(tmp_path / "faint.npz", 16)
+    np.savez(tmp_path / "dim.npz", probeGuess=np.full((16, 16), 1e-30, np.complex128))  # 1e-30 survives the cast
+    assert np.all(load_probe(tmp_path / "dim.npz", 16) != 0)
+
+
 @pytest.mark.parametrize("probe", [np.full((16, 16), 3e38, np.complex64), np.full((16, 16), 1e200, np.complex128),
                                    np.full((16, 16), 2e18, np.complex64)], ids=["float32-max", "beyond-float32", "sum"])
 def test_a_probe_whose_intensity_float32_cannot_hold_is_refused_before_simulating(tmp_path, probe):
