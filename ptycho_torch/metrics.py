@@ -229,17 +229,26 @@ def phase_seam_ratio(recons: np.ndarray, truths: np.ndarray, stride: int) -> flo
     e = angle(recon * conj(truth)) per pixel (a global offset cancels); a jump is |wrap(e[x+1] - e[x])|
     between neighbours along rows and along columns. Seams lie between crops (every ``stride``
     pixels); the ratio is the mean seam jump over the mean jump between neighbours of one crop.
-    1 = seams invisible; patches with their own phase offsets give > 1. None when not finite or
-    when the region has no seam.
+    1 = seams invisible; patches with their own phase offsets give > 1. Pixels reconstructed as exactly
+    0 (unlit at gridsize 2, ``overlap.unlit_fraction``) have no phase: pairs with one are left out
+    (they scored 0 jumps, a ratio of 0 read as better than seamless). None when not finite or when
+    the region has no seam (or no pair on either side of the ratio).
     """
     if not np.all(np.isfinite(recons)) or min(recons.shape[-2:]) <= stride or stride < 2:
         return None  # no seam, or (stride 1) nothing but seams
     error = np.angle(recons * np.conj(truths))  # (I, H, W)
+    has_phase = recons != 0
     seam, inside = [], []
     for axis in (-1, -2):
         jumps = np.abs(wrap(np.diff(error, axis=axis)))  # (I, H, W-1) or (I, H-1, W)
-        at_seam = (np.arange(jumps.shape[axis]) + 1) % stride == 0  # between pixel k*stride - 1 and k*stride
-        seam.append(np.compress(at_seam, jumps, axis=axis).ravel())
-        inside.append(np.compress(~at_seam, jumps, axis=axis).ravel())
-    inside_mean = float(np.concatenate(inside).mean())
-    return float(np.concatenate(seam).mean() / inside_mean) if inside_mean > 0 else None
+        both = has_phase.take(range(jumps.shape[axis]), axis=axis) & has_phase.take(
+            range(1, jumps.shape[axis] + 1), axis=axis)  # both pixels of the pair have a phase
+        at_seam = ((np.arange(jumps.shape[axis]) + 1) % stride == 0).reshape(
+            (-1, 1) if axis == -2 else (1, -1))  # between pixel k*stride - 1 and k*stride
+        seam.append(jumps[both & at_seam])
+        inside.append(jumps[both & ~at_seam])
+    seam_jumps, inside_jumps = np.concatenate(seam), np.concatenate(inside)
+    if seam_jumps.size == 0 or inside_jumps.size == 0:
+        return None
+    inside_mean = float(inside_jumps.mean())
+    return float(seam_jumps.mean() / inside_mean) if inside_mean > 0 else None

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ptycho_torch import artifacts
-from ptycho_torch.config import SimulationConfig
+from ptycho_torch.config import ConfigError, SimulationConfig, from_jsonable
 from ptycho_torch.scan import raster_positions, stitched_region
 from ptycho_torch.special_files import is_special_file
 
@@ -220,6 +220,11 @@ def _parse_metadata(array: np.ndarray, dims: dict[str, int], source: str, split:
     missing = [k for k in METADATA_KEYS if k not in metadata]
     if missing:
         raise DataError(source, "metadata", f"entries {list(METADATA_KEYS)}", f"{missing} missing")
+    try:  # each setting by its own rule: N=16.0 or nphotons="lots" pass no simulation's settings
+        from_jsonable(SimulationConfig, {f.name: metadata[f.name] for f in dataclasses.fields(SimulationConfig)})
+    except ConfigError as err:
+        raise DataError(source, "metadata", "the settings of a simulation (each by its rule)",
+                        str(err).removeprefix("invalid SimulationConfig: ")) from None
     agree = {"split": split, "N": dims["N"], "object_size": dims["S"]}
     for name, want in agree.items():
         if metadata[name] != want:

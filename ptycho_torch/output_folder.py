@@ -124,6 +124,10 @@ def _check_output_dir(path: Path, keep_content: bool) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise _refuse(path, f"no permission to write in {str(existing)!r}")
     if existing == path.absolute() and _entries(existing) and not keep_content:
+        holder = _live_holder(existing)
+        if holder is not None:  # a run is writing there now: say who, not "pass --overwrite"
+            raise _refuse(path, f"claimed by a running run ({_describe(holder)}); wait for it to end or choose "
+                                "another folder")
         raise _not_empty(path)
 
 
@@ -230,6 +234,22 @@ def _read_holder(fd: int) -> dict:
 def _describe(holder: dict) -> str:
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
             f"started {holder.get('started', '?')}")
+
+
+def _live_holder(folder: Path) -> dict | None:
+    """The holder of ``folder``'s claim while its run is alive (it holds the lock), else None."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # only looking: released at once
+        except BlockingIOError:
+            return _read_holder(fd)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _new_claim_file(folder: Path) -> tuple[int, Path]:
@@ -379,6 +399,30 @@ def remove_previous_run(folder: Path, layout: Layout | Tree) -> tuple[list[Path]
     return removed, kept + sorted(present.values())
 
 
+def _claim_nested(folder: Path, layout: Layout | Tree, log: Callable[[str], None]) -> list[tuple[Path, int]]:
+    """Claim every folder below ``folder`` that ``layout`` nests (a study's run folders, its data):
+    another command may be writing in one (a runner started from a study's commands.txt), and
+    removing its files under it would mix two runs. A live or foreign claim there is refused
+    naming it; a stale one is taken over. Returns the claims held, deepest last."""
+    held: list[tuple[Path, int]] = []
+    if not isinstance(layout, Mapping):
+        return held
+    try:
+        for name, sub in layout.items():
+            entry = folder / name
+            if isinstance(sub, Mapping) and entry.is_dir() and not entry.is_symlink():
+                try:
+                    held.append((entry, _acquire(entry, True, log)))
+                except OSError as err:
+                    raise _refuse(entry, f"cannot be claimed: {os.strerror(err.errno or errno.EIO)}") from None
+                held += _claim_nested(entry, sub, log)
+    except BaseException:
+        for path, fd in reversed(held):
+            _release(path, fd)
+        raise
+    return held
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -402,7 +446,12 @@ def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], No
         if _entries(path, layout) and not (overwrite or resume):
             raise _not_empty(path)
         if overwrite:
-            _, kept = remove_previous_run(path, layout)
+            nested = _claim_nested(path, layout, log)  # a live run in one of them refuses before anything goes
+            try:
+                _, kept = remove_previous_run(path, layout)
+            finally:
+                for folder, nested_fd in reversed(nested):
+                    _release(folder, nested_fd)
             if kept:
                 log(f"note: left alone in {path} (not written by a run): "
                     + ", ".join(str(p.relative_to(path)) for p in kept))

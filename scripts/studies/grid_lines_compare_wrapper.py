@@ -43,10 +43,10 @@ from scripts.studies.runner_fields import flag_of, flags_of, route_of
 from scripts.studies.baselines import (
     INITS, MAX_ITERATIONS, flat_recon, parse_iterations, read_baseline_rows, remove_stale_baseline, run_baselines,
 )
-from scripts.studies.study_table import markdown, run_row, shown_columns, sweep_series, write_tables
+from scripts.studies.study_table import markdown, missing_row, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
     FINISHED, FRESH, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of, parse_seeds,
-    parse_sweep, record_of, recorded_folders, same_sweep, value_word,
+    parse_sweep, record_mismatch, record_of, recorded_folders, same_sweep, value_word,
 )
 
 TORCH_PREFIX = "--torch-"
@@ -419,6 +419,15 @@ def _progress(total: int, done: int):
     return tqdm(total=total, initial=done, desc="cells", unit="cell", disable=None, file=sys.stderr)
 
 
+def cell_row(out: Path, cell: Cell, cfg: TorchRunnerConfig) -> dict[str, Any]:
+    """The cell's table row; ``missing`` when its folder holds another run's results (a runner started
+    there with other settings, by hand or as another cell's command)."""
+    mismatch = record_mismatch(cfg)
+    if mismatch is not None and (out / cell.folder / "metrics.json").exists():
+        return missing_row(cell_name_of(cell), cell.seed, dict(cell.assignments), mismatch)
+    return run_row(out / cell.folder, cell_name_of(cell), cell.seed, dict(cell.assignments))
+
+
 def write_study_results(out: Path, study: Study, one_dataset: bool, with_baseline: bool = False) -> list[dict[str, Any]]:
     """Tables from every cell's folder (and baseline/ ``with_baseline``); sweep.png when a setting
     other than the architecture varies or there are several seeds; comparison.png (first seed of
@@ -427,7 +436,7 @@ def write_study_results(out: Path, study: Study, one_dataset: bool, with_baselin
 
     from ptycho_torch import plots
 
-    rows = [run_row(out / cell.folder, cell_name_of(cell), cell.seed, dict(cell.assignments)) for cell in study.cells]
+    rows = [cell_row(out, cell, cfg) for cell, cfg in zip(study.cells, study.configs)]
     swept = [s.name for s in study.sweeps if len(s.values) > 1]
     baseline_rows = read_baseline_rows(out) if with_baseline else []
     table = write_tables(out, [*rows, *baseline_rows], swept)

@@ -57,7 +57,12 @@ def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) ->
     except FileNotFoundError as err:
         return row | {"status": MISSING, "status_reason": f"no {Path(err.filename).name}: the run did not finish"}
     except UNREADABLE as err:  # a damaged record: no result
-        return row | {"status": MISSING, "status_reason": f"its records cannot be read ({type(err).__name__})"}
+        return row | {"status": MISSING, "status_reason": f"its records cannot be read ({type(err).__name__}: {err})"}
+
+
+def missing_row(cell: str, seed: int | None, swept: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The table row of a run that is not there (``run_row``'s, without reading the folder)."""
+    return {"row": "run", "cell": cell, "seed": seed, **swept, "status": MISSING, "status_reason": reason}
 
 
 def _filled(row: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -69,7 +74,12 @@ def _filled(row: dict[str, Any], folder: Path) -> dict[str, Any]:
             "status_reason": metrics["status_reason"], "collapsed": metrics.get("collapsed"),
             "optimizer_steps": metrics["optimizer_steps"], "final_train_loss": metrics["final_train_loss"],
             "phase_seam_ratio": metrics.get("phase_seam_ratio"), "seed": config["training"]["seed"]}
-    row |= score_columns(metrics["mean"])
+    scores = score_columns(metrics["mean"])
+    odd = [name for name, value in scores.items()
+           if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value))]
+    if odd:  # a run writes null for an undefined score, never NaN or text: the record was altered
+        raise ValueError(f"scores that are neither numbers nor null: {', '.join(odd)}")
+    row |= scores
     timing_file = folder / "timing.json"
     if timing_file.is_file():
         timing = json.loads(timing_file.read_text())

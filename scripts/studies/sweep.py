@@ -184,15 +184,30 @@ def recorded_folders(folder: Path) -> list[Path]:
     return [run.relative_to(root) for run in runs if run.is_relative_to(root) and run != root]
 
 
-def cell_state(cfg: Any) -> str:
-    """FINISHED (metrics of this very config), RESUMABLE (its epoch-end checkpoint) or FRESH."""
+def record_mismatch(cfg: Any) -> str | None:
+    """Why the folder of ``cfg`` does not hold this cell's run (no readable config.json, or one of other
+    settings); None when its config.json records exactly these settings."""
     folder = Path(cfg.output_dir)
     try:
         recorded = json.loads((folder / "config.json").read_text())["runner"]
-    except UNREADABLE:
-        return FRESH
+    except FileNotFoundError:
+        return "no config.json: the run did not start"
+    except UNREADABLE as err:
+        return f"its config.json cannot be read ({type(err).__name__})"
     if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):
+        return "its config.json records other settings than this cell's (another run wrote the folder)"
+    return None
+
+
+def cell_state(cfg: Any) -> str:
+    """FINISHED (a run of this very config whose records read back), RESUMABLE (its epoch-end
+    checkpoint, no results yet) or FRESH (anything else, a damaged finished record included: rerun)."""
+    from scripts.studies.study_table import MISSING, run_row  # it imports this module
+
+    if record_mismatch(cfg) is not None:
         return FRESH
-    if (folder / "metrics.json").is_file():
+    folder = Path(cfg.output_dir)
+    if run_row(folder, "", None, {})["status"] != MISSING:
         return FINISHED
-    return RESUMABLE if (folder / "checkpoints" / "last.ckpt").is_file() else FRESH
+    resumable = (folder / "checkpoints" / "last.ckpt").is_file() and not (folder / "metrics.json").exists()
+    return RESUMABLE if resumable else FRESH

@@ -341,6 +341,23 @@ def test_the_seam_ratio_sees_per_crop_phase_offsets_and_nothing_else():
     assert phase_seam_ratio(truth, truth, 32) is None  # one crop: no seam
 
 
+def test_pixels_reconstructed_as_zero_have_no_phase_in_the_seam_ratio():
+    """Unlit pixels (0 at gridsize 2) scored jumps of 0: with the seams dark the ratio was 0."""
+    from ptycho_torch.metrics import phase_seam_ratio
+
+    rng = np.random.default_rng(4)
+    truth = np.exp(1j * rng.uniform(-1, 1, (1, 32, 32))).astype(np.complex64)
+    offsets = np.kron(rng.uniform(-1, 1, (4, 4)), np.ones((8, 8)))[None]
+    recon = truth * np.exp(1j * (0.01 * rng.normal(size=truth.shape) + offsets))
+    seams_lit = phase_seam_ratio(recon, truth, 8)
+    dark = np.zeros(32, bool)
+    dark[[7, 8, 15, 16, 23, 24]] = True  # the pixels on both sides of every seam
+    assert phase_seam_ratio(np.where(dark[None, :, None] | dark[None, None, :], 0, recon), truth, 8) is None
+    corner = recon.copy()
+    corner[:, :4, :4] = 0  # a dark corner inside one crop: its pairs are left out, the ratio barely moves
+    assert phase_seam_ratio(corner, truth, 8) == pytest.approx(seams_lit, rel=0.1) and seams_lit > 5
+
+
 def test_an_image_smaller_than_the_ssim_window_has_null_ssim_with_a_reason_and_the_other_scores():
     truth = np.linspace(0.2, 1.0, 8 * 8).reshape(8, 8)  # 8 px < the 11 px window
     recon = truth * np.exp(0.1j)

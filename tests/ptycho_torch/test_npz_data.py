@@ -101,6 +101,10 @@ BROKEN_RULES = {
     "metadata N disagrees": ("train", lambda: rewritten("train", metadata=metadata_with("train", N=32)), "N="),
     "metadata stride zero": ("train", lambda: rewritten("train", metadata=metadata_with("train", stride=0)), "stride"),
     "metadata entry missing": ("train", lambda: rewritten("train", metadata=np.array(json.dumps({"split": "train"}))), "n_lines"),
+    "metadata N a float": ("train", lambda: rewritten("train", metadata=metadata_with("train", N=16.0)), "N=16.0"),
+    "metadata nphotons text": ("train", lambda: rewritten("train", metadata=metadata_with("train", nphotons="lots")),
+                               "nphotons='lots'"),
+    "metadata set_phi text": ("test", lambda: rewritten("test", metadata=metadata_with("test", set_phi="yes")), "set_phi"),
     "test coords not the raster grid": ("test", lambda: rewritten("test", coords=VALID["test"]["coords"][::-1] // 2), "raster grid"),
     "ground truth of the wrong size": ("test", lambda: rewritten("test", YY_ground_truth=VALID["test"]["YY_ground_truth"][:, 1:, 1:]), "stitched"),
     "no objects and no patterns": ("test", lambda: rewritten("test", **{key: VALID["test"][key][:0] for key in (

@@ -123,6 +123,17 @@ def test_a_claimed_folder_is_refused_naming_the_holder_and_released_after(tmp_pa
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_busy_folder_is_refused_naming_its_live_holder_not_asking_for_overwrite(tmp_path):
+    """Two runs started at once: the second found the first's files and was told to pass --overwrite."""
+    with claimed(tmp_path, False, RUN_LAYOUT):
+        (tmp_path / "config.json").write_text("{}")
+        with pytest.raises(OutputDirError, match=f"claimed by a running run \\(pid {os.getpid()}") as refused:
+            check_output_dir(tmp_path, overwrite=False)
+        assert "--overwrite" not in str(refused.value)
+    with pytest.raises(OutputDirError, match="folder is not empty; pass --overwrite"):  # the run is over
+        check_output_dir(tmp_path, overwrite=False)
+
+
 def test_a_failing_run_releases_its_claim(tmp_path):
     with pytest.raises(RuntimeError):
         with claimed(tmp_path, False, RUN_LAYOUT):
@@ -149,6 +160,38 @@ def test_a_claim_from_another_host_is_refused_even_with_overwrite(tmp_path, over
         with claimed(tmp_path, overwrite, RUN_LAYOUT):
             raise AssertionError("took another host's claim")
     assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == "another-host.example"
+
+
+def test_overwrite_refuses_a_study_whose_run_folder_a_live_run_holds_and_removes_nothing(tmp_path):
+    """A runner started from a study's commands.txt holds runs/cnn/seed0: the study's --overwrite
+    deleted its files (and its claim) under it, and the runner then failed mid-fit."""
+    layout = comparison_layout(["runs/cnn/seed0", "runs/cnn/seed1"])
+    fill(tmp_path, layout)
+    before = tree(tmp_path)
+    with claimed(tmp_path / "runs" / "cnn" / "seed0", False, RUN_LAYOUT, resume=True):  # the live runner
+        with pytest.raises(OutputDirError, match=r"runs/cnn/seed0'?: claimed by a running run \(pid "):
+            with claimed(tmp_path, True, layout):
+                raise AssertionError("replaced a study while one of its runs is live")
+        assert tree(tmp_path) == sorted([*before, f"runs/cnn/seed0/{LOCK_NAME}"])  # nothing removed, no claim left
+    with claimed(tmp_path, True, layout):  # once it ended, the study is replaced as before
+        assert tree(tmp_path) == [LOCK_NAME]
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_takes_over_a_stale_claim_in_a_run_folder_of_the_study(tmp_path, capsys):
+    layout = comparison_layout(["runs/cnn"])
+    fill(tmp_path, layout)
+    pid = dead_pid()
+    write_claim(tmp_path / "runs" / "cnn", pid=pid, host=socket.gethostname(), started="earlier")
+    with claimed(tmp_path, True, layout):
+        assert tree(tmp_path) == [LOCK_NAME]
+    assert f"pid {pid}" in capsys.readouterr().err
+    fill(tmp_path / "runs" / "cnn", RUN_LAYOUT)
+    write_claim(tmp_path / "runs" / "cnn", pid=1, host="another-host.example", started="earlier")
+    with pytest.raises(OutputDirError, match="runs/cnn'?: claimed from another host"):
+        with claimed(tmp_path, True, layout):
+            raise AssertionError("took another host's claim")
+    assert (tmp_path / "runs" / "cnn" / "config.json").exists()
 
 
 # --- overwrite and temporaries -----------------------------------------------------------------------

@@ -379,3 +379,62 @@ def test_a_runs_damaged_records_make_its_row_missing_and_a_damaged_baseline_reco
     (tmp_path / BASELINE_RECORD).parent.mkdir()
     (tmp_path / BASELINE_RECORD).write_text(damage)
     assert read_baseline_rows(tmp_path) == [] and "cannot be read" in capsys.readouterr().err
+
+
+def finished_run(folder: Path, cfg, **metrics_changes) -> None:
+    """The records a finished run of ``cfg`` leaves (config.json, metrics.json, history.csv, a checkpoint)."""
+    from ptycho_torch.config import to_jsonable
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = {"ssim": 0.9, "psnr": 30.0, "mae": 0.1, "frc50": 0.25}
+    metrics = {"architecture": "cnn", "status": "ok", "status_reason": None, "collapsed": False, "optimizer_steps": 3,
+               "final_train_loss": 0.5, "phase_seam_ratio": 1.0,
+               "mean": {"amplitude": dict(scores), "phase": dict(scores)}, **metrics_changes}
+    (folder / "config.json").write_text(json.dumps({"runner": to_jsonable(cfg), "training": {"seed": 0}}))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.csv").write_text("grad_norm_preclip,grad_norm_postclip,skipped\n1.0,1.0,False\n")
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+
+
+@pytest.mark.parametrize("damage", ["metrics not JSON", "no history", "NaN score", "text score"])
+def test_a_finished_cell_whose_records_do_not_read_back_is_run_again(tmp_path, damage):
+    """A restart kept such a cell as finished and listed it missing forever (only --overwrite of the
+    whole study got it run again); an edited 'ok' record with a NaN score was averaged as ok."""
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.study_table import run_row
+    from scripts.studies.sweep import FINISHED, FRESH, RESUMABLE, cell_state
+
+    cfg = TorchRunnerConfig(output_dir=tmp_path / "run")
+    finished_run(cfg.output_dir, cfg)
+    assert cell_state(cfg) == FINISHED
+    if damage == "metrics not JSON":
+        (cfg.output_dir / "metrics.json").write_text('{"status": "ok", ')
+    elif damage == "no history":
+        (cfg.output_dir / "history.csv").unlink()
+    else:
+        finished_run(cfg.output_dir, cfg, mean={"amplitude": {"ssim": float("nan") if damage == "NaN score" else "high",
+                                                              "psnr": 30.0, "mae": 0.1, "frc50": 0.25},
+                                                "phase": {"ssim": 0.9, "psnr": 30.0, "mae": 0.1, "frc50": 0.25}})
+    assert cell_state(cfg) == FRESH  # rerun (its folder overwritten), not resumed: the run had completed
+    assert run_row(cfg.output_dir, "cnn", None, {})["status"] == "missing"
+    (cfg.output_dir / "metrics.json").unlink()
+    assert cell_state(cfg) == RESUMABLE  # an epoch-end checkpoint and no results yet
+
+
+def test_a_cells_folder_holding_a_run_of_other_settings_is_missing_from_the_table(tmp_path):
+    """--summarize after a job array averaged a run started there by hand with another learning rate."""
+    import dataclasses
+
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.sweep import Cell, FRESH, cell_state
+
+    cell = Cell((("learning_rate", 0.01),), None, Path("runs") / "learning-rate=0.01")
+    cfg = TorchRunnerConfig(output_dir=tmp_path / cell.folder, learning_rate=0.01)
+    finished_run(cfg.output_dir, cfg)
+    assert wrapper.cell_row(tmp_path, cell, cfg)["status"] == "ok"
+    finished_run(cfg.output_dir, dataclasses.replace(cfg, learning_rate=0.001))
+    row = wrapper.cell_row(tmp_path, cell, cfg)
+    assert row["status"] == "missing" and "records other settings than this cell's" in row["status_reason"]
+    assert row["cell"] == "learning-rate=0.01" and row["learning_rate"] == 0.01
+    assert cell_state(cfg) == FRESH
