@@ -33,7 +33,8 @@ from typing import Any
 from ptycho_torch.config import ARCHITECTURES, ConfigError
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
-    TorchRunnerConfig, ignored_given, plan_of, resolved_json, setup_simulation_config, warn_ignored,
+    TorchRunnerConfig, ignored_given, inert_runner_settings, plan_of, resolved_json, setup_simulation_config,
+    warn_ignored,
 )
 from scripts.studies.runner_cli import (
     FAILED_RUN, add_config_argument, add_setting_arguments, config_error_message, exit_with, integer_at_least,
@@ -166,8 +167,28 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
     except ConfigError as err:
         parser.error(config_error_message(err, wrapper_flags()))
     study = Study(tuple(sweeps), tuple(cells), tuple(configs))
+    _check_sweeps_act(parser, study)
     _check_baseline(parser, ns, study)
     return study, ns
+
+
+def _check_sweeps_act(parser: argparse.ArgumentParser, study: Study) -> None:
+    """A swept setting that acts in no cell (``--sweep torch-momentum=0.5,0.8`` without sgd) would make
+    its cells one run repeated: refused, as duplicate values are. One that acts in only some cells
+    (``torch-fno-modes`` beside the cnn) is warned of: those cells repeat a run per value."""
+    inert = [inert_runner_settings(cfg) for cfg in study.configs]
+    for sweep in study.sweeps:
+        if sweep.name == "architecture" or len(sweep.values) < 2:
+            continue
+        why = [found.get(sweep.name) for found in inert]
+        if all(reason is not None for reason in why):
+            parser.error(f"--sweep {sweep.flag}: has no effect in any cell of this study ({why[0]}), so its cells "
+                         "would be the same run")
+        idle = [cell_name_of(cell) for cell, reason in zip(study.cells, why) if reason is not None]
+        if idle:
+            reasons = "; ".join(sorted({reason for reason in why if reason is not None}))
+            print(f"warning: --sweep {sweep.flag} has no effect in the cells {', '.join(dict.fromkeys(idle))} "
+                  f"({reasons}): they repeat one run for each of its values", file=sys.stderr)
 
 
 def _check_baseline(parser: argparse.ArgumentParser, ns: argparse.Namespace, study: Study) -> None:
@@ -242,7 +263,7 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
     check_inputs_survive(output_dir, overwrite, layout, workflow.input_files(plans[0]))
     with claimed(output_dir, overwrite, layout, resume=continuing) as out:
         if mode != "summarize":
-            artifacts.write_json(out / SWEEP_RECORD, record_of(study.configs))
+            artifacts.write_json(out / SWEEP_RECORD, record_of(study.configs, out))
         if mode == "emit":
             write_commands(out, study, states)
             return None

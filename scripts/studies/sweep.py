@@ -71,9 +71,10 @@ def parse_sweep(text: str, cls: type, flags: dict[str, str]) -> Sweep:
     except argparse.ArgumentTypeError as err:
         raise ValueError(f"--sweep={text!r}: {err}") from None
     meaning = SAME_MEANING.get(name, lambda value: value)
+    if len(set(repr(v) for v in values)) != len(values):
+        raise ValueError(f"--sweep={text!r}: a value is given twice")
     if len(set(repr(meaning(v)) for v in values)) != len(values):
-        raise ValueError(f"--sweep={text!r}: a value is given twice" + (" (none and 0 both mean off)"
-                                                                       if name == "gradient_clip_val" else ""))
+        raise ValueError(f"--sweep={text!r}: two values mean the same run (none and 0 both mean off)")
     return Sweep(name, flag, values)
 
 
@@ -144,9 +145,11 @@ def cell_config(cell: Cell, base: dict[str, Any], output_dir: Path, build: Calla
 
 # --- finding a sweep's finished runs again -----------------------------------------------------------
 
-def record_of(configs: Sequence[Any]) -> dict[str, Any]:
-    """sweep.json: each cell's runner settings, as its run records them (``NOT_IDENTITY`` aside)."""
-    return {"cells": [_settings(to_jsonable(cfg)) for cfg in configs]}
+def record_of(configs: Sequence[Any], root: Path) -> dict[str, Any]:
+    """sweep.json: each cell's runner settings, as its run records them (``NOT_IDENTITY`` aside), with
+    its folder relative to the study's folder ``root``: a study moved or copied elsewhere (from a
+    cluster's scratch space, say) is the same study."""
+    return {"cells": [_identity(to_jsonable(cfg), Path(cfg.output_dir).resolve(), root) for cfg in configs]}
 
 
 # How a run is claimed, shown or spread over threads, not what it computes: a restart with another
@@ -155,19 +158,33 @@ NOT_IDENTITY = ("overwrite", "num_threads", "enable_progress_bar")
 
 
 def _settings(runner: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in runner.items() if k not in NOT_IDENTITY}
-    kept["output_dir"] = str(Path(kept["output_dir"]).resolve())  # runs/x and /abs/.../runs/x are one folder
-    return kept
+    """What a run computes: its settings but ``NOT_IDENTITY`` and where it is written."""
+    return {k: v for k, v in runner.items() if k not in (*NOT_IDENTITY, "output_dir")}
+
+
+def _identity(runner: dict[str, Any], folder: Path, root: Path) -> dict[str, Any]:
+    """A cell of a sweep record: ``_settings`` and its (absolute, resolved) ``folder`` relative to the
+    study's ``root`` (runs/x and /abs/.../runs/x are one folder), or absolute when outside it."""
+    base = Path(root).resolve()
+    return {**_settings(runner), "output_dir": str(folder.relative_to(base)) if folder.is_relative_to(base)
+            else str(folder)}
+
+
+def _recorded_cells(folder: Path) -> list[dict[str, Any]]:
+    """The cells ``folder``'s sweep.json records, as ``record_of`` writes them (records made before
+    the folders were relative hold absolute ones: read relative to ``folder`` where they lie in it).
+    Raises one of UNREADABLE."""
+    base = Path(folder).resolve()
+    cells = json.loads((base / SWEEP_RECORD).read_text())["cells"]
+    return [_identity(cell, (base / cell["output_dir"]).resolve(), base) for cell in cells]
 
 
 def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
     """None: no sweep recorded in ``folder``; else whether it records exactly these cells."""
-    path = Path(folder) / SWEEP_RECORD
-    if not path.is_file():
+    if not (Path(folder) / SWEEP_RECORD).is_file():
         return None
     try:
-        recorded = json.loads(path.read_text())
-        return [_settings(cell) for cell in recorded["cells"]] == json.loads(json.dumps(record_of(configs)))["cells"]
+        return _recorded_cells(folder) == json.loads(json.dumps(record_of(configs, folder)))["cells"]
     except UNREADABLE:
         return False
 
@@ -176,12 +193,10 @@ def recorded_folders(folder: Path) -> list[Path]:
     """The run folders (relative to ``folder``) of the study recorded there, if any: what an
     ``--overwrite`` of it removes besides the new study's own."""
     try:
-        cells = json.loads((Path(folder) / SWEEP_RECORD).read_text())["cells"]
-        runs = [Path(cell["output_dir"]).resolve() for cell in cells]
+        folders = [Path(cell["output_dir"]) for cell in _recorded_cells(folder)]
     except UNREADABLE:
         return []
-    root = Path(folder).resolve()
-    return [run.relative_to(root) for run in runs if run.is_relative_to(root) and run != root]
+    return [run for run in folders if not run.is_absolute() and run != Path(".")]
 
 
 def record_mismatch(cfg: Any) -> str | None:
@@ -194,7 +209,8 @@ def record_mismatch(cfg: Any) -> str | None:
         return "no config.json: the run did not start"
     except UNREADABLE as err:
         return f"its config.json cannot be read ({type(err).__name__})"
-    if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):
+    if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):  # where it was written aside:
+        # the record lies in the folder it describes, which may have moved with its study
         return "its config.json records other settings than this cell's (another run wrote the folder)"
     return None
 

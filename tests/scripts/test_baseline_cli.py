@@ -108,8 +108,13 @@ def test_with_the_users_files_a_swept_data_setting_is_still_one_dataset(tmp_path
         files.append(tmp_path / f"{split}.npz")
         files[-1].write_bytes(b"")  # the dry run resolves configs only
     argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--train-npz", str(files[0]), "--test-npz", str(files[1])]
-    study, _ = wrapper.parse_study([*argv, "--sweep", "data-seed=0,1", "--output-dir", str(tmp_path / "out")])
+    study, _ = wrapper.parse_study([*argv, "--sweep", "torch-learning-rate=0.01,0.02", "--output-dir", str(tmp_path)])
     assert len(study.cells) == 2 and wrapper._one_dataset(study)
+    with pytest.raises(SystemExit) as refused:  # the data setting cannot act on the files: the same run twice
+        wrapper.parse_study([*argv, "--sweep", "data-seed=0,1", "--output-dir", str(tmp_path / "out")])
+    assert refused.value.code == 2
+    assert "--sweep data-seed: has no effect in any cell of this study (the data come from the NPZ files)" in (
+        capsys.readouterr().err)
     simulated, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--sweep", "data-seed=0,1", "--output-dir", str(tmp_path)])
     assert not wrapper._one_dataset(simulated)
 

@@ -160,7 +160,10 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--sweep", "torch-grad-clip=1,x"], "expected a number or none"),
     (["--sweep", "torch-grad-clip=-1"], "--torch-grad-clip=-1.0: must be"),
     (["--sweep", "torch-optimizer=adam,adam"], "a value is given twice"),
-    (["--sweep", "torch-grad-clip=0,1,none"], "a value is given twice (none and 0 both mean off)"),
+    (["--sweep", "torch-grad-clip=0,1,none"], "two values mean the same run (none and 0 both mean off)"),
+    (["--sweep", "torch-grad-clip=1.0,1"], "--sweep='torch-grad-clip=1.0,1': a value is given twice"),
+    (["--architectures", "cnn", "--sweep", "torch-momentum=0.5,0.8"],
+     "--sweep torch-momentum: has no effect in any cell of this study (only sgd uses momentum)"),
     (["--architectures", ""], "--architectures='': must be distinct names"),
     (["--sweep", "torch-optimizer"], "expected FLAG=v1,v2"),
     (["--sweep", "output-dir=a,b"], "not a setting that can be swept"),
@@ -172,7 +175,7 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
     (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
-], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "no-architectures", "no-values", "output-dir",
+], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "clip-twice", "inert", "no-architectures", "no-values", "output-dir",
         "architectures", "swept-twice", "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits",
         "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
@@ -181,6 +184,19 @@ def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named
         wrapper.main([*TINY_WRAPPER_ARGV, *argv, "--output-dir", str(out)])
     assert stopped.value.code == 2 and named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sweep_that_acts_in_only_some_cells_is_warned_of_naming_them(tmp_path, capsys):
+    """fno modes beside the cnn: the cnn cells repeat one run per value."""
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn,fno", "--sweep", "torch-fno-modes=2,4",
+                         "--output-dir", str(tmp_path / "never"), "--dry-run"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "--sweep torch-fno-modes" in line]
+    assert warned == ["warning: --sweep torch-fno-modes has no effect in the cells architecture=cnn_fno-modes=2, "
+                      "architecture=cnn_fno-modes=4 (only fno and hybrid are spectral): they repeat one run for each "
+                      "of its values"]
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "fno", "--sweep", "torch-fno-modes=2,4",
+                         "--output-dir", str(tmp_path / "never"), "--dry-run"]) == 0
+    assert "--sweep torch-fno-modes" not in capsys.readouterr().err
 
 
 def test_emitted_commands_refuse_a_folder_whose_path_would_break_their_lines(tmp_path, capsys):
@@ -438,3 +454,42 @@ def test_a_cells_folder_holding_a_run_of_other_settings_is_missing_from_the_tabl
     assert row["status"] == "missing" and "records other settings than this cell's" in row["status_reason"]
     assert row["cell"] == "learning-rate=0.01" and row["learning_rate"] == 0.01
     assert cell_state(cfg) == FRESH
+
+
+def test_a_study_moved_elsewhere_is_the_same_study_with_its_finished_runs(tmp_path):
+    """sweep.json and each run's config.json held absolute folders: a study moved (from scratch space,
+    say) was refused as "another study", with --overwrite (deleting every run) as the advice."""
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.sweep import FINISHED, Cell, SWEEP_RECORD, cell_config, cell_state, record_of, \
+        recorded_folders, same_sweep
+
+    cells = [Cell((("learning_rate", rate),), seed, Path("runs") / f"learning-rate={rate}" / f"seed{seed}")
+             for rate in (0.01, 0.02) for seed in (0, 1)]
+
+    def configs(root: Path):
+        return [cell_config(cell, {}, root, lambda **values: TorchRunnerConfig(**values)) for cell in cells]
+
+    first = tmp_path / "scratch" / "study"
+    for cfg in configs(first):
+        finished_run(cfg.output_dir, cfg)
+    first.joinpath(SWEEP_RECORD).write_text(json.dumps(record_of(configs(first), first)))
+    moved = tmp_path / "home" / "study"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    assert same_sweep(moved, configs(moved)) is True
+    assert recorded_folders(moved) == [cell.folder for cell in cells]
+    assert [cell_state(cfg) for cfg in configs(moved)] == [FINISHED] * 4
+    assert same_sweep(moved, configs(moved)[:3]) is False  # another set of cells is still another study
+
+
+def test_a_record_written_with_absolute_folders_still_reads_in_place_and_never_reaches_outside(tmp_path):
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.sweep import SWEEP_RECORD, recorded_folders, same_sweep
+
+    cfg = TorchRunnerConfig(output_dir=tmp_path / "runs" / "cnn")
+    from ptycho_torch.config import to_jsonable
+    old = {k: v for k, v in to_jsonable(cfg).items() if k not in ("overwrite", "num_threads", "enable_progress_bar")}
+    (tmp_path / SWEEP_RECORD).write_text(json.dumps({"cells": [old]}))  # as records were written before
+    assert same_sweep(tmp_path, [cfg]) is True and recorded_folders(tmp_path) == [Path("runs/cnn")]
+    (tmp_path / SWEEP_RECORD).write_text(json.dumps({"cells": [{**old, "output_dir": "../../elsewhere"}]}))
+    assert recorded_folders(tmp_path) == []  # an --overwrite removes nothing outside the study
