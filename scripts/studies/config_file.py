@@ -39,6 +39,18 @@ class FileSettings(NamedTuple):
     dropped: dict[str, Any]  # the ``ignored`` names the file held, with their values
 
 
+class RepeatedName(ValueError):
+    """A JSON object naming one key twice (json keeps the last silently)."""
+
+
+def _no_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise RepeatedName(repeated)
+    return dict(pairs)
+
+
 def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileSettings:
     """The settings in ``path`` for ``cls``'s fields (``ignored`` names dropped).
 
@@ -47,7 +59,9 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
     if is_special_file(path):
         raise _refused(path, "is a pipe, socket or device, not a settings file")
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), object_pairs_hook=_no_repeated_names)
+    except RepeatedName as err:
+        raise _refused(path, f"names {str(err)!r} twice (which one was meant?)") from None
     except OSError as err:
         raise _refused(path, f"cannot be read ({err.strerror or err})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

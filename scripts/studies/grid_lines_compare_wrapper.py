@@ -351,6 +351,7 @@ def cell_file(out: Path, cell: Cell) -> Path:
 def cell_command(out: Path, cell: Cell, state: str = FRESH) -> list[str]:
     """The runner command of one cell (``--resume`` or ``--overwrite`` when its folder holds a partial run)."""
     runner = [sys.executable, "-m", "scripts.studies.grid_lines_torch_runner"]
+    out = out.resolve()  # the commands run from any folder (a job array's working directory is its own)
     if state == RESUMABLE:  # its own record: execution-only settings (threads) may differ from this command's
         return [*runner, "--resume", "--output-dir", str(out / cell.folder)]
     command = [*runner, "--config", str(cell_file(out, cell))]
@@ -364,7 +365,8 @@ def write_cell_files(out: Path, study: Study) -> None:
 
     (out / "cells").mkdir(exist_ok=True)
     for cell, cfg in zip(study.cells, study.configs):
-        artifacts.write_json(cell_file(out, cell), {"runner": to_jsonable(dataclasses.replace(cfg, overwrite=False))})
+        artifacts.write_json(cell_file(out, cell), {"runner": to_jsonable(dataclasses.replace(
+            cfg, overwrite=False, output_dir=Path(cfg.output_dir).resolve()))})  # used from any folder
 
 
 def write_commands(out: Path, study: Study, states: Sequence[str]) -> None:
@@ -392,7 +394,8 @@ def run_in_processes(study: Study, states: Sequence[str], todo: Sequence[int], o
                 while waiting and len(running) < jobs:
                     index = waiting.pop(0)
                     cell = study.cells[index]
-                    log = open(out / "logs" / (cell_file(out, cell).stem + ".log"), "w")  # noqa: SIM115
+                    # appended: a restart keeps the log of the attempt it continues
+                    log = open(out / "logs" / (cell_file(out, cell).stem + ".log"), "a")  # noqa: SIM115
                     with log:
                         running[index] = subprocess.Popen(cell_command(out, cell, states[index]), stdout=log,
                                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -419,7 +422,9 @@ def _end_with_parent() -> None:
 def _check_cell_exit(out: Path, cell: Cell, status: int) -> None:
     """0 and 3 (a finished run whose status is not ok) leave metrics; anything else is named."""
     if status not in (0, FAILED_RUN) or not (out / cell.folder / "metrics.json").is_file():
-        print(f"warning: cell {cell.folder} exited with status {status}; see "
+        ended = f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals() \
+            else f"exited with status {status}"
+        print(f"warning: cell {cell.folder} {ended}; see "
               f"{out / 'logs' / (cell_file(out, cell).stem + '.log')}", file=sys.stderr)
 
 

@@ -56,7 +56,9 @@ def test_unknown_names_are_refused_each_with_the_closest_valid_name(tmp_path, ca
     ('{"epochs": 0}', "--epochs=0: must be"),  # values pass the flags' rules
     ('{"grad_clip": 1.0}', "did you mean"),  # a flag alias is not a setting name
     ("[" * 100_000, "nested too deeply"),
-], ids=["malformed", "list", "string", "bad value", "alias", "deep"])
+    ('{"epochs": 2, "epochs": 3}', "names 'epochs' twice"),  # JSON keeps the last silently
+    ('{"runner": {"seed": 1, "seed": 2}}', "names 'seed' twice"),
+], ids=["malformed", "list", "string", "bad value", "alias", "deep", "repeated", "repeated-in-record"])
 def test_bad_files_exit_2_naming_the_problem(tmp_path, capsys, content, words):
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(written(tmp_path, content)), "--dry-run"])

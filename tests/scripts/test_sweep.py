@@ -493,3 +493,37 @@ def test_a_record_written_with_absolute_folders_still_reads_in_place_and_never_r
     assert same_sweep(tmp_path, [cfg]) is True and recorded_folders(tmp_path) == [Path("runs/cnn")]
     (tmp_path / SWEEP_RECORD).write_text(json.dumps({"cells": [{**old, "output_dir": "../../elsewhere"}]}))
     assert recorded_folders(tmp_path) == []  # an --overwrite removes nothing outside the study
+
+
+def test_a_cells_process_is_named_killed_by_its_signal_and_its_log_keeps_every_attempt(tmp_path, capsys, monkeypatch):
+    """It said "exited with status -9"; a restart truncated the log of the attempt it continued."""
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", str(tmp_path)])
+    attempts = iter([-9, 0])
+
+    class Finished:
+        def __init__(self, command, stdout, **_):
+            stdout.write(f"attempt {' '.join(command[-3:])}\n")
+            stdout.flush()
+            self.returncode = next(attempts)
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(wrapper.subprocess, "Popen", Finished)
+    for _ in range(2):
+        wrapper.run_in_processes(study, [wrapper.FRESH], [0], tmp_path, jobs=2)
+    err = capsys.readouterr().err
+    assert f"warning: cell {study.cells[0].folder} was killed by SIGKILL; see" in err and "status -9" not in err
+    (log,) = (tmp_path / "logs").iterdir()
+    assert len(log.read_text().splitlines()) == 2  # both attempts
+    wrapper._check_cell_exit(tmp_path, study.cells[0], 1)
+    assert f"cell {study.cells[0].folder} exited with status 1" in capsys.readouterr().err
+
+
+def test_emitted_commands_and_cell_files_name_absolute_folders_to_run_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", "study", "--emit-commands"]) == 0
+    (line,) = (tmp_path / "study" / "commands.txt").read_text().splitlines()
+    assert str(tmp_path / "study" / "cells" / "cnn.json") in line
+    (cell_file,) = (tmp_path / "study" / "cells").iterdir()
+    assert json.loads(cell_file.read_text())["runner"]["output_dir"] == str(tmp_path / "study" / "runs" / "cnn")
