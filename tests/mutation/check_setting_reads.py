@@ -82,7 +82,7 @@ CONFIG_NAMES: dict[str, dict[str, type]] = {
     "generators.py": {"cfg": ModelConfig},  # build_generator(cfg) and every Generator.__init__
     "model.py": {"cfg": TrainingConfig, "model": ModelConfig},  # PtychoPINN: cfg = self.cfg, model = cfg.model
     "optimization.py": {"cfg": TrainingConfig},  # build_optimizer / build_scheduler
-    "preflight.py": {"sim": SimulationConfig},  # check_probe_file / check_simulation
+    "preflight.py": {"sim": SimulationConfig, "model": ModelConfig},  # check_simulation; unlit_share / warn_of_unlit_region
     "simulation.py": {"sim": SimulationConfig},  # simulate_split / split_plan / simulate_splits
     "workflow.py": {"plan": RunPlan},  # load_or_simulate / run
     "inference.py": {"plan": ReconstructionPlan},  # prepare / run

@@ -259,6 +259,19 @@ def test_a_file_made_with_another_probe_than_the_checkpoints_is_warned_of(traine
         assert reconstruct(run, tmp_path / "other", data=tmp_path / "files" / "other.npz") in FINISHED
 
 
+def test_a_file_whose_scan_leaves_part_of_its_scored_region_unlit_is_warned_of_naming_it(trained, tmp_path):
+    from ptycho_torch.config import SimulationConfig
+    from ptycho_torch.simulation import simulate_splits
+
+    sparse = simulate_splits(SimulationConfig(N=16, object_size=48, n_train_images=1, n_test_images=1,
+                                              test_stride=16))["test"]  # stride N: the corners between positions dark
+    (tmp_path / "files").mkdir()
+    write_npz(tmp_path / "files" / "sparse.npz", sparse)
+    with pytest.warns(UserWarning, match=r"of the scored region of .*sparse.npz is lit by no scan position"):
+        assert reconstruct(trained["gs1"], tmp_path / "out", data=tmp_path / "files" / "sparse.npz") in FINISHED
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["unlit_fraction"] > 0.2
+
+
 # --- refusals: exit 2, one line naming the file or flag, nothing written ----------------------------
 
 def off_grid_copy(run: Path, folder: Path) -> Path:
