@@ -38,7 +38,8 @@ PSNR_CAP_DB = 100.0  # dB; PSNR of a reconstruction equal to the truth (MSE 0 wo
 ALIGNMENT = {
     "amplitude": "recon amplitude scaled by mean(gt) / mean(recon)",
     "phase": "least-squares plane (offset + linear ramp) of the wrapped phase difference removed; "
-             "aligned phase = gt + wrapped residual (errors at most pi); gt phase taken with its 2 pi branch cut in the widest gap between its values and its smallest value as 0",
+             "aligned phase = gt + wrapped residual (errors at most pi); gt phase taken with its 2 pi branch "
+             "cut in the widest gap between its values and its smallest value as 0",
     "data_range": "max(gt) - min(gt) of the compared channel",
     "psnr": f"capped at {PSNR_CAP_DB:g} dB (the score of a perfect reconstruction, MSE 0)",
     "frc50": "cycles/pixel of the first Fourier ring whose correlation is below 0.5 (0.5 = none up to Nyquist)",

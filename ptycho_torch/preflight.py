@@ -17,7 +17,9 @@ import warnings
 
 import numpy as np
 
-from ptycho_torch.config import ConfigError, ModelConfig, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.config import (
+    ConfigError, ModelConfig, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig,
+)
 from ptycho_torch.npz_data import DataError, GridLinesData
 
 
@@ -119,8 +121,9 @@ def warn_of_unlit_region(model: ModelConfig, probe, coords, image_index, object_
     answer = ("the gridsize-2 merge reconstructs it as 0" if model.gridsize > 1
               else "the network's output there is a guess")
     warnings.warn(f"{share:.1%} of the scored region of {source} is lit by no scan position (probe intensity "
-                  f"below {WEIGHT_FLOOR:g} of its peak at every position, stride {stride}): no pattern measures it, so {answer}, "
-                  "and the scores count it; a denser test scan (a smaller stride) covers it", stacklevel=2)
+                  f"below {WEIGHT_FLOOR:g} of its peak at every position, stride {stride}): no pattern measures it, "
+                  f"so {answer}, and the scores count it; a denser test scan (a smaller stride) covers it",
+                  stacklevel=2)
 
 
 def training_items(training: TrainingConfig, coords, image_index, source: str, spacing: int | None = None) -> int:

@@ -209,6 +209,8 @@ def record_mismatch(cfg: Any) -> str | None:
         return "no config.json: the run did not start"
     except UNREADABLE as err:
         return f"its config.json cannot be read ({type(err).__name__})"
+    if not isinstance(recorded, dict):
+        return "its config.json cannot be read (its runner settings are not a mapping)"
     if _settings(recorded) != json.loads(json.dumps(_settings(to_jsonable(cfg)))):  # where it was written aside:
         # the record lies in the folder it describes, which may have moved with its study
         return "its config.json records other settings than this cell's (another run wrote the folder)"

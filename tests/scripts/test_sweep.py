@@ -381,6 +381,10 @@ def test_records_nested_past_the_parsers_limit_read_as_unreadable_not_as_a_crash
     cfg = TorchRunnerConfig(output_dir=tmp_path)
     assert same_sweep(tmp_path, [cfg]) is False and recorded_folders(tmp_path) == []
     assert cell_state(cfg) == FRESH
+    for odd in ('{"runner": [1]}', '{"runner": "text"}'):  # records of the wrong shape read as unreadable too
+        (tmp_path / "config.json").write_text(odd)
+        (tmp_path / "sweep.json").write_text('{"cells": [[1], "text", {"output_dir": 3}]}')
+        assert cell_state(cfg) == FRESH and same_sweep(tmp_path, [cfg]) is False and recorded_folders(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["[" * 100_000, "[1]", '{"status": "ok"}'], ids=["nested", "a-list", "fields-missing"])
