@@ -18,7 +18,7 @@ import numpy as np
 from ptycho_torch.config import TrainingConfig, from_jsonable
 from ptycho_torch.npz_data import DataError
 from ptycho_torch.output_folder import RUN_LAYOUT, OutputDirError
-from ptycho_torch.trainer import LAST_CHECKPOINT
+from ptycho_torch.trainer import INTERRUPTED_CHECKPOINT, LAST_CHECKPOINT
 
 CHECKPOINT_FOLDER = "checkpoints"
 
@@ -116,10 +116,13 @@ RESULTS = tuple(name for name, sub in RUN_LAYOUT.items() if sub is None and name
 
 
 def remove_results(output_dir: Path) -> None:
-    """A finished run trained further: its results (metrics.json first) go before training resumes,
-    so that a kill meanwhile never leaves the new config beside the old results."""
+    """Before a resumed run trains: a finished run's results (metrics.json first), so that a kill
+    meanwhile never leaves the new config beside the old results, and the ``interrupted.ckpt`` a
+    signal left (weights from inside an epoch the run now trains again: ``--checkpoint`` on it would
+    give a state the finished run never had)."""
     for name in RESULTS:
         (Path(output_dir) / name).unlink(missing_ok=True)
+    (Path(output_dir) / CHECKPOINT_FOLDER / INTERRUPTED_CHECKPOINT).unlink(missing_ok=True)
 
 
 def resume_point(output_dir: Path, training: TrainingConfig, probe: Any) -> ResumePoint:
