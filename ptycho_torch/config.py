@@ -531,6 +531,12 @@ def clipping_enabled(clip_val: float | None) -> bool:
     return clip_val is not None and clip_val > 0
 
 
+def probe_mask_reaches_the_model(model: ModelConfig) -> bool:
+    """Whether the masked probe is used: by pinn's physics, and at gridsize > 1 by the overlap merge's
+    weights whatever the procedure (supervised training at gridsize 1 never looks at the probe)."""
+    return model.training_procedure == "pinn" or model.gridsize > 1
+
+
 class RunSettings(NamedTuple):
     """The resolved configs of one run, and whether its data are simulated (no NPZ files given)."""
 
@@ -562,10 +568,11 @@ _ACTIVITY: tuple[tuple[str, Callable[[RunSettings], bool], str], ...] = (
     ("training.grad_norm_log_freq", lambda r: r.training.log_grad_norm, "gradient norms are not logged"),
     ("training.torch_loss_mode", lambda r: r.training.model.training_procedure == "pinn",
      "supervised training has its own loss"),
-    ("model.probe_mask", lambda r: r.training.model.training_procedure == "pinn",
-     "supervised training skips the physics"),
+    ("model.probe_mask", lambda r: probe_mask_reaches_the_model(r.training.model),
+     "supervised training at gridsize 1 never uses the probe"),
     ("model.probe_mask_diameter",
-     lambda r: r.training.model.training_procedure == "pinn" and r.training.model.probe_mask, "the probe mask is off"),
+     lambda r: probe_mask_reaches_the_model(r.training.model) and r.training.model.probe_mask,
+     "the probe mask is off, or supervised training at gridsize 1 never uses the probe"),
     ("model.cnn_channels", lambda r: r.training.model.architecture in ("cnn", "hybrid"),
      "only cnn and hybrid have a conv decoder"),
     ("model.fno_modes", lambda r: r.training.model.architecture in ("fno", "hybrid"), "only fno and hybrid are spectral"),

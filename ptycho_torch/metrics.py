@@ -62,30 +62,39 @@ def wrap(phase: np.ndarray) -> np.ndarray:
 
 
 def phase_image(phase: np.ndarray) -> np.ndarray:
-    """The truth's phase as the image its phase scores compare: the 2 pi branch cut moved into the
-    widest gap between its values, then shifted so that its smallest value is 0.
+    """The truth's phase as the image its phase scores compare (float64): the 2 pi branch cut moved
+    into the widest gap between its values, then shifted so that its smallest value is 0.
 
     The far field cannot see a global phase, so no score may: taken as np.angle gives it, a truth
     across +-pi was split into values 2 pi apart (a recon scored phase SSIM 0.07 against a truth and
-    0.97 against the same truth turned by 3 rad), and SSIM's brightness term read the truth's mean
-    phase as a level (0.26 against 0.32 for a turn of 2 rad). With the cut in the widest gap and the
-    origin at the smallest value, truth and recon turned alike score the same; MAE, PSNR and FRC
-    never depend on the shift (a constant moves neither differences nor any Fourier ring but the
-    zero-frequency one, which FRC leaves out)."""
-    return phase + phase_shift(phase)
+    0.97 against the same truth turned by 3 rad; its PSNR and FRC were wrong with it), and SSIM's
+    brightness term read the truth's mean phase as a level (0.26 against 0.32 for a turn of 2 rad).
+    With the cut in the widest gap and the origin at the smallest value, truth and recon turned alike
+    score the same. Gaps within ``TIED_GAP`` of the widest tie (a 0 / pi grating has two gaps of pi):
+    of those, the cut that leaves the image its smallest mean is taken, which no turn changes. A
+    truth whose phase does not cross +-pi keeps its MAE, PSNR and FRC (the shift is a constant:
+    FRC leaves the zero frequency out), to float64 rounding."""
+    return phase.astype(np.float64) + phase_shift(phase)
+
+
+TIED_GAP = 1e-6  # radians: gaps between phase values closer than this to the widest one tie
 
 
 def phase_shift(phase: np.ndarray) -> np.ndarray:
-    """What ``phase_image`` adds to each value (whole turns and the origin's shift), to be added to
-    the recon's phase alike."""
-    turns = np.zeros_like(phase)
-    values = np.sort(phase, axis=None)
-    if values.size > 1:
-        gaps = np.diff(values)
-        widest = int(np.argmax(gaps))
-        if values[0] + 2 * np.pi - values[-1] < gaps[widest]:  # the gap across +-pi is not the widest
-            turns = np.where(phase <= values[widest], 2 * np.pi, 0.0).astype(phase.dtype)
-    return turns - (phase + turns).min()
+    """What ``phase_image`` adds to each value (whole turns and the origin's shift), float64, to be
+    added to the recon's phase alike."""
+    values = np.sort(phase.astype(np.float64), axis=None)
+    if values.size < 2:
+        return -values.min(initial=0.0) * np.ones(phase.shape)
+    gaps = np.append(np.diff(values), values[0] + 2 * np.pi - values[-1])  # the last: across +-pi
+    best = None
+    for cut in np.flatnonzero(gaps >= gaps.max() - TIED_GAP):  # below values[cut] is turned up by 2 pi
+        turns = np.where(phase <= values[cut], 2 * np.pi, 0.0) if cut < len(values) - 1 else np.zeros(phase.shape)
+        image = phase + turns
+        level = float(image.mean() - image.min())  # the mean of the image this cut gives
+        if best is None or level < best[0] - TIED_GAP:
+            best = (level, turns - image.min())
+    return best[1]
 
 
 def align_amplitude(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -200,8 +209,8 @@ def score(recon: np.ndarray, truth: np.ndarray) -> dict:
     shift = phase_shift(phase)  # the same to both: a recon equal to the truth stays equal, bit for bit
     return {"amplitude": _channel(np.abs(recon), amplitude, align_amplitude, constant_amplitude(amplitude),
                                   CONSTANT_AMPLITUDE),
-            "phase": _channel(np.angle(recon) + shift, phase + shift, align_phase, constant_phase(phase),
-                              CONSTANT_PHASE)}
+            "phase": _channel(np.angle(recon).astype(np.float64) + shift, phase.astype(np.float64) + shift,
+                              align_phase, constant_phase(phase), CONSTANT_PHASE)}
 
 
 def score_objects(recons: np.ndarray, truths: np.ndarray) -> dict:

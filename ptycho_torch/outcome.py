@@ -64,14 +64,24 @@ def collapse_reason(recons: np.ndarray, truths: np.ndarray) -> str | None:
 
 def ignores_input_reason(recons: np.ndarray, exchanged: np.ndarray, truths: np.ndarray) -> str | None:
     """Why the reconstruction ignores the measurements, or None: ``exchanged`` is the reconstruction
-    from the same test patterns exchanged among the scan positions (I, H, W complex, as ``recons``)."""
-    moved = float(np.max(np.abs(recons.astype(np.complex128) - exchanged)))
+    from the same test patterns exchanged among the scan positions (I, H, W complex, as ``recons``).
+    Each object's movement is taken at the truth's scale, as scoring aligns it (a file whose truth is
+    in other units than the reconstruction's was called collapsed)."""
+    moved = max(_moved(recon, other, truth) for recon, other, truth in zip(recons, exchanged, truths))
     spread = max(_spread(truth, "amplitude") for truth in truths)
     if spread > 0 and moved < COLLAPSE_SPREAD * spread:
         return (f"the reconstruction does not depend on the measured patterns: exchanging them among the scan "
                 f"positions moves no pixel by {COLLAPSE_SPREAD:.0%} of the ground truth's amplitude spread "
                 f"(at most {moved:.3g} against {spread:.3g})")
     return None
+
+
+def _moved(recon: np.ndarray, exchanged: np.ndarray, truth: np.ndarray) -> float:
+    """The largest pixel movement between ``recon`` and ``exchanged``, brought to the mean amplitude of
+    ``truth`` (the mean-ratio scale scoring applies)."""
+    moved = float(np.max(np.abs(recon.astype(np.complex128) - exchanged)))
+    mean = float(np.mean(np.abs(recon)))
+    return moved * float(np.mean(np.abs(truth))) / mean if mean > 0 else moved
 
 
 def exchanged_patterns(count: int) -> np.ndarray:

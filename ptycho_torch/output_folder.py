@@ -413,6 +413,8 @@ def _claim_nested(folder: Path, layout: Layout | Tree, log: Callable[[str], None
             if isinstance(sub, Mapping) and entry.is_dir() and not entry.is_symlink():
                 try:
                     held.append((entry, _acquire(entry, True, log)))
+                except FileNotFoundError:
+                    continue  # gone meanwhile: nothing of it to remove, nobody to refuse
                 except OSError as err:
                     raise _refuse(entry, f"cannot be claimed: {os.strerror(err.errno or errno.EIO)}") from None
                 held += _claim_nested(entry, sub, log)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ptycho_torch.config import (
     ConfigError, ModelConfig, Problem, PyTorchExecutionConfig, SimulationConfig, TrainingConfig,
+    probe_mask_reaches_the_model,
 )
 from ptycho_torch.npz_data import DataError, GridLinesData
 
@@ -96,7 +97,7 @@ def warn_of_another_probe(model_probe, data: GridLinesData, source: str, whose: 
 
 def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int) -> float:
     """``overlap.unlit_fraction`` of a test scan's scored region (``scan.stitched_region``), for the
-    probe (N, N) as the model weighs it (masked where ``probe_mask``)."""
+    probe (N, N) as the model weighs it (masked where ``probe_mask`` reaches the model)."""
     import torch
 
     from ptycho_torch.overlap import unlit_fraction
@@ -104,7 +105,7 @@ def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int
     from ptycho_torch.scan import stitched_region
 
     probe = torch.as_tensor(np.asarray(probe)).to(torch.complex64)
-    if model.probe_mask:
+    if model.probe_mask and probe_mask_reaches_the_model(model):
         probe = apply_probe_mask(probe, model.probe_mask_diameter)
     region = stitched_region(object_size, probe.shape[-1], stride)
     return unlit_fraction(probe.abs().square().numpy(), np.asarray(coords), np.asarray(image_index), region)

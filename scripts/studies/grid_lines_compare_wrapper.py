@@ -46,8 +46,8 @@ from scripts.studies.baselines import (
 )
 from scripts.studies.study_table import markdown, missing_row, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
-    FINISHED, FRESH, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of, parse_seeds,
-    parse_sweep, record_mismatch, record_of, recorded_folders, same_sweep, value_word,
+    FINISHED, FRESH, INPUT_FILES, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of,
+    parse_seeds, parse_sweep, record_mismatch, record_of, recorded_folders, same_sweep, value_word,
 )
 
 TORCH_PREFIX = "--torch-"
@@ -365,8 +365,10 @@ def write_cell_files(out: Path, study: Study) -> None:
 
     (out / "cells").mkdir(exist_ok=True)
     for cell, cfg in zip(study.cells, study.configs):
+        absolute = {name: Path(getattr(cfg, name)).resolve() for name in ("output_dir", *INPUT_FILES)
+                    if getattr(cfg, name) is not None}  # the command runs from any folder
         artifacts.write_json(cell_file(out, cell), {"runner": to_jsonable(dataclasses.replace(
-            cfg, overwrite=False, output_dir=Path(cfg.output_dir).resolve()))})  # used from any folder
+            cfg, overwrite=False, **absolute))})
 
 
 def write_commands(out: Path, study: Study, states: Sequence[str]) -> None:

@@ -157,9 +157,19 @@ def record_of(configs: Sequence[Any], root: Path) -> dict[str, Any]:
 NOT_IDENTITY = ("overwrite", "num_threads", "enable_progress_bar")
 
 
+# The settings that name input files: one file however spelled (relative to the working directory,
+# or absolute as a study's cell files give them)
+INPUT_FILES = ("train_npz", "test_npz", "probe_npz")
+
+
 def _settings(runner: dict[str, Any]) -> dict[str, Any]:
-    """What a run computes: its settings but ``NOT_IDENTITY`` and where it is written."""
-    return {k: v for k, v in runner.items() if k not in (*NOT_IDENTITY, "output_dir")}
+    """What a run computes: its settings but ``NOT_IDENTITY`` and where it is written, its input files
+    as absolute paths."""
+    kept = {k: v for k, v in runner.items() if k not in (*NOT_IDENTITY, "output_dir")}
+    for name in INPUT_FILES:
+        if isinstance(kept.get(name), str):
+            kept[name] = str(Path(kept[name]).resolve())
+    return kept
 
 
 def _identity(runner: dict[str, Any], folder: Path, root: Path) -> dict[str, Any]:

@@ -77,3 +77,23 @@ def test_a_run_config_json_counts_as_given_only_where_it_differs_from_the_defaul
     path.write_text(json.dumps(plan_of(recorded, given=["momentum", "epochs"]).record))
     assert warnings_of(["--config", str(path)], capsys)[0] == [
         "warning: --momentum=0.5 has no effect in this run: only sgd uses momentum"]
+
+
+@pytest.mark.parametrize("gridsize, acts", [(1, False), (2, True)])
+def test_the_probe_mask_acts_in_supervised_training_where_the_overlap_merge_weighs_by_the_probe(gridsize, acts):
+    """Supervised training never looks at the probe at gridsize 1; at gridsize 2 the merge's weights
+    are the masked probe's intensity (the mask was called inert there, and sweeping it refused)."""
+    import torch
+
+    from ptycho_torch.model import PtychoPINN
+    from scripts.studies.grid_lines_torch_runner import resolve_configs
+
+    cfg = TorchRunnerConfig(training_procedure="supervised", gridsize=gridsize, probe_mask=True,
+                            probe_mask_diameter=6.0, N=16, object_size=48)
+    inert = inert_runner_settings(cfg)
+    assert ("probe_mask" not in inert and "probe_mask_diameter" not in inert) == acts
+    if acts:
+        probe = torch.ones(16, 16, dtype=torch.complex64)
+        weights = [PtychoPINN(resolve_configs(c)["training"], probe).overlap_weights for c in (
+            cfg, TorchRunnerConfig(training_procedure="supervised", gridsize=2, N=16, object_size=48))]
+        assert not torch.equal(*weights)  # the mask reaches the merge

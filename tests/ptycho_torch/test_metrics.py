@@ -115,6 +115,21 @@ def test_truth_and_recon_turned_alike_score_the_same(seed, turn):
         assert turned[name] == pytest.approx(plain[name], rel=1e-6, abs=1e-9), name
 
 
+@pytest.mark.parametrize("turn", [0.0, 1.0, 2.5, -3.0])
+def test_a_zero_pi_grating_whose_two_gaps_tie_scores_the_same_at_every_turn(turn):
+    """Two gaps of pi: the cut was taken by rounding, flipping the image (SSIM 0.45 or 0.80, FRC50
+    0.05 or 0.2 for the same recon); now the cut leaving the smaller mean, which no turn changes."""
+    rng = np.random.default_rng(1)
+    lines = np.zeros((40, 40), bool)
+    lines[:, ::9] = True
+    truth = np.exp(1j * np.where(lines, np.pi, 0.0))
+    recon = np.exp(1j * (np.where(lines, 0.4 * np.pi, 0.0) + rng.normal(0, 0.4, (40, 40))))
+    plain = score(recon.astype(np.complex64), truth.astype(np.complex64))["phase"]
+    turned = score((recon * np.exp(1j * turn)).astype(np.complex64), (truth * np.exp(1j * turn)).astype(np.complex64))
+    for name in METRICS:
+        assert turned["phase"][name] == pytest.approx(plain[name], rel=1e-6), name
+
+
 @given(st.lists(st.floats(-np.pi, np.pi), min_size=2, max_size=40), st.floats(-np.pi, np.pi))
 def test_the_phase_image_has_its_cut_in_the_widest_gap_and_starts_at_zero(values, turn):
     phase = np.array(values)

@@ -195,10 +195,13 @@ def test_a_reconstruction_that_moves_less_than_a_hundredth_of_the_truths_spread_
 
     truth = np.exp(1j * np.linspace(0, 1, 64)).reshape(1, 8, 8) * np.linspace(0.2, 1.0, 64).reshape(1, 8, 8)
     spread = float(np.std(np.abs(truth)))
-    recon = truth * 0.9
-    assert "does not depend on the measured patterns" in ignores_input_reason(recon, recon + 0.009 * spread, truth)
-    assert ignores_input_reason(recon, recon + 0.011 * spread, truth) is None
+    recon = truth * 0.5  # half the truth's scale: its movements count double, as scoring aligns the scale
+    assert "does not depend on the measured patterns" in ignores_input_reason(recon, recon + 0.0045 * spread, truth)
+    assert ignores_input_reason(recon, recon + 0.0055 * spread, truth) is None
     assert ignores_input_reason(recon, recon, np.ones_like(truth)) is None  # a flat truth: nothing to judge by
+    for units in (1e-6, 1e4):  # a truth in other units (a file's): the same verdicts
+        assert "does not depend" in ignores_input_reason(recon, recon + 0.0045 * spread, truth * units)
+        assert ignores_input_reason(recon, recon + 0.0055 * spread, truth * units) is None
     order = exchanged_patterns(5)
     assert sorted(order) == list(range(5)) and all(order != np.arange(5))
 

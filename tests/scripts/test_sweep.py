@@ -525,9 +525,28 @@ def test_a_cells_process_is_named_killed_by_its_signal_and_its_log_keeps_every_a
 
 
 def test_emitted_commands_and_cell_files_name_absolute_folders_to_run_from_anywhere(tmp_path, monkeypatch):
+    """A job array's working directory is its own: relative folders and data files did not resolve."""
+    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
+    from scripts.studies.sweep import FINISHED, cell_state
+
     monkeypatch.chdir(tmp_path)
-    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", "study", "--emit-commands"]) == 0
+    (tmp_path / "dat").mkdir()
+    for name in ("train", "test"):
+        (tmp_path / "dat" / f"{name}.npz").write_bytes(b"")  # only named here
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", "study", "--train-npz", "dat/train.npz",
+            "--test-npz", "dat/test.npz"]
+    assert wrapper.main([*argv, "--emit-commands"]) == 0
     (line,) = (tmp_path / "study" / "commands.txt").read_text().splitlines()
     assert str(tmp_path / "study" / "cells" / "cnn.json") in line
     (cell_file,) = (tmp_path / "study" / "cells").iterdir()
-    assert json.loads(cell_file.read_text())["runner"]["output_dir"] == str(tmp_path / "study" / "runs" / "cnn")
+    runner = json.loads(cell_file.read_text())["runner"]
+    assert runner["output_dir"] == str(tmp_path / "study" / "runs" / "cnn")
+    assert runner["train_npz"] == str(tmp_path / "dat" / "train.npz") and runner["test_npz"] == str(tmp_path / "dat" / "test.npz")
+    # a run made from the cell file (absolute paths) is the cell's run (relative ones in the wrapper's)
+    cfg = TorchRunnerConfig(output_dir=Path("study/runs/cnn"), train_npz=Path("dat/train.npz"),
+                            test_npz=Path("dat/test.npz"), **{k: v for k, v in runner.items() if k not in (
+                                "output_dir", "train_npz", "test_npz")})
+    finished_run(cfg.output_dir, TorchRunnerConfig(**{**runner, "output_dir": Path(runner["output_dir"]),
+                                                      "train_npz": Path(runner["train_npz"]),
+                                                      "test_npz": Path(runner["test_npz"])}))
+    assert cell_state(cfg) == FINISHED
