@@ -249,3 +249,21 @@ def test_a_claim_file_holding_json_nested_past_the_parsers_limit_is_an_unknown_h
         with claimed(tmp_path, True, RUN_LAYOUT):
             raise AssertionError("claimed a folder whose claim cannot be read")
     assert (tmp_path / LOCK_NAME).read_text() == "[" * 4000
+
+
+def test_a_run_folder_gone_while_a_study_is_overwritten_is_skipped_not_refused(tmp_path, monkeypatch):
+    from ptycho_torch import output_folder
+
+    layout = comparison_layout(["runs/cnn", "runs/fno"])
+    fill(tmp_path, layout)
+    acquire = output_folder._acquire
+
+    def vanishing(folder, overwrite, log):
+        if folder.name == "cnn":  # removed by someone between the look and the claim
+            raise FileNotFoundError(2, "No such file or directory", str(folder))
+        return acquire(folder, overwrite, log)
+
+    monkeypatch.setattr(output_folder, "_acquire", lambda folder, overwrite, log: (
+        vanishing if folder != tmp_path else acquire)(folder, overwrite, log))
+    with claimed(tmp_path, True, layout):
+        assert tree(tmp_path) == [LOCK_NAME]
