@@ -29,7 +29,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("Default", "Exponential", "WarmupCosine", "ReduceLROnPlateau")
 NONFINITE_POLICIES = ("skip", "error")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
+# Not ddp_spawn: it trains in spawned processes whose records (history, counters) never come back to
+# the process that writes the results (every run crashed after fitting, and --resume again)
+STRATEGIES = ("auto", "ddp")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 LOGGER_BACKENDS = ("csv", "tensorboard", "none")
 MAX_SEED = 2**32 - 1
@@ -450,7 +452,7 @@ class TrainingConfig(Validated):
 class PyTorchExecutionConfig(Validated):
     accelerator: str = "cpu"  # auto | cpu | gpu | cuda | mps
     devices: int = 1  # devices per node
-    strategy: str = "auto"  # auto | ddp | ddp_spawn
+    strategy: str = "auto"  # auto | ddp
     num_nodes: int = 1
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (fp16 AMP with a GradScaler)
     deterministic: bool = True  # torch deterministic algorithms

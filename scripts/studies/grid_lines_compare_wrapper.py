@@ -293,6 +293,12 @@ def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tu
         print("warning: --baseline: no run left a test split to reconstruct; no baseline rows", file=sys.stderr)
         return
     test_data = load_npz(test_npz, "test", expected_N=plans[0].training.model.N)
+    if plans[0].train_npz is None and _simulated_otherwise(test_data, plans[0].simulation):
+        from ptycho_torch.simulation import simulate_splits
+
+        print(f"warning: --baseline: {test_npz} holds another simulation than the study's (its settings were "
+              "changed since); the baseline reconstructs the study's test split, simulated again", file=sys.stderr)
+        test_data = simulate_splits(plans[0].simulation)["test"]
     warm = {}
     for cell, cfg in first_seeds(study) if init == "pinn" else []:
         metrics = cfg.output_dir / "metrics.json"
@@ -304,6 +310,15 @@ def run_study_baseline(out: Path, study: Study, plans: Sequence[Any], counts: tu
         with np.load(cfg.output_dir / "recon.npz") as saved:
             warm[cell_name_of(cell)] = saved["recon"]
     run_baselines(out, test_data, counts, warm, plans[0].execution, seed=plans[0].training.seed)
+
+
+def _simulated_otherwise(data: Any, simulation: Any) -> bool:
+    """Whether ``data``'s metadata records other simulation settings than ``simulation``'s (a file
+    written over the study's ``data/`` by hand, say): its runs were scored on another test split."""
+    from ptycho_torch.config import to_jsonable
+
+    wanted = json.loads(json.dumps(to_jsonable(simulation)))
+    return any(data.metadata.get(name) != value for name, value in wanted.items())
 
 
 def _plan(cfg: TorchRunnerConfig, state: str, continuing: bool, given: Sequence[str]):

@@ -4,6 +4,7 @@ tiny study gets (flat and warm starts, scored like the runs), and their return w
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -146,3 +147,28 @@ def test_a_failed_baseline_row_is_named_on_stderr_and_the_study_exits_3(tmp_path
     assert "baseline row iterative 2 it. from flat failed: the iterative reconstruction is not finite" in err
     at["finite"] = True
     assert wrapper.report([run, *result_rows("flat", {"at": {2: at}, "reached": None}, 1, None)], tmp_path) == 0
+
+
+def test_a_study_data_file_replaced_by_another_simulation_is_not_the_baselines_test_split(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """data/test.npz written over by hand (another data seed): the baseline reconstructed that other
+    object beside runs scored on the study's, silently."""
+    from ptycho_torch.npz_data import write_npz
+    from ptycho_torch.simulation import simulate_splits
+    from scripts.studies.grid_lines_torch_runner import plan_of
+
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", str(tmp_path)])
+    plans = [plan_of(cfg) for cfg in study.configs]
+    reconstructed = []
+    monkeypatch.setattr(wrapper, "run_baselines", lambda out, test_data, *args, **kwargs: reconstructed.append(test_data))
+    (tmp_path / "data").mkdir()
+    ours = simulate_splits(plans[0].simulation)["test"]
+    write_npz(tmp_path / "data" / "test.npz", ours)
+    wrapper.run_study_baseline(tmp_path, study, plans, (2,), None)
+    assert "another simulation" not in capsys.readouterr().err
+    other = simulate_splits(dataclasses.replace(plans[0].simulation, data_seed=7))["test"]
+    write_npz(tmp_path / "data" / "test.npz", other)
+    wrapper.run_study_baseline(tmp_path, study, plans, (2,), None)
+    assert "holds another simulation than the study's" in capsys.readouterr().err
+    assert [d.metadata["data_seed"] for d in reconstructed] == [plans[0].simulation.data_seed] * 2
+    assert np.array_equal(reconstructed[1].YY_ground_truth, ours.YY_ground_truth)

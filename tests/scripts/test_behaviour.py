@@ -380,7 +380,6 @@ CASES = [
     # execution
     Case("devices", built_trainer, 1, 2, dict(strategy="ddp")),
     Case("strategy", built_trainer, "auto", "ddp"),
-    Case("strategy", built_trainer, "ddp", "ddp_spawn"),
     Case("num_nodes", built_trainer, 1, 2, dict(strategy="ddp")),
     Case("precision", built_trainer, "32-true", "bf16-mixed"),
     Case("precision", prediction_dtypes, "32-true", "bf16-mixed"),
