@@ -323,6 +323,14 @@ def _warmup_fits(v: Mapping[str, Any]) -> Problem | None:
     return None
 
 
+def _plateau_floor_below_the_rate(v: Mapping[str, Any]) -> Problem | None:
+    if v["scheduler"] == "ReduceLROnPlateau" and v["plateau_min_lr"] >= v["learning_rate"]:
+        return Problem("plateau_min_lr", v["plateau_min_lr"],
+                       f"must be < learning_rate={v['learning_rate']} under scheduler=ReduceLROnPlateau (a floor at "
+                       "or above the rate never lets the scheduler lower it)")
+    return None
+
+
 def _plateau_needs_validation(v: Mapping[str, Any]) -> Problem | None:
     if v["scheduler"] == "ReduceLROnPlateau" and v["val_fraction"] == 0:
         return Problem("val_fraction", 0.0, "must be > 0 under scheduler=ReduceLROnPlateau (it monitors the validation loss)")
@@ -359,6 +367,7 @@ CROSS_RULES = (
     CrossRule(("fno_modes", "N", "architecture"), _fno_modes_fit),
     CrossRule(("probe_mask_diameter", "N"), _mask_fits),
     CrossRule(("scheduler", "lr_warmup_epochs", "epochs"), _warmup_fits),
+    CrossRule(("scheduler", "plateau_min_lr", "learning_rate"), _plateau_floor_below_the_rate),
     CrossRule(("scheduler", "val_fraction"), _plateau_needs_validation),
 )
 

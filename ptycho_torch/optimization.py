@@ -6,6 +6,8 @@ built here once per epoch (ReduceLROnPlateau with the validation loss).
 WarmupCosine, for epoch e of E with W warmup epochs and final ratio r (factor of learning_rate):
     e < W:  (e + 1) / W                                       linear warmup, reaching 1 at e = W - 1
     e >= W: r + (1 - r) * (1 + cos(pi * (e - W) / max(E - W - 1, 1))) / 2   cosine down to r at e = E - 1
+With a single epoch after the warmup (E = W + 1) the cosine has no room: that epoch runs at the full
+rate, not at r (which, at r = 0, would leave the run untrained).
 """
 
 from __future__ import annotations

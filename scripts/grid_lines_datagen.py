@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ptycho_torch.config import SimulationConfig
+from ptycho_torch.config import (
+    PyTorchExecutionConfig, RunSettings, SimulationConfig, TrainingConfig, inert_settings,
+)
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, runner_flags
 from scripts.studies.runner_cli import (
     add_setting_arguments, build_config, exit_with, new_parser, nonempty_path, run_command,
@@ -41,8 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     settings = {f.name: getattr(ns, f.name) for f in simulation_fields() if hasattr(ns, f.name)}
     sim = build_config(parser, SimulationConfig, settings, flags=runner_flags())
+    warn_of_inert(sim, settings)
     return run_command(lambda: simulate(sim, ns.output_dir, ns.overwrite, progress=not ns.no_progress),
                        runner_flags())
+
+
+def warn_of_inert(sim: SimulationConfig, given: dict) -> None:
+    """One line per given setting the simulation cannot use (``--probe-defocus`` beside a probe file), as
+    the runner warns; the file's metadata still records it, as a setting of the simulation."""
+    inert = inert_settings(RunSettings(TrainingConfig(), PyTorchExecutionConfig(), sim))
+    flags = runner_flags()
+    for name in given:
+        why = inert.get(f"simulation.{name}")
+        if why is not None:
+            print(f"warning: {flags[name]}={getattr(sim, name)!r} has no effect in this run: {why}", file=sys.stderr)
 
 
 def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress: bool) -> int:

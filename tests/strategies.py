@@ -105,7 +105,7 @@ def boundary_examples(rule: Any) -> tuple[list, list]:
 clip_values = valid_values(FIELD_RULES["gradient_clip_val"])
 # Fields drawn inside bounds set by others (see ``runner_values``); every other field from its rule.
 DEPENDENT = ("train_npz", "test_npz", "N", "fno_modes", "probe_mask_diameter", "lr_warmup_epochs", "val_fraction",
-             "object_size", "train_stride", "test_stride")
+             "plateau_min_lr", "object_size", "train_stride", "test_stride")
 INDEPENDENT: dict[str, st.SearchStrategy] = {
     f.name: valid_values(FIELD_RULES[f.name]) for f in dataclasses.fields(TorchRunnerConfig) if f.name not in DEPENDENT
 }
@@ -132,6 +132,9 @@ def runner_values(draw) -> dict:
     val = FIELD_RULES["val_fraction"]
     plateau = values["scheduler"] == "ReduceLROnPlateau"
     values["val_fraction"] = draw(finite(val.lo, val.hi, exclude_min=plateau))
+    floor = FIELD_RULES["plateau_min_lr"]  # under the plateau scheduler, below the learning rate
+    values["plateau_min_lr"] = draw(finite(floor.lo, values["learning_rate"], exclude_max=True) if plateau
+                                    else valid_values(floor))
     size = FIELD_RULES["object_size"]
     values["object_size"] = draw(st.integers(max(n, int(size.lo)), int(size.hi)))
     values["train_stride"] = draw(_below(FIELD_RULES["train_stride"], n))

@@ -73,6 +73,8 @@ BAD_ARGV = [
     pytest.param(["--architecture", "fno", "--N", "32", "--fno-modes", "17"], "--fno-modes", id="modes-above-N-over-2"),
     pytest.param(["--scheduler", "WarmupCosine", "--epochs", "3", "--lr-warmup-epochs", "3"],
                  "--lr-warmup-epochs", id="warmup-not-below-epochs"),
+    pytest.param(["--scheduler", "ReduceLROnPlateau", "--val-fraction", "0.2", "--plateau-min-lr", "0.001"],
+                 "--plateau-min-lr", id="plateau-floor-not-below-the-rate"),  # the scheduler could never act
     pytest.param(["--output-dir", ""], "--output-dir", id="empty-output-dir"),
     pytest.param(["--no-such-flag"], "--no-such-flag", id="unknown-flag"),
 ]

@@ -237,3 +237,10 @@ def test_spectral_architectures_train_at_bf16_mixed(architecture, tiny_data, tmp
     execution = dataclasses.replace(execution, precision="bf16-mixed")
     module = train(cfg, execution, tiny_data[0], tmp_path).module
     assert module.optimizer_steps > 0 and all(math.isfinite(row["loss"]) for row in module.history)
+
+
+def test_a_single_epoch_after_the_warmup_runs_at_the_full_rate_not_at_the_final_ratio():
+    """The cosine has no room there; at ratio 0 the final-ratio reading would leave the run untrained."""
+    assert warmup_cosine_factor(0, epochs=1, warmup=0, min_ratio=0.0) == 1.0
+    assert [warmup_cosine_factor(e, epochs=2, warmup=1, min_ratio=0.1) for e in range(2)] == [1.0, 1.0]
+    assert warmup_cosine_factor(2, epochs=3, warmup=1, min_ratio=0.1) == pytest.approx(0.1)  # room: down to r

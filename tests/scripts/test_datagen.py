@@ -36,3 +36,14 @@ def test_datagen_bad_value_exits_2_naming_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         grid_lines_datagen.main(["--N", "16", "--object-size", "8", "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2 and "--object-size" in capsys.readouterr().err
+
+
+def test_a_given_setting_the_simulation_cannot_use_is_warned_of_as_the_runner_does(tmp_path, capsys):
+    """--probe-defocus beside a probe file: silent, though the runner warns of exactly this."""
+    np.savez(tmp_path / "probe.npz", probeGuess=np.ones((16, 16), np.complex64))
+    assert grid_lines_datagen.main([*TINY, "--probe-npz", str(tmp_path / "probe.npz"), "--probe-defocus", "3",
+                                    "--output-dir", str(tmp_path / "out")]) == 0
+    assert ("warning: --probe-defocus=3.0 has no effect in this run: the probe comes from a file"
+            in capsys.readouterr().err)
+    assert grid_lines_datagen.main([*TINY, "--probe-defocus", "3", "--output-dir", str(tmp_path / "other")]) == 0
+    assert "has no effect" not in capsys.readouterr().err
