@@ -332,6 +332,8 @@ def tiny_training_values(draw) -> dict:
     names = [f.name for f in dataclasses.fields(C.TrainingConfig) if f.name != "model"]
     training = {name: draw(PRACTICAL[name]) if name in PRACTICAL else values[name] for name in names}
     training["lr_warmup_epochs"] = draw(st.integers(0, training["epochs"] - 1))
+    if training["scheduler"] == "ReduceLROnPlateau":  # its floor below the rate, or it could never act
+        training["plateau_min_lr"] = draw(finite(0.0, training["learning_rate"], exclude_max=True))
     return training
 
 
