@@ -40,10 +40,7 @@ def _spread(values: np.ndarray, channel: str, scale_to: np.ndarray | None = None
     phase around its circular mean (so that a constant phase near +-pi still counts as constant)."""
     if channel == "amplitude":
         amplitude = np.abs(values)
-        mean = float(np.mean(amplitude))
-        if scale_to is not None and mean > 0:
-            amplitude = amplitude * (float(np.mean(np.abs(scale_to))) / mean)
-        return float(np.std(amplitude))
+        return float(np.std(amplitude if scale_to is None else amplitude * _to_scale_of(values, scale_to)))
     unit = np.exp(1j * np.angle(values))
     return float(np.std(np.angle(unit * np.conj(np.mean(unit)))))
 
@@ -79,9 +76,14 @@ def ignores_input_reason(recons: np.ndarray, exchanged: np.ndarray, truths: np.n
 def _moved(recon: np.ndarray, exchanged: np.ndarray, truth: np.ndarray) -> float:
     """The largest pixel movement between ``recon`` and ``exchanged``, brought to the mean amplitude of
     ``truth`` (the mean-ratio scale scoring applies)."""
-    moved = float(np.max(np.abs(recon.astype(np.complex128) - exchanged)))
-    mean = float(np.mean(np.abs(recon)))
-    return moved * float(np.mean(np.abs(truth))) / mean if mean > 0 else moved
+    return float(np.max(np.abs(recon.astype(np.complex128) - exchanged))) * _to_scale_of(recon, truth)
+
+
+def _to_scale_of(values: np.ndarray, truth: np.ndarray) -> float:
+    """The factor that brings ``values``' mean amplitude to ``truth``'s (the mean-ratio scale scoring
+    applies); 1 for an all-zero ``values``."""
+    mean = float(np.mean(np.abs(values)))
+    return float(np.mean(np.abs(truth))) / mean if mean > 0 else 1.0
 
 
 def exchanged_patterns(count: int) -> np.ndarray:

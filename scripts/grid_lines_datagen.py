@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ptycho_torch.config import (
     PyTorchExecutionConfig, RunSettings, SimulationConfig, TrainingConfig, inert_settings,
 )
-from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, runner_flags
+from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, runner_flags, warn_ignored
 from scripts.studies.runner_cli import (
     add_setting_arguments, build_config, exit_with, new_parser, nonempty_path, run_command,
 )
@@ -52,11 +51,8 @@ def warn_of_inert(sim: SimulationConfig, given: dict) -> None:
     """One line per given setting the simulation cannot use (``--probe-defocus`` beside a probe file), as
     the runner warns; the file's metadata still records it, as a setting of the simulation."""
     inert = inert_settings(RunSettings(TrainingConfig(), PyTorchExecutionConfig(), sim))
-    flags = runner_flags()
-    for name in given:
-        why = inert.get(f"simulation.{name}")
-        if why is not None:
-            print(f"warning: {flags[name]}={getattr(sim, name)!r} has no effect in this run: {why}", file=sys.stderr)
+    warn_ignored({name: inert[f"simulation.{name}"] for name in given if f"simulation.{name}" in inert},
+                 runner_flags(), sim)
 
 
 def simulate(sim: SimulationConfig, output_dir: Path, overwrite: bool, progress: bool) -> int:

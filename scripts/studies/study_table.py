@@ -51,13 +51,12 @@ def score_columns(mean: dict[str, Any]) -> dict[str, Any]:
 def run_row(folder: Path, cell: str, seed: int | None, swept: dict[str, Any]) -> dict[str, Any]:
     """The table row of one run folder (status ``missing`` when it holds no metrics.json);
     ``swept``: the cell's swept settings and values, shown in their own columns."""
-    row: dict[str, Any] = {"row": "run", "cell": cell, "seed": seed, **swept}
     try:
-        return _filled(row, folder)
+        return _filled({"row": "run", "cell": cell, "seed": seed, **swept}, folder)
     except FileNotFoundError as err:
-        return row | {"status": MISSING, "status_reason": f"no {Path(err.filename).name}: the run did not finish"}
+        return missing_row(cell, seed, swept, f"no {Path(err.filename).name}: the run did not finish")
     except UNREADABLE as err:  # a damaged record: no result
-        return row | {"status": MISSING, "status_reason": f"its records cannot be read ({type(err).__name__}: {err})"}
+        return missing_row(cell, seed, swept, f"its records cannot be read ({type(err).__name__}: {err})")
 
 
 def missing_row(cell: str, seed: int | None, swept: dict[str, Any], reason: str) -> dict[str, Any]:
