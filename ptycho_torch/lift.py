@@ -51,7 +51,7 @@ class _ComposeChannels(torch.autograd.Function):
     def forward(ctx, rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(rows, matrix)
         with torch.autocast(device_type=rows.device.type, enabled=False):
-            return rows @ matrix.to(rows.dtype)
+            return _few_columns(rows, matrix)
 
     @staticmethod
     @once_differentiable
@@ -62,9 +62,31 @@ class _ComposeChannels(torch.autograd.Function):
             if ctx.needs_input_grad[0]:  # the matrix is real: its adjoint is its transpose
                 grad_rows = _times_real(grad, matrix.T)
             if ctx.needs_input_grad[1]:  # a real matrix takes the real part of rows^H grad
-                product = rows.mH @ grad
-                grad_matrix = (product.real if product.is_complex() else product).to(matrix.dtype)
+                grad_matrix = _real_inner_products(rows, grad).to(matrix.dtype)
         return grad_rows, grad_matrix
+
+
+# The products here have a long axis P (the weight's out kh kw or out 2m m rows: 9216 for the fno's
+# spectral weight) and a short one J = C + 1. Written with P as the result's last axis, BLAS gets a
+# wide product instead of a tall one with J columns: at the fno's spectral weight on this CPU the
+# composition 0.45 -> 0.11 ms, its matrix gradient 0.44 -> 0.12 ms (warm caches).
+
+def _few_columns(rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """rows (P, in) @ matrix (in, J) computed as (matrix^T rows^T)^T, contiguous."""
+    return (matrix.T.to(rows.dtype) @ rows.T).T.contiguous()
+
+
+def _real_inner_products(rows: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Re(rows^H grad): (in, J) from rows (P, in) and grad (P, J), real or complex alike. Complex
+    operands as their (re, im) planes: Re(conj(r) g) = Re r Re g + Im r Im g, summed over P in one
+    real product (P, (J, re/im))^T @ (P, (in, re/im))."""
+    if not rows.is_complex():
+        return (grad.T @ rows).T
+    (count, inner), outer = rows.shape, grad.shape[1]
+    row_planes = torch.view_as_real(rows.resolve_conj()).reshape(count, 2 * inner)
+    grad_planes = torch.view_as_real(grad.resolve_conj()).reshape(count, 2 * outer)
+    products = (grad_planes.T @ row_planes).view(outer, 2, inner, 2)  # (J, re/im, in, re/im)
+    return (products[:, 0, :, 0] + products[:, 1, :, 1]).T
 
 
 def _times_real(rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
