@@ -54,7 +54,8 @@ DATASET_LAYOUT: Layout = {"train.npz": None, "test.npz": None}
 RUN_LAYOUT: Layout = {
     "config.json": None, "metrics.json": None, "timing.json": None, "history.csv": None, "recon.npz": None,
     "reconstruction.png": None, "training.png": None,
-    "checkpoints": Tree(("*.ckpt",)), "logs": Tree(("metrics.csv", "hparams.yaml", "events.out.tfevents.*")),
+    "checkpoints": Tree(("epoch=*.ckpt", "last.ckpt", "last-v*.ckpt", "interrupted.ckpt")),
+    "logs": Tree(("metrics.csv", "hparams.yaml", "events.out.tfevents.*")),
     "ranks": Tree(("rank*.json",)), "data": DATASET_LAYOUT,
 }
 # A trained model applied to a data file (scripts.grid_lines_reconstruct).
@@ -153,7 +154,8 @@ SIGNATURES = {"history.csv": "a training run", "checkpoints": "a training run", 
 
 def check_no_other_output(path: Path, overwrite: bool, layout: Layout) -> None:
     """Refuse, for an ``--overwrite`` with ``layout``, a folder holding what another command writes
-    (a name of SIGNATURES that ``layout`` does not list)."""
+    (a name of SIGNATURES that ``layout`` does not list), or, under a name ``layout`` lists, what no
+    run wrote (``check_overwrite_targets``)."""
     if not overwrite:
         return  # without overwrite a non-empty folder is refused anyway
     held = [name for name in SIGNATURES if name not in layout and _exists(Path(path) / name)]
@@ -161,6 +163,70 @@ def check_no_other_output(path: Path, overwrite: bool, layout: Layout) -> None:
         kinds = sorted({SIGNATURES[name] for name in held})
         raise OutputDirError(f"output_dir={str(path)!r}: holds the files of {' and '.join(kinds)} ({', '.join(held)}), "
                              "which --overwrite would leave beside this command's own; write to a folder of its own")
+    if Path(path).is_dir():
+        check_overwrite_targets(Path(path), layout)
+
+
+# A command's own records, known by their content: a file of one of these names that reads as JSON
+# without any of the keys (or, for the CSV, with another header) was put there by someone else. One
+# that does not read at all is taken for a damaged record (written atomically, a run's never is
+# half-written, but a user may have cut one short) and is removed as the run's.
+RECORD_KEYS = {"config.json": ("training",), "metrics.json": ("status", "mean", "per_object"),
+               "timing.json": ("fit_seconds", "reconstruct_seconds"), "sweep.json": ("cells",)}
+RECORD_HEADERS = {"history.csv": "epoch,step,"}
+
+
+def check_overwrite_targets(folder: Path, layout: Layout) -> None:
+    """Refuse an ``--overwrite`` of ``folder`` where a name ``layout`` lists holds what the run can
+    neither remove as its predecessor's nor write: a symbolic link (the run would write through it,
+    into whatever it points to), a folder where the run writes a file or a file where it writes a
+    folder (the run would fail after its work), a folder the run cannot write in, or a record that
+    no run wrote (``RECORD_KEYS``). Checked before anything is removed; nothing is changed."""
+    found = _foreign_entries(folder, layout)
+    if found:
+        raise OutputDirError(f"output_dir={str(folder)!r}: --overwrite would remove or write through what no run "
+                             f"wrote there: {'; '.join(found)}; move it away or choose another folder")
+
+
+def _foreign_entries(folder: Path, layout: Layout | Tree, prefix: str = "") -> list[str]:
+    found = []
+    names = (layout.items() if isinstance(layout, Mapping)
+             else [(entry.name, None) for entry in sorted(folder.iterdir()) if layout.owns(entry.name)])
+    for name, sub in names:
+        entry, shown = folder / name, prefix + name
+        if not _exists(entry):
+            continue
+        if entry.is_symlink():
+            found.append(f"{shown} (a symbolic link, to {os.readlink(entry)!r})")
+        elif sub is None and entry.is_dir():
+            found.append(f"{shown} (a folder, where the run writes a file)")
+        elif sub is not None and not entry.is_dir():
+            found.append(f"{shown} (a file, where the run writes a folder)")
+        elif sub is not None and (_read_only(entry) or not os.access(entry, os.W_OK | os.X_OK)):
+            found.append(f"{shown} (a folder the run cannot write in)")
+        elif sub is None and not _record_of_a_run(entry):
+            found.append(f"{shown} (not a record this command writes)")
+        elif sub is not None:
+            found += _foreign_entries(entry, sub, f"{shown}/")
+    return found
+
+
+def _record_of_a_run(file: Path) -> bool:
+    """Whether ``file`` may be a record a run wrote under its name (``RECORD_KEYS``, ``RECORD_HEADERS``)."""
+    keys, header = RECORD_KEYS.get(file.name), RECORD_HEADERS.get(file.name)
+    if keys is None and header is None:
+        return True  # nothing to tell it by
+    try:
+        with file.open("rb") as handle:
+            text = handle.read(1 << 20 if keys else 256).decode("utf-8")
+        if not text.strip():
+            return True  # empty: as damaged
+        if header is not None:  # the header, or a file cut short inside it
+            return text.startswith(header) or header.startswith(text)
+        record = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return True  # unreadable: a damaged record, removed as the run's
+    return isinstance(record, dict) and any(key in record for key in keys)
 
 
 def _exists(path: Path) -> bool:
@@ -450,6 +516,7 @@ def claimed(path: Path, overwrite: bool, layout: Layout, log: Callable[[str], No
         if overwrite:
             nested = _claim_nested(path, layout, log)  # a live run in one of them refuses before anything goes
             try:
+                check_overwrite_targets(path, layout)  # again under the claims: the folder may have changed
                 _, kept = remove_previous_run(path, layout)
             finally:
                 for folder, nested_fd in reversed(nested):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import sys
 import pytest
 
 from ptycho_torch.output_folder import (
-    DATASET_LAYOUT, LOCK_NAME, RUN_LAYOUT, OutputDirError, check_output_dir, claimed, comparison_layout,
+    DATASET_LAYOUT, LOCK_NAME, RUN_LAYOUT, OutputDirError, check_no_other_output, check_output_dir, claimed,
+    comparison_layout,
     Tree, remove_previous_run, remove_temporaries,
 )
 
@@ -21,16 +23,21 @@ def tree(folder) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+# what a command's records begin with (``RECORD_KEYS``, ``RECORD_HEADERS``: how --overwrite knows them)
+RECORDS = {"config.json": '{"training": {}}', "metrics.json": '{"status": "ok"}', "timing.json": '{"fit_seconds": 1}',
+           "sweep.json": '{"cells": []}', "history.csv": "epoch,step,loss\n0,0,1.0\n"}
+
+
 def fill(folder, layout) -> None:
     """Every artifact ``layout`` names, as a run would write them (files with content, folders with a file)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, sub in layout.items():
         if sub is None:
-            (folder / name).write_text("artifact")
+            (folder / name).write_text(RECORDS.get(name, "artifact"))
         elif isinstance(sub, Tree):
             (folder / name).mkdir()
             for pattern in sub.patterns:  # a file of each kind the command writes there
-                (folder / name / pattern.replace("*", "x")).write_text("artifact")
+                (folder / name / pattern.replace("*", "1")).write_text("artifact")
         else:
             fill(folder / name, sub)
 
@@ -214,6 +221,82 @@ def test_overwrite_removes_every_artifact_of_the_layout_and_keeps_and_names_user
                                          "baseline", "baseline/plot.py", LOCK_NAME])
     err = capsys.readouterr().err
     assert all(name in err for name in mine)
+
+
+def snapshot(folder) -> dict[str, bytes | str]:
+    """Every entry below ``folder``: a file's bytes, a link's target, a folder's name."""
+    return {str(p.relative_to(folder)): (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "dir")
+            for p in folder.rglob("*")}
+
+
+def refused_overwrite(folder, layout, match) -> None:
+    """--overwrite of ``folder`` refused (check and claim alike) with nothing changed anywhere below tmp."""
+    root = folder.parent
+    before = snapshot(root)
+    with pytest.raises(OutputDirError, match=match):
+        check_no_other_output(folder, True, layout)
+    with pytest.raises(OutputDirError, match=match):
+        with claimed(folder, True, layout):
+            raise AssertionError("overwrote a folder holding what no run wrote")
+    assert snapshot(root) == before
+
+
+def test_overwrite_refuses_a_symbolic_link_where_the_run_writes_and_changes_nothing(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "users"
+    fill(run, RUN_LAYOUT)
+    elsewhere.mkdir()
+    (elsewhere / "last.ckpt").write_text("the user's model")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to(elsewhere)
+    refused_overwrite(run, RUN_LAYOUT, r"checkpoints \(a symbolic link, to .*users")
+    (run / "checkpoints").unlink()  # a link of a file, and one in a study's run folder
+    (run / "recon.npz").unlink()
+    (run / "recon.npz").symlink_to(elsewhere / "last.ckpt")
+    refused_overwrite(run, RUN_LAYOUT, r"recon.npz \(a symbolic link")
+    study = tmp_path / "study"
+    fill(study, comparison_layout(["runs/cnn"]))
+    shutil.rmtree(study / "runs/cnn")
+    (study / "runs/cnn").symlink_to(elsewhere)
+    refused_overwrite(study, comparison_layout(["runs/cnn"]), r"runs/cnn \(a symbolic link")
+
+
+def test_overwrite_refuses_entries_of_the_wrong_kind_and_folders_it_cannot_write_in(tmp_path, monkeypatch):
+    from ptycho_torch import output_folder
+
+    run = tmp_path / "run"
+    fill(run, RUN_LAYOUT)
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").mkdir()
+    shutil.rmtree(run / "logs")
+    (run / "logs").write_text("a file")
+    (run / "checkpoints/last.ckpt").unlink()
+    (run / "checkpoints/last.ckpt").mkdir()
+    refused_overwrite(run, RUN_LAYOUT, r"metrics.json \(a folder, where the run writes a file\); "
+                                       r"checkpoints/last.ckpt \(a folder.*logs \(a file, where the run writes a folder")
+    run2 = tmp_path / "run2"
+    fill(run2, RUN_LAYOUT)
+    monkeypatch.setattr(output_folder, "_read_only", lambda folder: folder.name == "checkpoints")
+    refused_overwrite(run2, RUN_LAYOUT, r"checkpoints \(a folder the run cannot write in\)")
+
+
+@pytest.mark.parametrize("name, content", [("config.json", '{"name": "my-project"}'), ("metrics.json", "[1, 2]"),
+                                           ("timing.json", '{"seconds": 3}'), ("history.csv", "date,value\n")])
+def test_overwrite_refuses_a_record_no_run_wrote_and_removes_a_damaged_one(tmp_path, name, content):
+    run = tmp_path / "run"
+    fill(run, RUN_LAYOUT)
+    (run / name).write_text(content)
+    refused_overwrite(run, RUN_LAYOUT, rf"{name} \(not a record this command writes\)")
+    (run / name).write_text(RECORDS[name][:7])  # cut short: a damaged record of the run, removed with the rest
+    with claimed(run, True, RUN_LAYOUT):
+        assert tree(run) == [LOCK_NAME]
+
+
+def test_overwrite_keeps_and_names_checkpoints_lightning_does_not_write(tmp_path, capsys):
+    fill(tmp_path, RUN_LAYOUT)
+    (tmp_path / "checkpoints/model.ckpt").write_text("the user's")
+    with claimed(tmp_path, True, RUN_LAYOUT):
+        assert tree(tmp_path) == sorted(["checkpoints", "checkpoints/model.ckpt", LOCK_NAME])
+    assert "checkpoints/model.ckpt" in capsys.readouterr().err
 
 
 def test_a_file_where_a_run_writes_a_folder_is_the_users(tmp_path):

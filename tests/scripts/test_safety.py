@@ -376,6 +376,26 @@ def test_overwrite_refuses_a_folder_holding_another_commands_output(command, hel
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
+@pytest.mark.parametrize("command, link, dataset", [("runner", "data", True), ("wrapper", "runs/cnn", False),
+                                                     ("datagen", "test.npz", False)])
+def test_overwrite_refuses_to_write_through_a_link_where_the_command_writes(command, link, dataset, tmp_path, capsys):
+    """A run's subfolder (or file) linked elsewhere: the run would write into the user's files there."""
+    from tests.ptycho_torch.test_output_folder import snapshot
+
+    out, users = tmp_path / "out", tmp_path / "users"
+    users.mkdir()
+    for name in ("train.npz", "test.npz") if dataset else ("metrics.json",):
+        (users / name).write_text("the user's")
+    (out / link).parent.mkdir(parents=True)
+    (out / link).symlink_to(users if dataset or command == "wrapper" else users / "metrics.json")
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert exit_status(command, [*TINY[command], "--output-dir", str(out), "--overwrite"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and f"{link} (a symbolic link, to" in err[0], err
+    assert snapshot(tmp_path) == before
+
+
 # --- output paths that cannot be used: exit 2, one line, nothing created -------------------------------------
 
 @pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
