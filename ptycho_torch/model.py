@@ -67,6 +67,7 @@ class PtychoPINN(L.LightningModule):
         # Fit time of the weights across resumes: what the checkpoint resumed from had spent (None when
         # it predates the record), plus this process's fit since on_fit_start.
         self.prior_fit_seconds: float | None = 0.0
+        self.data_digest: str | None = None  # the train split's (``GridLinesData.digest``), set by ``training.train``
         self._fit_started: float | None = None
 
     # --- forward and loss ------------------------------------------------------------------
@@ -196,7 +197,7 @@ class PtychoPINN(L.LightningModule):
                                  "optimizer_steps": self.optimizer_steps, "last_val_loss": self.last_val_loss,
                                  "threads": torch.get_num_threads(),  # a resumed run sums with as many
                                  "precision": str(self.trainer.precision),  # as run: 16-mixed on a CPU is bf16-mixed
-                                 "fit_seconds": self.fit_seconds()}
+                                 "fit_seconds": self.fit_seconds(), "data_digest": self.data_digest}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RUN_STATE)

@@ -26,6 +26,7 @@ stride and YY_ground_truth has the shape of ``scan.stitched_region``. Files are 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -101,6 +102,17 @@ class GridLinesData:
     @property
     def N(self) -> int:
         return self.diffraction.shape[-1]
+
+    def digest(self) -> str:
+        """SHA-256 of the split's arrays and intensity scale (not its metadata), bit for bit: what a
+        fit on it depends on. A checkpoint records it, so that a resumed run can tell its data
+        from another's (``resume``)."""
+        digest = hashlib.sha256()
+        for name, array in self.to_arrays().items():
+            if name != "metadata":
+                array = np.ascontiguousarray(array)
+                digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode() + array.tobytes())
+        return digest.hexdigest()
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The NPZ members, keyed as in the contract."""

@@ -42,6 +42,7 @@ class _Saved(NamedTuple):
     training: TrainingConfig  # the config the weights were trained with
     shapes: dict[str, tuple[int, ...]]  # the weights' names and shapes
     probe: Any
+    data_digest: str | None  # the train split it trained on (``GridLinesData.digest``; None: not recorded)
 
 
 def _read(checkpoint: Path) -> _Saved:
@@ -64,7 +65,8 @@ def _read(checkpoint: Path) -> _Saved:
     if not (torch.is_tensor(probe) and probe.is_complex() and tuple(probe.shape) == (N, N)):
         raise TypeError(f"its probe is not an ({N}, {N}) complex tensor")
     return _Saved(int(state["epoch"]) + 1, run_state.get("threads"), training,
-                  {name: tuple(value.shape) for name, value in state["state_dict"].items()}, probe)
+                  {name: tuple(value.shape) for name, value in state["state_dict"].items()}, probe,
+                  run_state.get("data_digest"))
 
 
 def differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
@@ -91,9 +93,11 @@ def _model_shapes(training: TrainingConfig, probe: Any) -> dict[str, tuple[int, 
     return {name: tuple(value.shape) for name, value in module.state_dict().items()}
 
 
-def _check_same_run(saved: _Saved, training: TrainingConfig, probe: Any, where: str) -> None:
+def _check_same_run(saved: _Saved, training: TrainingConfig, probe: Any, data_digest: str | None,
+                    where: str) -> None:
     """Refuse a checkpoint that another run wrote (another architecture, seed, learning rate, probe,
-    ...): resuming from it would continue that run under this one's record. Epochs may differ (grown)."""
+    train data, ...): resuming from it would continue that run under this one's record. Epochs may
+    differ (grown)."""
     changed = differences(saved.training, dataclasses.replace(training, epochs=saved.training.epochs))
     if changed:
         raise OutputDirError(f"{where}: its {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} was written by another run than "
@@ -103,6 +107,10 @@ def _check_same_run(saved: _Saved, training: TrainingConfig, probe: Any, where: 
         raise OutputDirError(f"{where}: its {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} was trained with another probe than "
                              "this run's data has (the probe settings in config.json, or the data files, changed "
                              "since); start the run again with --overwrite")
+    if saved.data_digest is not None and data_digest is not None and saved.data_digest != data_digest:
+        raise OutputDirError(f"{where}: its {CHECKPOINT_FOLDER}/{LAST_CHECKPOINT} was trained on other data than "
+                             "this run's train split (the simulation settings in config.json, or the data files, "
+                             "changed since); start the run again with --overwrite")
     expected = _model_shapes(saved.training, saved.probe)
     if saved.shapes != expected:
         odd = sorted(set(saved.shapes) ^ set(expected)) or sorted(k for k in expected if saved.shapes[k] != expected[k])
@@ -125,13 +133,15 @@ def remove_results(output_dir: Path) -> None:
     (Path(output_dir) / CHECKPOINT_FOLDER / INTERRUPTED_CHECKPOINT).unlink(missing_ok=True)
 
 
-def resume_point(output_dir: Path, training: TrainingConfig, probe: Any) -> ResumePoint:
+def resume_point(output_dir: Path, training: TrainingConfig, probe: Any,
+                 data_digest: str | None = None) -> ResumePoint:
     """The checkpoint to continue the run in ``output_dir`` from, up to ``training.epochs`` epochs, and
     the thread count it trained with (a resumed run with an automatic count takes it: same sums).
 
     OutputDirError when there is none, nothing is left to do, or it holds another run (``training``
-    but the epochs differs from the checkpoint's config, or ``probe``, the run's data's, from its
-    probe); DataError when it cannot be read."""
+    but the epochs differs from the checkpoint's config, ``probe``, the run's data's, from its
+    probe, or ``data_digest``, the run's train split's, from the one it trained on, where both are
+    known); DataError when it cannot be read."""
     epochs = training.epochs
     checkpoint = last_checkpoint(output_dir)
     where = f"output_dir={str(output_dir)!r}"
@@ -143,7 +153,7 @@ def resume_point(output_dir: Path, training: TrainingConfig, probe: Any) -> Resu
         saved = _read(checkpoint)
     except Exception as err:  # a damaged or foreign file: refused by name, the original error kept in the chain
         raise DataError.unreadable(checkpoint, "an epoch-end run checkpoint to resume from", err) from err
-    _check_same_run(saved, training, probe, where)
+    _check_same_run(saved, training, probe, data_digest, where)
     done, threads = saved.done, saved.threads
     if done > epochs:
         raise OutputDirError(f"{where}: its checkpoint has {done} epochs done, more than epochs={epochs}")

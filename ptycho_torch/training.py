@@ -50,6 +50,7 @@ def train(training: TrainingConfig, execution: PyTorchExecutionConfig, train_dat
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         module = build_module(training, train_data.probeGuess, module_class)
+        module.data_digest = train_data.digest()  # recorded in its checkpoints (a resume compares it)
         initial_digest = parameter_digest(module)
         data = GridLinesDataModule(train_data, training, execution, group_spacing)
         trainer = build_trainer(training, execution, Path(output_dir), plugins=plugins, callbacks=callbacks)

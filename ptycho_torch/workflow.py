@@ -77,15 +77,16 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
 
 def resume_from(plan: RunPlan, data=None):
     """Where a resumed run continues from (``resume.ResumePoint``; refused when there is none, or
-    when its checkpoint was trained on another probe than this run's ``data`` or simulation has);
-    None for a new run."""
+    when its checkpoint was trained on another probe or train split than this run's ``data`` (or
+    simulation) has); None for a new run."""
     from ptycho_torch.resume import resume_point
     from ptycho_torch.simulation import simulation_probe
 
     if not plan.resume:
         return None
-    probe = data[0].probeGuess if data is not None else simulation_probe(plan.simulation)
-    return resume_point(plan.output_dir, plan.training, probe)
+    if data is None:
+        return resume_point(plan.output_dir, plan.training, simulation_probe(plan.simulation))
+    return resume_point(plan.output_dir, plan.training, data[0].probeGuess, data[0].digest())
 
 
 def input_files(plan: RunPlan) -> dict[str, Path | None]:
@@ -105,12 +106,23 @@ def run(plan: RunPlan, *, data=None) -> dict[str, Any] | None:
     from ptycho_torch.output_folder import RUN_LAYOUT, claimed
 
     if rank_zero_only.rank != 0:
-        data = prepare(plan, data, check_folder=False)
+        data = _simulated_for_resume(plan, prepare(plan, data, check_folder=False))
         return _train_and_write(plan, data, resume_from(plan, data), data_dir=None, main_rank=False)
-    data = prepare(plan, data)
+    given = prepare(plan, data)
+    data = _simulated_for_resume(plan, given)
     resumed = resume_from(plan, data)
     with claimed(plan.output_dir, plan.overwrite, RUN_LAYOUT, resume=plan.resume):
+        if data is not given:  # as the run's first process wrote it (the same arrays: compared above)
+            from ptycho_torch.simulation import write_dataset
+
+            write_dataset(dict(zip(("train", "test"), data)), plan.output_dir / "data")
         return _train_and_write(plan, data, resumed, data_dir=plan.output_dir / "data", main_rank=True)
+
+
+def _simulated_for_resume(plan: RunPlan, data):
+    """``data``, or for a resumed run that simulates its data the simulation, made before anything is
+    written so that the checkpoint's train split can be compared with it (``resume_from``)."""
+    return load_or_simulate(plan, None) if data is None and plan.resume else data
 
 
 def _train_and_write(plan: RunPlan, data, resumed, data_dir: Path | None, main_rank: bool) -> dict[str, Any] | None:

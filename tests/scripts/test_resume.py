@@ -3,6 +3,7 @@ the uninterrupted run; a resumed run may grow its epochs; everything else is ref
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -226,6 +227,44 @@ def test_a_checkpoint_trained_on_another_probe_than_the_runs_data_is_refused(rec
     assert main(["--resume", "--output-dir", str(copy), "--epochs", "3"]) == 2
     assert "trained with another probe" in capsys.readouterr().err
     assert snapshot(copy) == before
+
+
+def test_a_checkpoint_records_the_train_split_it_trained_on(recorded):
+    from ptycho_torch.model import RUN_STATE
+    from ptycho_torch.npz_data import load_npz
+
+    state = torch.load(recorded / "checkpoints" / "last.ckpt", weights_only=True)[RUN_STATE]
+    train = load_npz(recorded / "data" / "train.npz", "train")
+    assert state["data_digest"] == train.digest()
+    assert load_npz(recorded / "data" / "test.npz", "test").digest() != train.digest()
+
+
+def test_a_checkpoint_trained_on_other_data_than_the_runs_is_refused(recorded, capsys, tmp_path):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(recorded), str(copy)], check=True)
+    record = json.loads((copy / "config.json").read_text())
+    record["runner"]["data_seed"] += 1  # the same probe, another simulated object
+    (copy / "config.json").write_text(json.dumps(record))
+    before = snapshot(copy)
+    assert main(["--resume", "--output-dir", str(copy), "--epochs", "3"]) == 2
+    assert "was trained on other data than this run's train split" in capsys.readouterr().err
+    assert snapshot(copy) == before
+
+
+def test_a_changed_data_file_is_refused_and_the_same_one_resumes(recorded, tmp_path):
+    from ptycho_torch.config import from_jsonable, TrainingConfig
+    from ptycho_torch.npz_data import load_npz
+    from ptycho_torch.output_folder import OutputDirError
+    from ptycho_torch.resume import resume_point
+
+    record = json.loads((recorded / "config.json").read_text())
+    training = dataclasses.replace(from_jsonable(TrainingConfig, record["training"]), epochs=3)
+    train = load_npz(recorded / "data" / "train.npz", "train")
+    assert resume_point(recorded, training, train.probeGuess, train.digest()).checkpoint.name == "last.ckpt"
+    changed = dataclasses.replace(train, diffraction=train.diffraction.copy())
+    changed.diffraction.flat[0] += 1e-3  # one pattern's one pixel
+    with pytest.raises(OutputDirError, match="trained on other data"):
+        resume_point(recorded, training, train.probeGuess, changed.digest())
 
 
 def test_a_run_moved_to_another_folder_resumes_into_its_own_last_checkpoint(recorded, tmp_path):
