@@ -189,7 +189,25 @@ class Instance:
         return value, None if isinstance(value, self.cls) else self.text
 
 
-Rule = Interval | PowerOfTwo | Choice | Boolean | PathRule | Optional | Instance
+@dataclass(frozen=True)
+class ZeroOr:
+    """0 (the setting's "off" or "none"), or a value ``inner`` accepts; stored as float."""
+
+    inner: Interval
+    message: str
+
+    @property
+    def text(self) -> str:
+        return self.message
+
+    def __call__(self, value: Any) -> Checked:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            return 0.0, None
+        value, broken = self.inner(value)
+        return value, None if broken is None else self.message
+
+
+Rule = Interval | PowerOfTwo | Choice | Boolean | PathRule | Optional | Instance | ZeroOr
 
 
 LARGEST_INT = 2**63 - 1  # what torch, numpy and itertools take as a size or count (int64, sys.maxsize)
@@ -204,17 +222,26 @@ def real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: boo
     return Interval(float, lo, hi, lo_open, hi_open)
 
 
-CLIP_RULE = Optional(Interval(float, 0.0, message="must be None/0 (off) or a finite number > 0 (on)"))
 # The optimizers hand these to torch as scalars for float32 parameters, and torch refuses a scalar
-# its dtype cannot hold: past float32's largest finite value a run would crash mid-step.
+# its dtype cannot hold: past float32's largest finite value a run would crash mid-step. Below
+# float32's smallest normal number a value is subnormal, and a fit flushes subnormals to zero (see
+# cpu_settings.flushed_denormals): a learning rate of 1e-320 trained at 0, a clip level of 1e-320
+# read as 0 (off) and one of 1e-39 zeroed every gradient.
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+_SUBNORMAL = f"below {FLOAT32_TINY!r} (float32's smallest normal number) a value reads as 0 during a fit"
+CLIP_RULE = Optional(ZeroOr(Interval(float, FLOAT32_TINY),
+                            message=f"must be None/0 (off) or a finite number >= {FLOAT32_TINY!r} (on): {_SUBNORMAL}"))
 
 
-def optimizer_scalar(*, positive: bool) -> Interval:
-    lower = "> 0" if positive else ">= 0"
-    return Interval(float, 0.0, FLOAT32_MAX, lo_open=positive,
-                    message=f"must be a finite number {lower} and <= {FLOAT32_MAX!r} (float32's largest: "
-                            "the optimizer applies it to float32 parameters)")
+def optimizer_scalar(*, positive: bool) -> Interval | ZeroOr:
+    """A value the optimizer applies to float32 parameters: from float32's smallest normal number
+    to its largest finite one, or (``positive=False``) 0."""
+    lower = f">= {FLOAT32_TINY!r}" if positive else f"0 or >= {FLOAT32_TINY!r}"
+    message = (f"must be a finite number {lower} and <= {FLOAT32_MAX!r} (float32's largest and smallest normal "
+               f"numbers: the optimizer applies it to float32 parameters; {_SUBNORMAL})")
+    normal = Interval(float, FLOAT32_TINY, FLOAT32_MAX, message=message)
+    return normal if positive else ZeroOr(normal, message)
 
 
 FIELD_RULES: dict[str, Rule] = {

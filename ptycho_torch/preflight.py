@@ -5,6 +5,7 @@ file and the machine can tell: a refusal here is bad input (exit 2) and leaves n
     check_machine(execution)             the accelerator and the logger package exist here
     check_data(training, train, test)    groups, patterns for a batch, a validation split when needed
     check_simulation(training, sim)      the probe file, the memory and the pattern count of the simulation
+Both refuse a probe mask that leaves nothing of the probe (``check_masked_probe``).
 Both also warn (not refuse: a sparse scan may be the study) when the test scan leaves part of the
 scored region unlit (``warn_of_unlit_region``).
 """
@@ -81,6 +82,7 @@ def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesDa
     items = training_items(training, train.coords, train.image_index, sources[0], spacing)
     training_items(training, test.coords, test.image_index, sources[1])
     check_pattern_count(training, items, sources[0])
+    check_masked_probe(training.model, train.probeGuess, sources[0])
     warn_of_unlit_region(training.model, train.probeGuess, test.coords, test.image_index,
                          test.metadata["object_size"], spacing, sources[1])
     warn_of_another_probe(train.probeGuess, test, sources[1], f"the probe of {sources[0]}, which the model trains with")
@@ -95,18 +97,38 @@ def warn_of_another_probe(model_probe, data: GridLinesData, source: str, whose: 
                       "than the model predicts with", stacklevel=2)
 
 
-def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int) -> float:
-    """``overlap.unlit_fraction`` of a test scan's scored region (``scan.stitched_region``), for the
-    probe (N, N) as the model weighs it (masked where ``probe_mask`` reaches the model)."""
+def model_probe(model: ModelConfig, probe):
+    """The probe (N, N) complex64 tensor as the model weighs it: masked where ``probe_mask`` reaches
+    the model (``config.probe_mask_reaches_the_model``)."""
     import torch
 
-    from ptycho_torch.overlap import unlit_fraction
     from ptycho_torch.physics import apply_probe_mask
-    from ptycho_torch.scan import stitched_region
 
     probe = torch.as_tensor(np.asarray(probe)).to(torch.complex64)
     if model.probe_mask and probe_mask_reaches_the_model(model):
         probe = apply_probe_mask(probe, model.probe_mask_diameter)
+    return probe
+
+
+def check_masked_probe(model: ModelConfig, probe, source: str) -> None:
+    """Refuse a probe mask that leaves nothing of the probe: the model would light nothing (every
+    pattern it predicts 0, every gradient 0) and the run would end untrained."""
+    if model_probe(model, probe).abs().max() > 0:
+        return
+    diameter = model.probe_mask_diameter
+    raise ConfigError("model settings for this probe", [Problem(
+        "probe_mask_diameter", diameter,
+        f"the probe mask (a disk of diameter {model.N if diameter is None else diameter} px, the pixels whose "
+        f"centres lie inside it) leaves nothing of the probe of {source}; use a larger diameter, or no mask")])
+
+
+def unlit_share(model: ModelConfig, probe, coords, image_index, object_size: int, stride: int) -> float:
+    """``overlap.unlit_fraction`` of a test scan's scored region (``scan.stitched_region``), for the
+    probe (N, N) as the model weighs it (masked where ``probe_mask`` reaches the model)."""
+    from ptycho_torch.overlap import unlit_fraction
+    from ptycho_torch.scan import stitched_region
+
+    probe = model_probe(model, probe)
     region = stitched_region(object_size, probe.shape[-1], stride)
     return unlit_fraction(probe.abs().square().numpy(), np.asarray(coords), np.asarray(image_index), region)
 
@@ -199,6 +221,7 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     per_object = training_items(training, grids["train"], one_object["train"], "the simulated train split",
                                 sim.test_stride)
     training_items(training, grids["test"], one_object["test"], "the simulated test split")
+    check_masked_probe(training.model, simulation_probe(sim), "the simulation")
     warn_of_unlit_region(training.model, simulation_probe(sim), grids["test"], one_object["test"], sim.object_size,
                          sim.test_stride, "the simulated test split")
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

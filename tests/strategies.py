@@ -17,12 +17,15 @@ from typing import Any
 from hypothesis import strategies as st
 
 from ptycho_torch import config as C
-from ptycho_torch.config import FIELD_RULES, Boolean, Choice, Instance, Interval, Optional, PathRule, PowerOfTwo
+from ptycho_torch.config import (
+    FIELD_RULES, Boolean, Choice, Instance, Interval, Optional, PathRule, PowerOfTwo, ZeroOr,
+)
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig
 
 
 def finite(lo: float, hi: float, **kw) -> st.SearchStrategy[float]:
-    return st.floats(lo, hi, allow_nan=False, allow_infinity=False, **kw)
+    """Floats in [lo, hi], no subnormal ones (the optimizer's settings refuse those, ``FLOAT32_TINY``)."""
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False, allow_subnormal=False, **kw)
 
 
 # Path segments: a few spellings cover what matters (dots, dashes, digits); text drawing made the
@@ -58,6 +61,8 @@ def valid_values(rule: Any) -> st.SearchStrategy:
         return paths
     if isinstance(rule, Optional):
         return st.none() | valid_values(rule.inner)
+    if isinstance(rule, ZeroOr):
+        return st.just(0.0) | valid_values(rule.inner)
     raise TypeError(f"no strategy for rule {rule!r}")
 
 
@@ -76,6 +81,9 @@ def boundary_examples(rule: Any) -> tuple[list, list]:
     if isinstance(rule, Optional):
         valid, invalid = boundary_examples(rule.inner)
         return [None, *valid], [v for v in invalid if v is not None]
+    if isinstance(rule, ZeroOr):  # 0 and the inner rule's values; below its lower bound only 0
+        valid, invalid = boundary_examples(rule.inner)
+        return [0.0, 0, *valid], [v for v in invalid if v != 0 or isinstance(v, bool)] + [-1.0, -rule.inner.lo]
     if isinstance(rule, Interval):
         valid, invalid = [], ["1", True, None] + ([] if rule.kind is int else [math.nan, math.inf, -math.inf])
         for bound, downward, is_open in ((rule.lo, True, rule.lo_open), (rule.hi, False, rule.hi_open)):
@@ -111,6 +119,11 @@ INDEPENDENT: dict[str, st.SearchStrategy] = {
 }
 
 
+def zero_or_below(lo: float, cap: float) -> st.SearchStrategy[float]:
+    """0, or a float from ``lo`` up to (not including) ``cap``."""
+    return st.just(0.0) if cap <= lo else st.just(0.0) | finite(lo, cap, exclude_max=True)
+
+
 def _below(rule: Interval, cap: int) -> st.SearchStrategy[int]:
     """Integers of an integer rule, no larger than ``cap`` (a partner's value)."""
     return st.integers(int(rule.lo), min(cap, int(rule.hi)) if rule.hi != math.inf else cap)
@@ -133,7 +146,7 @@ def runner_values(draw) -> dict:
     plateau = values["scheduler"] == "ReduceLROnPlateau"
     values["val_fraction"] = draw(finite(val.lo, val.hi, exclude_min=plateau))
     floor = FIELD_RULES["plateau_min_lr"]  # under the plateau scheduler, below the learning rate
-    values["plateau_min_lr"] = draw(finite(floor.lo, values["learning_rate"], exclude_max=True) if plateau
+    values["plateau_min_lr"] = draw(zero_or_below(floor.inner.lo, values["learning_rate"]) if plateau
                                     else valid_values(floor))
     size = FIELD_RULES["object_size"]
     values["object_size"] = draw(st.integers(max(n, int(size.lo)), int(size.hi)))
@@ -333,7 +346,7 @@ def tiny_training_values(draw) -> dict:
     training = {name: draw(PRACTICAL[name]) if name in PRACTICAL else values[name] for name in names}
     training["lr_warmup_epochs"] = draw(st.integers(0, training["epochs"] - 1))
     if training["scheduler"] == "ReduceLROnPlateau":  # its floor below the rate, or it could never act
-        training["plateau_min_lr"] = draw(finite(0.0, training["learning_rate"], exclude_max=True))
+        training["plateau_min_lr"] = draw(zero_or_below(C.FLOAT32_TINY, training["learning_rate"]))
     return training
 
 

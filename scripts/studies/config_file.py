@@ -64,7 +64,7 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
         raise _refused(path, f"names {str(err)!r} twice (which one was meant?)") from None
     except OSError as err:
         raise _refused(path, f"cannot be read ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, an integer of > 4300 digits
         raise _refused(path, f"is not JSON ({err})") from None
     except RecursionError:  # nesting deeper than the parser's recursion limit
         raise _refused(path, "is not a settings file (JSON nested too deeply to read)") from None
@@ -78,7 +78,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
     if unknown:
         raise _refused(path, "; ".join(_unknown(key, names) for key in unknown))
     paths = _path_fields(cls)
-    values = {key: Path(value) if key in paths and isinstance(value, str) else value
+    # "" stays "" (Path("") would be ".", the current folder): the path rule refuses it by name
+    values = {key: Path(value) if key in paths and isinstance(value, str) and value else value
               for key, value in data.items() if key not in ignored}
     defaults = cls()
     given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ptycho_torch.config import (
-    FIELD_RULES, ConfigError, Interval, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
+    FIELD_RULES, FLOAT32_TINY, ConfigError, Interval, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
     TrainingConfig, check_shared_fields, check_values,
 )
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, setup_torch_configs
@@ -129,6 +129,22 @@ def test_training_config_rejects_a_model_that_is_not_a_model_config():
     with pytest.raises(ConfigError) as err:
         TrainingConfig(model={"N": 64}, epochs=0)
     assert set(err.value.fields) == {"model", "epochs"}
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "gradient_clip_val", "weight_decay", "plateau_min_lr"])
+def test_a_value_a_fit_would_read_as_zero_is_refused_and_zero_means_what_it_says(name):
+    """Subnormal floats are flushed to zero during a fit: a learning rate of 1e-320 trained at 0, a
+    clip of 1e-320 was off and one of 1e-39 zeroed every gradient."""
+    for subnormal in (1e-320, 1e-39, math.nextafter(FLOAT32_TINY, 0.0)):
+        with pytest.raises(ConfigError, match="smallest normal number") as err:
+            TrainingConfig(**{name: subnormal})
+        assert err.value.fields == (name,)
+    assert getattr(TrainingConfig(**{name: FLOAT32_TINY}), name) == FLOAT32_TINY
+    if name != "learning_rate":  # 0: off (the clip) or none (the decay, the floor)
+        assert getattr(TrainingConfig(**{name: 0}), name) == 0.0
+    for negative in (-1.0, -FLOAT32_TINY):
+        with pytest.raises(ConfigError):
+            TrainingConfig(**{name: negative})
 
 
 @pytest.mark.parametrize("name, value", [("gradient_clip_val", 1.0), ("learning_rate", 0.5)])

@@ -58,7 +58,8 @@ def test_unknown_names_are_refused_each_with_the_closest_valid_name(tmp_path, ca
     ("[" * 100_000, "nested too deeply"),
     ('{"epochs": 2, "epochs": 3}', "names 'epochs' twice"),  # JSON keeps the last silently
     ('{"runner": {"seed": 1, "seed": 2}}', "names 'seed' twice"),
-], ids=["malformed", "list", "string", "bad value", "alias", "deep", "repeated", "repeated-in-record"])
+    ('{"epochs": 1' + "0" * 5000 + "}", "is not JSON (Exceeds the limit"),  # Python's int() refuses > 4300 digits
+], ids=["malformed", "list", "string", "bad value", "alias", "deep", "repeated", "repeated-in-record", "huge-int"])
 def test_bad_files_exit_2_naming_the_problem(tmp_path, capsys, content, words):
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(written(tmp_path, content)), "--dry-run"])
@@ -107,6 +108,14 @@ def test_a_nul_character_in_a_files_path_setting_exits_2_naming_the_flag(tmp_pat
             main(["--config", str(written(tmp_path, {name: str(tmp_path / "a\0b")})), "--dry-run"])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"{flag}=" in err and "NUL" in err and "Traceback" not in err
+
+
+def test_an_empty_path_in_a_file_exits_2_naming_the_flag_instead_of_meaning_this_folder(tmp_path, capsys):
+    for name, flag in (("output_dir", "--output-dir"), ("train_npz", "--train-npz"), ("probe_npz", "--probe-npz")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", str(written(tmp_path, {name: ""})), "--dry-run"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"{flag}=" in err and "non-empty path" in err, err
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])

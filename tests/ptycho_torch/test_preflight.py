@@ -233,6 +233,24 @@ def test_a_covered_test_scan_is_not_warned_of_unless_the_probe_mask_darkens_it(r
         preflight.check_simulation(masked, covered)
 
 
+@pytest.mark.parametrize("diameter", [1.0, 1e-320])
+def test_a_probe_mask_that_leaves_nothing_of_the_probe_is_refused_naming_the_diameter(diameter):
+    """N=16: the centre lies between pixels, 0.71 px from the nearest pixel centres; a smaller disk
+    holds none of them, and the masked probe is dark."""
+    covered = dataclasses.replace(TINY_SIMULATION, object_size=48, test_stride=8)
+    dark = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=diameter))
+    with pytest.raises(ConfigError, match="leaves nothing of the probe of the simulation") as err:
+        preflight.check_simulation(dark, covered)
+    assert err.value.fields == ("probe_mask_diameter",)
+    data = simulate_splits(covered)
+    with pytest.raises(ConfigError, match="leaves nothing of the probe of the train file"):
+        preflight.check_data(dark, data["train"], data["test"], ("the train file", "the test file"))
+    lit = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=1.5))
+    preflight.check_simulation(lit, covered)  # four pixels inside: refused no more
+    off = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=False, probe_mask_diameter=diameter))
+    preflight.check_simulation(off, covered)  # the mask is off: its diameter is not used
+
+
 def test_a_test_file_made_with_another_probe_than_the_model_trains_with_is_warned_of(recwarn):
     """The model trains (and predicts) with the train file's probe; the test file's was never read."""
     data = simulate_splits(dataclasses.replace(TINY_SIMULATION, object_size=48))
