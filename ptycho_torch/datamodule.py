@@ -57,9 +57,15 @@ class PatternDataset(Dataset):
                 "phase": self.phase[index]}
 
 
+def validation_count(count: int, val_fraction: float) -> int:
+    """How many of ``count`` items validate: round(count * val_fraction), at least 1 if > 0, and at
+    least one item left to train on."""
+    return 0 if val_fraction == 0 else min(max(1, round(count * val_fraction)), count - 1)
+
+
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Disjoint (train, validation) index lists; validation gets round(count * val_fraction), at least 1 if > 0."""
-    n_val = 0 if val_fraction == 0 else min(max(1, round(count * val_fraction)), count - 1)
+    """Disjoint (train, validation) index lists, ``validation_count`` of them validating."""
+    n_val = validation_count(count, val_fraction)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[n_val:]), sorted(order[:n_val])
 

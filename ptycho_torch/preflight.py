@@ -65,6 +65,8 @@ def check_pattern_count(training: TrainingConfig, count: int, source: str) -> No
     ReduceLROnPlateau already requires val_fraction > 0 (config rule); the split then holds out
     at least one pattern and keeps at least one for training (``split_indices``), which takes two.
     """
+    from ptycho_torch.datamodule import validation_count
+
     if count < 1:
         raise DataError(source, "diffraction", "at least one pattern", "none")
     if training.scheduler == "ReduceLROnPlateau" and count < 2:
@@ -72,6 +74,10 @@ def check_pattern_count(training: TrainingConfig, count: int, source: str) -> No
             "val_fraction", training.val_fraction,
             f"cannot hold out a validation pattern from the {count} pattern(s) of {source}, and "
             "scheduler=ReduceLROnPlateau needs a validation loss; use more patterns or another scheduler")])
+    trained = count - validation_count(count, training.val_fraction)
+    if training.batch_size > trained:  # legitimate (a full-batch fit), but never silent
+        warnings.warn(f"batch_size={training.batch_size} is above the {trained} training items of {source} "
+                      f"(after the validation split): every epoch is one batch of {trained}", stacklevel=2)
 
 
 def check_data(training: TrainingConfig, train: GridLinesData, test: GridLinesData,

@@ -36,7 +36,7 @@ class FileSettings(NamedTuple):
     values: dict[str, Any]  # ready for cls(**values)
     given: set[str]  # the names the user chose: every name of a plain mapping; of a run's config.json,
     # which spells out every setting, those that differ from the default
-    dropped: dict[str, Any]  # the ``ignored`` names the file held, with their values
+    dropped: dict[str, Any]  # the ``ignored`` names the file chose (as ``given``), with their values
 
 
 class RepeatedName(ValueError):
@@ -83,7 +83,13 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
               for key, value in data.items() if key not in ignored}
     defaults = cls()
     given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}
-    return FileSettings(values, given, {key: data[key] for key in ignored if key in data})
+    dropped = {key: data[key] for key in ignored  # in a run's record, those it did not run with by default
+               if key in data and (not recorded or data[key] != _jsonable(getattr(defaults, key)))}
+    return FileSettings(values, given, dropped)
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 def _unknown(key: str, names: list[str]) -> str:

@@ -47,7 +47,8 @@ from scripts.studies.baselines import (
 from scripts.studies.study_table import markdown, missing_row, run_row, shown_columns, sweep_series, write_tables
 from scripts.studies.sweep import (
     FINISHED, FRESH, INPUT_FILES, RESUMABLE, SWEEP_RECORD, Cell, Sweep, cell_config, cell_state, cells_of,
-    parse_seeds, parse_sweep, record_mismatch, record_of, recorded_folders, same_sweep, value_word,
+    parse_seeds, parse_sweep, record_mismatch, record_of, recorded_folders, same_sweep, sweep_readable,
+    value_word,
 )
 
 TORCH_PREFIX = "--torch-"
@@ -248,8 +249,10 @@ def run_study(study: Study, output_dir: Path, overwrite: bool, given: Sequence[s
                              f"no {SWEEP_RECORD})")
     continuing = not overwrite and (recorded is True or mode == "summarize")
     if recorded is False and not overwrite:
-        raise OutputDirError(f"output_dir={str(output_dir)!r}: holds another study (its {SWEEP_RECORD} lists other "
-                             "cells); pass --overwrite to replace it or choose another folder")
+        why = (f"its {SWEEP_RECORD} lists other cells" if sweep_readable(output_dir)
+               else f"its {SWEEP_RECORD} does not read as a study's record: damaged, or another program's")
+        raise OutputDirError(f"output_dir={str(output_dir)!r}: holds another study ({why}); pass --overwrite to "
+                             "replace it or choose another folder")
     check_output_dir(output_dir, overwrite, resume=continuing)
     layout = comparison_layout([*recorded_folders(output_dir), *(cell.folder for cell in study.cells)])
     check_no_other_output(output_dir, overwrite, layout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import signal
 import sys
 import typing
@@ -46,6 +47,8 @@ def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
         try:
             if not text.strip():
                 raise ValueError("empty")
+            if kind in (int, float) and (not text.isascii() or "_" in text):
+                raise ValueError("int() and float() read other scripts' digits and '_' separators")
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
@@ -148,8 +151,18 @@ def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
     return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
 
 
+class _GivenOnce(argparse.Action):
+    """A flag that may be given once: argparse keeps the last of several silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice ({str(getattr(namespace, self.dest))!r} and "
+                         f"{str(values)!r}): which one was meant? give one settings file")
+        setattr(namespace, self.dest, values)
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(CONFIG_FLAG, type=nonempty_path, default=None, metavar="PATH",
+    parser.add_argument(CONFIG_FLAG, type=nonempty_path, default=None, metavar="PATH", action=_GivenOnce,
                         help="JSON file of runner settings (names as in config.json), or a run's config.json; "
                              "flags given on the command line override it (overwrite: the flag only)")
 
@@ -157,6 +170,12 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 # Never taken from a settings file: consent to replace a folder's files is given per command, and a
 # run's config.json records the --overwrite it ran with (running that record again must not reuse it).
 COMMAND_LINE_ONLY = ("overwrite",)
+# Why a settings file's value of a name a command does not take from it is not used (warned of).
+NOT_USED_BECAUSE = {
+    "overwrite": "only the --overwrite flag lets a run replace a folder's files",
+    "architecture": "a study runs the architectures of its --architectures",
+    "output_dir": "a study writes each run into a folder of its own under its --output-dir",
+}
 
 
 def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespace, cls: type,
@@ -173,10 +192,11 @@ def settings_given(parser: argparse.ArgumentParser, namespace: argparse.Namespac
         from_file = read_settings(namespace.config, cls, (*ignored, *COMMAND_LINE_ONLY))
     except ConfigError as err:
         parser.error(config_error_message(err, {}))
-    # the wrapper owns its overwrite (``ignored``); the runner's flag, where given, is the user's answer
-    if "overwrite" not in ignored and from_file.dropped.get("overwrite") and "overwrite" not in given:
-        print(f"warning: {CONFIG_FLAG}={str(namespace.config)!r}: its overwrite=true is not used; only the "
-              "--overwrite flag lets a run replace a folder's files", file=sys.stderr)
+    for name, value in from_file.dropped.items():
+        if name == "overwrite" and (value is False or vars(namespace).get("overwrite")):
+            continue  # nothing asked, or the flag gave the consent
+        print(f"warning: {CONFIG_FLAG}={str(namespace.config)!r}: its {name}={json.dumps(value)} is not used; "
+              f"{NOT_USED_BECAUSE[name]}", file=sys.stderr)
     namespace.given = tuple(sorted(from_file.given | set(given)))
     return {**from_file.values, **given}
 

@@ -199,6 +199,15 @@ def same_sweep(folder: Path, configs: Sequence[Any]) -> bool | None:
         return False
 
 
+def sweep_readable(folder: Path) -> bool:
+    """Whether ``folder``'s sweep.json reads as a study's record of cells."""
+    try:
+        _recorded_cells(folder)
+    except UNREADABLE:
+        return False
+    return True
+
+
 def recorded_folders(folder: Path) -> list[Path]:
     """The run folders (relative to ``folder``) of the study recorded there, if any: what an
     ``--overwrite`` of it removes besides the new study's own."""

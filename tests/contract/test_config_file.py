@@ -67,6 +67,17 @@ def test_bad_files_exit_2_naming_the_problem(tmp_path, capsys, content, words):
     assert exit_info.value.code == 2 and words in err and "Traceback" not in err
 
 
+def test_two_settings_files_exit_2_instead_of_using_the_last(tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text('{"epochs": 3}')
+    second.write_text('{"epochs": 5}')
+    for command in (lambda argv: main([*argv, "--dry-run"]), wrapper.parse_study):
+        with pytest.raises(SystemExit) as exit_info:
+            command(["--config", str(first), "--config", str(second)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--config is given twice" in err and "b.json" in err, err
+
+
 def test_a_missing_file_exits_2_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(tmp_path / "absent.json"), "--dry-run"])
@@ -100,6 +111,20 @@ def test_a_files_overwrite_is_not_used_and_a_non_empty_folder_stays_refused(tmp_
         "metrics.json"]
     cfg, _ = parse_config(["--config", str(recorded), "--overwrite"])  # the flag still gives consent
     assert cfg.overwrite is True and "not used" not in capsys.readouterr().err
+
+
+def test_the_names_a_command_does_not_take_from_a_file_are_warned_of_with_their_values(tmp_path, capsys):
+    plain = written(tmp_path, {"architecture": "fno", "output_dir": "elsewhere", "overwrite": "yes", "epochs": 2})
+    study, _ = wrapper.parse_study(["--config", str(plain), "--architectures", "cnn", "--output-dir",
+                                    str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert [r.architecture for r in study.configs] == ["cnn"] and study.configs[0].epochs == 2
+    for words in ('its architecture="fno" is not used; a study runs the architectures of its --architectures',
+                  'its output_dir="elsewhere" is not used', 'its overwrite="yes" is not used'):
+        assert words in err, err
+    parse_config(["--config", str(plain), "--overwrite"])  # the runner takes architecture and output_dir from it
+    err = capsys.readouterr().err
+    assert "is not used" not in err, err  # and the flag gave the consent
 
 
 def test_a_nul_character_in_a_files_path_setting_exits_2_naming_the_flag(tmp_path, capsys):

@@ -76,6 +76,12 @@ BAD_ARGV = [
     pytest.param(["--scheduler", "ReduceLROnPlateau", "--val-fraction", "0.2", "--plateau-min-lr", "0.001"],
                  "--plateau-min-lr", id="plateau-floor-not-below-the-rate"),  # the scheduler could never act
     pytest.param(["--output-dir", ""], "--output-dir", id="empty-output-dir"),
+    # int() and float() read these; the wrapper's own integer flags did not: one reading for all
+    pytest.param(["--epochs", "\u0665"], "--epochs", id="arabic-indic-digit"),
+    pytest.param(["--epochs", "1_000"], "--epochs", id="digit-separator"),
+    pytest.param(["--learning-rate", "1_0.5"], "--learning-rate", id="float-digit-separator"),
+    pytest.param(["--learning-rate", "\u0660.\u0665"], "--learning-rate", id="float-arabic-indic-digits"),
+    pytest.param(["--grad-clip", "1e-320"], "--grad-clip", id="subnormal-clip"),  # read as 0 (off) in a fit
     pytest.param(["--no-such-flag"], "--no-such-flag", id="unknown-flag"),
 ]
 

@@ -224,7 +224,19 @@ def test_a_folder_holding_another_study_is_refused_without_overwrite(swept, caps
     with study_lock(swept):
         status = wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-batch-size=4,8",
                                "--output-dir", str(swept)])
-    assert status == 2 and "holds another study" in capsys.readouterr().err
+    assert status == 2 and "holds another study (its sweep.json lists other cells)" in capsys.readouterr().err
+
+
+def test_a_folder_whose_sweep_record_is_damaged_is_refused_saying_so(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text('{"cells": [{"output_dir": ')
+    before = snapshot_of(tmp_path)
+    assert wrapper.main([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", str(tmp_path)]) == 2
+    assert "its sweep.json does not read as a study's record" in capsys.readouterr().err
+    assert snapshot_of(tmp_path) == before
+
+
+def snapshot_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 # --- collapse ------------------------------------------------------------------------------------
