@@ -263,7 +263,7 @@ def test_a_test_file_made_with_another_probe_than_the_model_trains_with_is_warne
 
 
 def test_a_batch_above_the_training_items_is_warned_of_naming_the_count(recwarn):
-    preflight.check_pattern_count(dataclasses.replace(TRAINING, batch_size=20), 20, "the train file")
+    preflight.check_pattern_count(dataclasses.replace(TRAINING, batch_size=20, val_fraction=0.0), 20, "the train file")
     assert not [w for w in recwarn if "batch_size" in str(w.message)]
     held_out = dataclasses.replace(TRAINING, batch_size=20, val_fraction=0.1)  # 2 of the 20 validate
     with pytest.warns(UserWarning, match="batch_size=20 is above the 18 training items of the train file"):
