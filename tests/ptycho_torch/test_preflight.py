@@ -241,7 +241,7 @@ def test_a_probe_mask_that_leaves_nothing_of_the_probe_is_refused_naming_the_dia
     dark = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=diameter))
     with pytest.raises(ConfigError, match="leaves nothing of the probe of the simulation") as err:
         preflight.check_simulation(dark, covered)
-    assert err.value.fields == ("probe_mask_diameter",)
+    assert err.value.fields == ("probe_mask_diameter",) and f"a disk of diameter {diameter} px" in str(err.value)
     data = simulate_splits(covered)
     with pytest.raises(ConfigError, match="leaves nothing of the probe of the train file"):
         preflight.check_data(dark, data["train"], data["test"], ("the train file", "the test file"))
@@ -249,6 +249,15 @@ def test_a_probe_mask_that_leaves_nothing_of_the_probe_is_refused_naming_the_dia
     preflight.check_simulation(lit, covered)  # four pixels inside: refused no more
     off = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=False, probe_mask_diameter=diameter))
     preflight.check_simulation(off, covered)  # the mask is off: its diameter is not used
+
+
+def test_a_probe_lit_only_outside_the_default_mask_is_refused_naming_the_disk_of_diameter_N():
+    corners = np.zeros((16, 16), np.complex64)
+    corners[0, 0] = corners[-1, -1] = 1.0  # outside the inscribed disk
+    masked = ModelConfig(N=16, probe_mask=True)
+    with pytest.raises(ConfigError, match=r"a disk of diameter 16 px.*leaves nothing of the probe of the file"):
+        preflight.check_masked_probe(masked, corners, "the file")
+    preflight.check_masked_probe(ModelConfig(N=16), corners, "the file")  # no mask: the corners are the probe
 
 
 def test_a_test_file_made_with_another_probe_than_the_model_trains_with_is_warned_of(recwarn):
