@@ -430,3 +430,94 @@ def test_the_seam_ratio_of_stride_1_is_undefined_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert phase_seam_ratio(truth, truth, 1) is None  # every neighbour pair is a seam: nothing to compare
+
+
+# --- pinned edge behaviours: empty FRC rings, zero images, the size boundaries, the cap ----------
+
+def test_the_psnr_cap_is_the_documented_100_db():
+    """README and the module docstring promise 100 dB for a perfect reconstruction, not +inf."""
+    truth = grid_lines_truth(2)
+    assert score(truth, truth)["amplitude"]["psnr"] == 100.0 == score(truth, truth)["phase"]["psnr"]
+
+
+def test_frc50_counts_a_ring_with_power_in_one_image_only_as_disagreeing():
+    textured = np.abs(grid_lines_truth(1)).astype(np.float64)
+    assert frc50(np.zeros((SIDE, SIDE)), textured) == 1 / SIDE  # ring 1 already has power only in the truth
+    assert frc50(textured, np.zeros((SIDE, SIDE))) == 1 / SIDE
+
+
+def test_frc50_of_two_identical_constant_images_is_nyquist():
+    """A constant image has power at zero frequency only: every ring is empty in both, so all agree."""
+    assert frc50(np.full((16, 16), 0.7), np.full((16, 16), 0.7)) == 0.5
+
+
+@pytest.mark.parametrize("side", [9, 15, 16])
+def test_frc50_sees_a_disagreement_in_the_last_ring_only(side):
+    """The highest ring, side // 2, is scored too (odd sides included): b is a with that ring's
+    Fourier components negated, so rings below agree exactly and the last one has correlation -1."""
+    a = np.random.default_rng(side).standard_normal((side, side))
+    k = np.fft.fftfreq(side) * side  # integer frequencies, unshifted
+    ring = np.rint(np.hypot(k[:, None], k[None, :])).astype(int)
+    b = np.fft.ifft2(np.fft.fft2(a) * np.where(ring == side // 2, -1, 1)).real
+    assert frc50(a, b) == (side // 2) / side == reference_frc50(a, b)
+
+
+def test_an_all_zero_reconstruction_scores_finite_numbers_never_nan():
+    """An all-zero recon has no mean to scale by: it stays zero, so its amplitude MAE is the truth's
+    mean, its PSNR that of an error equal to the truth, and its FRC fails at the first ring."""
+    truth = grid_lines_truth(4).astype(np.complex128)
+    scores = score(np.zeros_like(truth), truth)
+    assert all(v is None or math.isfinite(v) for v in all_values(scores))
+    amplitude, amp_truth = scores["amplitude"], np.abs(truth)
+    np.testing.assert_array_equal(align_amplitude(np.zeros((SIDE, SIDE)), amp_truth), np.zeros((SIDE, SIDE)))
+    assert amplitude["mae"] == pytest.approx(amp_truth.mean(), rel=1e-12)
+    assert amplitude["psnr"] == pytest.approx(10 * math.log10(np.ptp(amp_truth) ** 2 / np.mean(amp_truth ** 2)),
+                                              rel=1e-12)
+    assert amplitude["frc50"] == 1 / SIDE
+
+
+def test_an_all_zero_ground_truth_counts_as_constant_in_both_channels():
+    """No range (amplitude 0, phase 0): both channels are null with their reasons, never an exception."""
+    recon = np.exp(1j * np.random.default_rng(0).uniform(-1, 1, (SIDE, SIDE)))
+    scores = score(recon, np.zeros((SIDE, SIDE), np.complex64))
+    assert all_values(scores) == [None] * 8
+    assert scores["amplitude"]["reason"] == CONSTANT_AMPLITUDE and scores["phase"]["reason"] == CONSTANT_PHASE
+
+
+@SCORING
+@given(seeds, st.floats(0.05, 1.0))
+def test_a_phase_error_with_no_plane_component_is_kept_as_it_is(seed, size):
+    """A checkerboard error is orthogonal to every plane and below pi: alignment leaves truth + error,
+    and the phase SSIM is torchmetrics' SSIM of that pair on the phase image."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    truth = grid_lines_truth(seed).astype(np.complex128)
+    error = size * checkerboard(SIDE)
+    phase = phase_image(np.angle(truth))
+    np.testing.assert_allclose(align_phase(phase + error, phase), phase + error, rtol=0, atol=1e-9)
+    want = structural_similarity_index_measure(torch.from_numpy(phase + error)[None, None],
+                                               torch.from_numpy(phase)[None, None], data_range=float(np.ptp(phase)))
+    assert score(truth * np.exp(1j * error), truth)["phase"]["ssim"] == pytest.approx(float(want), abs=1e-9)
+
+
+def test_an_image_exactly_frc_min_size_wide_has_an_frc50_and_a_smaller_one_says_why_not():
+    """8 px gives 4 Fourier rings, the documented minimum; 7 px gives 3."""
+    truth = np.linspace(0.2, 1.0, 8 * 8).reshape(8, 8).astype(np.complex128)
+    assert score(truth * 0.5, truth)["amplitude"]["frc50"] == 0.5  # aligned: the same image
+    small = truth[:7, :7]
+    amplitude = score(small * 0.5, small)["amplitude"]
+    assert amplitude["frc50"] is None and "fewer than 4 Fourier rings" in amplitude["reason"]
+
+
+def test_the_seam_ratio_at_stride_2_is_the_seam_jump_over_the_inside_jump():
+    """2 x 2 crops, an error ramp of 0.1 rad per column plus 0.3 rad more at each crop's left edge:
+    every seam jump along a row is 0.4, every inside one 0.1; along columns nothing jumps, and seams
+    and insides hold the same share of those pairs, so the ratio is 0.4 / 0.1."""
+    from ptycho_torch.metrics import phase_seam_ratio
+
+    truth = np.exp(1j * np.random.default_rng(5).uniform(-1, 1, (1, 8, 8)))
+    cols = np.arange(8)
+    error = np.broadcast_to(0.1 * cols + 0.3 * (cols // 2), (1, 8, 8))
+    assert phase_seam_ratio(truth * np.exp(1j * error), truth, 2) == pytest.approx(4.0, rel=1e-9)
+    real = np.abs(truth)  # a real truth: recon * conj(truth) is exactly real, so no error jumps anywhere
+    assert phase_seam_ratio(real, real, 2) is None  # 0 / 0 is not a ratio

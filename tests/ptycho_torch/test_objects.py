@@ -5,7 +5,8 @@ import torch  # noqa: F401 -- module-scope import keeps Hypothesis timings stabl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ptycho_torch.objects import as_complex, draw_lines, grid_lines_amplitude_phase, phase_from_amplitude
+from ptycho_torch.objects import (as_complex, blurred_amplitude, draw_lines, grid_lines_amplitude_phase,
+                                  phase_from_amplitude)
 from tests.strategies import rng_seeds
 
 
@@ -58,3 +59,36 @@ def test_as_complex_builds_amplitude_times_phase_factor():
     obj = as_complex(amplitude, phase)
     assert obj.dtype == np.complex64
     np.testing.assert_allclose(obj, [[1.0, 0.5j]], atol=1e-7)
+
+
+def sampled_gaussian(offsets: np.ndarray, sigma: float) -> np.ndarray:
+    """G_sigma's 1-D weights at integer offsets: exp(-x^2 / (2 sigma^2)) out to 4 sigma, normalised."""
+    half = int(4 * sigma + 0.5)
+    total = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2).sum()
+    return np.where(np.abs(offsets) <= half, np.exp(-0.5 * (offsets / sigma) ** 2) / total, 0.0)
+
+
+def test_the_blur_is_one_g1_plus_two_g5_plus_five_g10():
+    """B = G_1 * L + 2 G_5 * L + 5 G_10 * L, cropped and scaled to a peak of 1: on one lit pixel, B is
+    that sum of separable Gaussians centred on it."""
+    canvas_size, size, pixel = 100, 60, (47, 55)
+    canvas = np.zeros((canvas_size, canvas_size))
+    canvas[pixel] = 1.0
+    start = (canvas_size - size) // 2
+    dy = np.arange(start, start + size)[:, None] - pixel[0]
+    dx = np.arange(start, start + size)[None, :] - pixel[1]
+    want = sum(w * sampled_gaussian(dy, s) * sampled_gaussian(dx, s) for s, w in ((1.0, 1.0), (5.0, 2.0), (10.0, 5.0)))
+    np.testing.assert_allclose(blurred_amplitude(canvas, size), want / want.max(), rtol=1e-5, atol=1e-7)
+
+
+def test_lines_are_horizontal_or_vertical_by_a_fair_coin():
+    """Of 2000 single lines (lines of one pixel have no orientation and are left out), about half lie
+    along a row: a fair coin gives 0.5 +- 0.011 (one standard deviation) at this count."""
+    horizontal = vertical = 0
+    for seed in range(2000):
+        rows, cols = np.nonzero(draw_lines(64, 1, np.random.default_rng(seed)))
+        if len(rows) > 1:
+            horizontal += len(np.unique(rows)) == 1
+            vertical += len(np.unique(cols)) == 1
+    assert horizontal + vertical > 1900
+    assert 0.45 < horizontal / (horizontal + vertical) < 0.55

@@ -406,3 +406,117 @@ def test_the_unlit_share_is_where_a_gridsize_2_reconstruction_is_zero(test_strid
                                   SIM.object_size, test_stride)
     assert np.mean(stitched == 0) == share
     assert (share > 0.2) == (test_stride == SIM.N)
+
+
+# --- grouping edge cases -------------------------------------------------------------------------------
+
+def raster(rows, cols) -> np.ndarray:
+    """(len(rows) * len(cols), 2) row-major raster positions at the given row and column offsets."""
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([r.ravel(), c.ravel()], axis=1)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2)])
+def test_a_raster_two_positions_deep_groups_into_its_sliding_2x2_blocks(shape):
+    """Two rows (or columns) is still a raster: (n_rows - 1) (n_cols - 1) blocks, not one group per pattern."""
+    n_rows, n_cols = shape
+    coords = raster(4 * np.arange(n_rows), 4 * np.arange(n_cols))
+    groups = group_members(coords, np.zeros(len(coords), dtype=np.int64), 2)
+    want = [[r * n_cols + c, r * n_cols + c + 1, (r + 1) * n_cols + c, (r + 1) * n_cols + c + 1]
+            for r in range(n_rows - 1) for c in range(n_cols - 1)]
+    assert groups.tolist() == want
+
+
+def test_a_raster_away_from_the_origin_groups_as_the_same_raster_at_the_origin():
+    """The raster step is the spacing between rows, not where they start: spacing 8 on a step-4
+    raster puts members two steps apart wherever the raster sits."""
+    at_origin = raster(4 * np.arange(5), 4 * np.arange(5))
+    index = np.zeros(len(at_origin), dtype=np.int64)
+    want = group_members(at_origin, index, 2, spacing=8)
+    assert group_offsets(at_origin, want)[0].tolist() == [[0, 0], [0, 8], [8, 0], [8, 8]]
+    for shift in ([4, 4], [12, 4], [3, 7]):
+        assert np.array_equal(group_members(at_origin + shift, index, 2, spacing=8), want)
+
+
+@pytest.mark.parametrize("side, gridsize", [(3, 2), (5, 3), (4, 2)])
+def test_a_spacing_beyond_the_raster_gives_its_outermost_block(side, gridsize):
+    """The spacing is clamped to what fits: members (side - 1) // (gridsize - 1) steps apart."""
+    coords = raster(4 * np.arange(side), 4 * np.arange(side))
+    groups = group_members(coords, np.zeros(len(coords), dtype=np.int64), gridsize, spacing=1000)
+    k = (side - 1) // (gridsize - 1)
+    blocks = side - k * (gridsize - 1)  # per axis
+    assert len(groups) == blocks ** 2
+    first = [r * k * side + c * k for r in range(gridsize) for c in range(gridsize)]
+    assert groups[0].tolist() == first
+
+
+def test_an_irregular_scan_of_exactly_one_group_of_positions_groups_without_error():
+    """gridsize^2 positions are enough: every pattern's group is all of them, row-major."""
+    coords = np.array([[0, 0], [0, 5], [7, 1], [6, 6]])
+    groups = group_members(coords, np.zeros(4, dtype=np.int64), 2)
+    assert groups.tolist() == [[0, 1, 3, 2]] * 4
+    with pytest.raises(ValueError, match="at least 4"):
+        group_members(coords[:3], np.zeros(3, dtype=np.int64), 2)
+
+
+# --- coverage does not depend on the probe's brightness --------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_merge_coverage_and_unlit_share_do_not_depend_on_the_scale_of_the_weights(scale):
+    """WEIGHT_FLOOR is relative to the largest weight: a dimmer or brighter probe covers the same pixels."""
+    N = 16
+    weights = overlap.overlap_weights(torch.from_numpy(ideal_probe(N, 1.0))).double()  # peak 1, tails ~1e-9
+    assert (weights < 1e-4).any() and (weights > 1e-4).any()  # the floor, wrongly scaled, would move
+    rng = np.random.default_rng(0)
+    patches = torch.from_numpy(rng.standard_normal((1, 4, N, N)) + 1j * rng.standard_normal((1, 4, N, N)))
+    offsets = torch.tensor([[[0, 0], [0, 6], [6, 0], [6, 6]]])
+    canvas, weight = overlap.merge_with_weight(patches, offsets, weights)
+    scaled_canvas, scaled_weight = overlap.merge_with_weight(patches, offsets, weights * scale)
+    torch.testing.assert_close(scaled_canvas, canvas, rtol=1e-12, atol=0)
+    torch.testing.assert_close(scaled_weight / scale, weight, rtol=1e-12, atol=0)
+    coords, image_index = np.array([[0, 0], [0, 16], [16, 0], [16, 16]]), np.zeros(4, dtype=np.int64)
+    unlit = overlap.unlit_fraction(weights.numpy(), coords, image_index, (0, 32, 0, 32))
+    assert 0 < unlit < 1
+    assert overlap.unlit_fraction(weights.numpy() * scale, coords, image_index, (0, 32, 0, 32)) == unlit
+
+
+def test_a_weight_exactly_at_the_floor_counts_as_uncovered():
+    """The documented rule is denominator > WEIGHT_FLOOR x the peak: at the floor, nothing is measured."""
+    weights = torch.ones(2, 2, dtype=torch.float64)
+    weights[1, 1] = overlap.WEIGHT_FLOOR  # peak 1, so exactly WEIGHT_FLOOR * peak
+    canvas, weight = overlap.merge_with_weight(torch.full((1, 1, 2, 2), 0.5 + 0j, dtype=torch.complex128),
+                                               torch.zeros(1, 1, 2, dtype=torch.int64), weights)
+    assert canvas[0].tolist() == [[0.5, 0.5], [0.5, 0]] and weight[0].tolist() == [[1, 1], [1, 0]]
+    share = overlap.unlit_fraction(weights.numpy(), np.array([[0, 0]]), np.zeros(1, dtype=np.int64), (0, 2, 0, 2))
+    assert share == 0.25
+
+
+# --- assembly: the agreement turn, by hand --------------------------------------------------------------
+
+def test_the_assembly_turn_is_the_overlap_weighted_agreement_with_what_is_assembled():
+    """Two 2 x 2 canvases overlapping in one column, their phases inconsistent pixel by pixel: the second
+    is turned by angle(sum over the overlap of min(w1, w2) a conj(b)), with a the first canvas's values
+    (not its weighted sum), then both are averaged with their weights."""
+    a = np.array([[1.0, 0.8 * np.exp(0.3j)], [0.6, 1.2 * np.exp(-0.2j)]])
+    b = np.array([[0.9 * np.exp(2.0j), 0.7], [np.exp(1.1j), 0.5j]])
+    wa = np.array([[0.05, 0.2], [0.05, 0.7]])  # weights well below 1, and unequal along the overlap
+    wb = np.array([[0.6, 0.1], [0.3, 0.4]])
+    turn = np.exp(1j * np.angle(np.sum(np.minimum(wa[:, 1], wb[:, 0]) * a[:, 1] * np.conj(b[:, 0]))))
+    want = np.zeros((2, 3), complex)
+    want[:, 0] = a[:, 0]
+    want[:, 1] = (wa[:, 1] * a[:, 1] + wb[:, 0] * turn * b[:, 0]) / (wa[:, 1] + wb[:, 0])
+    want[:, 2] = turn * b[:, 1]
+    got = overlap.assemble_objects(np.stack([a, b]), np.stack([wa, wb]), np.array([[0, 0], [0, 1]]),
+                                   np.zeros(2, dtype=np.int64), (1, 2, 3))
+    np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-7)
+
+
+def test_assembling_with_pixels_no_canvas_covers_leaves_them_zero_without_warnings():
+    import warnings
+
+    canvases = np.ones((1, 2, 2), complex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = overlap.assemble_objects(canvases, np.ones((1, 2, 2)), np.array([[0, 0]]), np.zeros(1, dtype=np.int64),
+                                       (1, 3, 3))
+    assert got[0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]

@@ -100,3 +100,13 @@ def test_apply_probe_mask_zeroes_outside_the_disk_and_keeps_dtype():
     assert masked.dtype == torch.complex64
     inside = probe_disk_mask(16, 8.0).bool()
     assert torch.all(masked[inside] == probe[inside]) and torch.all(masked[~inside] == 0)
+
+
+@pytest.mark.parametrize("side, diameter", [(5, 4.0), (7, 6.0), (9, 4.0), (8, 5.0)])
+def test_probe_disk_mask_includes_pixels_exactly_on_the_rim(side, diameter):
+    """A pixel "within diameter / 2" of the centre includes the rim: with an odd side and an even diameter, the pixels
+    diameter / 2 straight out from the centre lie exactly on it. Exact integer arithmetic decides:
+    (2i - (N - 1))^2 + (2j - (N - 1))^2 <= diameter^2."""
+    twice = 2 * np.arange(side) - (side - 1)  # twice each pixel's offset from the centre
+    want = (twice[:, None] ** 2 + twice[None, :] ** 2 <= int(diameter) ** 2).astype(np.float32)
+    assert np.array_equal(probe_disk_mask(side, diameter).numpy(), want)

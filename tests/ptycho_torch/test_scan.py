@@ -94,3 +94,18 @@ def test_stitching_an_incomplete_grid_is_refused():
 def test_scan_rejects_a_patch_larger_than_the_object():
     with pytest.raises(ValueError, match="N <= object_size"):
         raster_positions(8, 16, 4)
+
+
+def test_a_non_square_complete_raster_stitches_to_its_own_rows_and_columns():
+    """3 rows by 5 columns of positions: (3 s, 5 s), the object's region from the crop offset on."""
+    side, stride = 8, 4
+    obj = random_object(28, 1)[:20]  # (20, 28)
+    rows, cols = np.meshgrid(stride * np.arange(3), stride * np.arange(5), indexing="ij")
+    positions = np.stack([rows.ravel(), cols.ravel()], axis=1)  # (15, 2)
+    shuffled = np.random.default_rng(1).permutation(len(positions))
+    stitched = stitch_patches(extract_patches(obj, positions, side)[shuffled], positions[shuffled], side, stride)
+    c = (side - stride) // 2
+    assert stitched.shape == (3 * stride, 5 * stride)
+    assert np.array_equal(stitched, obj[c:c + 3 * stride, c:c + 5 * stride])
+    assert np.array_equal(stitch_patches(extract_patches(obj.T, positions[:, ::-1], side), positions[:, ::-1], side,
+                                         stride), stitched.T)  # 5 rows by 3 columns: the transpose

@@ -138,6 +138,40 @@ def test_ideal_probe_is_a_centred_disk_with_unit_peak():
     assert 0.1 < np.mean(np.abs(probe) > 0.05) < 0.3  # a disk of diameter ~N/2 covers ~pi/16 of the array
 
 
+def gaussian_blur_reference(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable blur by exp(-x^2 / (2 sigma^2)) sampled out to 4 sigma and normalised, zero outside."""
+    half = int(4 * sigma + 0.5)
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    rows = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 0, image)
+    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 1, rows)
+
+
+@pytest.mark.parametrize("N, defocus", [(64, 0.0), (64, 1.0), (32, 0.5), (48, -2.0)])
+def test_ideal_probe_follows_its_documented_recipe(N, defocus):
+    """P = G_{N/32} * [r <= N/4] x exp(-r^2 / (2 (N/4)^2)) x exp(i pi d r^2 / (N/4)^2), peak 1, r from (N - 1) / 2."""
+    offsets = np.arange(N) - (N - 1) / 2
+    r = np.hypot(offsets[:, None], offsets[None, :])
+    amplitude = gaussian_blur_reference((r <= N / 4).astype(float), N / 32) * np.exp(-r**2 / (2 * (N / 4) ** 2))
+    want = amplitude / amplitude.max() * np.exp(1j * np.pi * defocus * r**2 / (N / 4) ** 2)
+    np.testing.assert_allclose(ideal_probe(N, defocus), want, rtol=0, atol=2e-6)
+
+
+def test_ideal_probe_phase_grows_with_the_square_of_the_radius_and_its_peak_is_central():
+    """Defocus d: the phase is pi d at the disk edge r = N/4, a quarter of that at half the radius."""
+    N, defocus = 64, 1.0
+    probe = ideal_probe(N, defocus)
+    centre_row = probe[N // 2]  # pixels at r = |col - 31.5|, the edge r = 16 is between cols 47 and 48
+    r = np.abs(np.arange(N) - (N - 1) / 2)
+    lit = r <= N / 4 + 2  # beyond, the amplitude underflows and has no phase
+    phase = np.unwrap(np.angle(centre_row[lit]))
+    want = np.pi * defocus * (r[lit] ** 2 - 0.25) / (N / 4) ** 2  # relative to the central pixels, r = 1/2
+    np.testing.assert_allclose(phase - phase[np.argmin(r[lit])], want, atol=1e-5)
+    amplitude = np.abs(probe)
+    assert amplitude[N // 2 - 1: N // 2 + 1, N // 2 - 1: N // 2 + 1].min() == pytest.approx(1.0)  # the 4 central
+    assert amplitude[N // 2, N // 2 + 16 + 4] < 0.02 < 0.5 < amplitude[N // 2, N // 2 + 16 - 4]  # support r ~ N/4
+
+
 @pytest.mark.parametrize("defocus, twin_ambiguous", [(0.0, True), (1.0, False)])
 def test_probe_defocus_decides_whether_the_twin_object_is_indistinguishable(defocus, twin_ambiguous):
     """|F(O P)| = |F(conj(O(-r)) P)| for every O exactly when P(r) = conj(P(-r)): a real symmetric probe."""
