@@ -154,7 +154,7 @@ class PathRule:
     text: str = "must be a non-empty path"
 
     def __call__(self, value: Any) -> Checked:
-        if not isinstance(value, (str, Path)) or str(value) == "":
+        if not isinstance(value, (str, Path)) or not str(value).strip():  # blank: no file's name
             return value, self.text
         if "\0" in str(value):  # no file system takes one; os calls would raise ValueError deep in a run
             return value, "must not contain a NUL character"

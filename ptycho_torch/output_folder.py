@@ -267,8 +267,10 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_name_lengths(path: Path) -> None:
     """Names and paths longer than the file system allows (checked before any lookup, which would fail)."""
-    root = path.absolute().anchor
-    name_max, path_max = os.pathconf(root, "PC_NAME_MAX"), os.pathconf(root, "PC_PATH_MAX")
+    # the limits of the file system the folder goes on: that of its closest existing ancestor
+    # (os.path.exists answers False, not an error, for a name too long to look up)
+    existing = next(folder for folder in (path.absolute(), *path.absolute().parents) if os.path.exists(folder))
+    name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
     long_names = [part for part in path.parts if len(os.fsencode(part)) > name_max]
     if long_names:
         raise _refuse(path, f"a name is longer than the file system allows ({name_max} bytes): "

@@ -104,7 +104,7 @@ def boundary_examples(rule: Any) -> tuple[list, list]:
     if isinstance(rule, Boolean):
         return [True, False], [0, 1, "true", None]
     if isinstance(rule, PathRule):
-        return ["a", Path("/tmp/x")], ["", None, 3, "a\0b", Path("/tmp/\0")]
+        return ["a", Path("/tmp/x")], ["", "  ", None, 3, "a\0b", Path("/tmp/\0")]
     if isinstance(rule, Instance):
         return [rule.cls()], [None, {}]
     raise TypeError(f"no boundary examples for rule {rule!r}")

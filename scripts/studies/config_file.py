@@ -78,8 +78,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
     if unknown:
         raise _refused(path, "; ".join(_unknown(key, names) for key in unknown))
     paths = _path_fields(cls)
-    # "" stays "" (Path("") would be ".", the current folder): the path rule refuses it by name
-    values = {key: Path(value) if key in paths and isinstance(value, str) and value else value
+    # a blank one stays text (Path("") would be ".", the current folder): the path rule refuses it by name
+    values = {key: Path(value) if key in paths and isinstance(value, str) and value.strip() else value
               for key, value in data.items() if key not in ignored}
     defaults = cls()
     given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from ptycho_torch.config import (
-    FIELD_RULES, FLOAT32_TINY, ConfigError, Interval, ModelConfig, PyTorchExecutionConfig, SimulationConfig,
-    TrainingConfig, check_shared_fields, check_values,
+    FIELD_RULES, FLOAT32_MAX, FLOAT32_TINY, LARGEST_INT, MAX_SEED, ConfigError, Interval, ModelConfig, Optional,
+    PowerOfTwo, PyTorchExecutionConfig, SimulationConfig, TrainingConfig, ZeroOr, check_shared_fields, check_values,
+    plain_int,
 )
 from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, setup_torch_configs
 from tests.strategies import boundary_examples
@@ -108,6 +109,116 @@ def test_cross_field_rule_names_the_field_and_the_fix(cls, values, name):
         cls(**values)
     assert err.value.fields == (name,)
     assert "must be" in str(err.value)
+
+
+CROSS_BOUNDARIES = [
+    pytest.param(ModelConfig, dict(N=32, probe_mask_diameter=32.0), id="mask-as-wide-as-N"),
+    pytest.param(ModelConfig, dict(architecture="fno", N=32, fno_modes=16), id="fno-modes-at-N-over-2"),
+    pytest.param(ModelConfig, dict(architecture="hybrid", N=16, fno_modes=8), id="hybrid-modes-at-N-over-2"),
+    pytest.param(TrainingConfig, dict(scheduler="WarmupCosine", epochs=3, lr_warmup_epochs=2),
+                 id="warmup-one-below-epochs"),
+    pytest.param(TrainingConfig, dict(scheduler="ReduceLROnPlateau", learning_rate=1e-3,
+                                      plateau_min_lr=math.nextafter(1e-3, 0.0)),
+                 id="plateau-floor-just-below-the-rate"),
+    pytest.param(TrainingConfig, dict(scheduler="ReduceLROnPlateau", val_fraction=math.nextafter(0.0, 1.0)),
+                 id="plateau-with-the-least-validation"),
+    pytest.param(SimulationConfig, dict(N=64, object_size=64), id="object-exactly-one-patch"),
+    pytest.param(SimulationConfig, dict(N=16, train_stride=16, test_stride=16), id="strides-equal-to-N"),
+]
+
+
+@pytest.mark.parametrize("cls, values", CROSS_BOUNDARIES)
+def test_each_cross_field_rule_accepts_its_exact_boundary(cls, values):
+    # the rules say "<= N", "<= N/2", ">= N", "< epochs", "< learning_rate", "> 0": the limit itself is valid
+    cfg = cls(**values)
+    assert {name: getattr(cfg, name) for name in values} == values
+
+
+# The documented bounds, written out by hand: the boundary tests above derive their examples from
+# the rule objects, so a moved bound would move its own tests. "None or" / "0 or" wrap the rule.
+DOCUMENTED_BOUNDS = {
+    "N": "power of two 16..256",
+    "cnn_channels": "int 1..512",
+    "fno_modes": "int 1..max",
+    "fno_width": "int 1..512",
+    "fno_blocks": "int 1..32",
+    "fno_cnn_blocks": "int 0..32",
+    "probe_mask_diameter": "None or float (0, inf)",
+    "gridsize": "int 1..2",
+    "seed": f"int 0..{MAX_SEED}",
+    "epochs": "int 1..max",
+    "batch_size": "int 1..max",
+    "learning_rate": "float [tiny, float32 max]",
+    "gradient_clip_val": "None or 0 or float [tiny, inf)",
+    "weight_decay": "0 or float [tiny, float32 max]",
+    "momentum": "float [0, 1)",
+    "adam_beta1": "float [0, 1)",
+    "adam_beta2": "float [0, 1)",
+    "lr_gamma": "float (0, 1]",
+    "lr_warmup_epochs": "int 0..max",
+    "lr_min_ratio": "float [0, 1]",
+    "plateau_factor": "float (0, 1)",
+    "plateau_patience": "int 0..max",
+    "plateau_min_lr": "0 or float [tiny, float32 max]",
+    "plateau_threshold": "float [0, inf)",
+    "val_fraction": "float [0, 0.5]",
+    "grad_norm_log_freq": "int 1..max",
+    "object_size": "int 16..4096",
+    "n_lines": "int 0..100000",
+    "nphotons": "float [1, 1e+15]",
+    "n_train_images": "int 1..64",
+    "n_test_images": "int 1..64",
+    "train_stride": "int 1..256",
+    "test_stride": "int 1..256",
+    "probe_defocus": "float [0, 100]",
+    "data_seed": f"int 0..{MAX_SEED}",
+    "devices": "int 1..1024",
+    "num_nodes": "int 1..1024",
+    "num_workers": "int 0..256",
+    "num_threads": "int 0..1024",
+    "infer_batch_size": "int 1..max",
+}
+
+
+def bounds_of(rule) -> str | None:
+    """A rule's bounds in the table's words (None: the rule has no bounds, e.g. a Choice)."""
+    if isinstance(rule, (Optional, ZeroOr)):
+        inner = bounds_of(rule.inner)
+        return inner and ("None or " if isinstance(rule, Optional) else "0 or ") + inner
+    if isinstance(rule, PowerOfTwo):
+        return f"power of two {rule.lo}..{rule.hi}"
+    if not isinstance(rule, Interval):
+        return None
+    if rule.kind is int:
+        return f"int {rule.lo}..{'max' if rule.hi == LARGEST_INT else rule.hi}"
+    words = {FLOAT32_TINY: "tiny", FLOAT32_MAX: "float32 max"}
+    lo, hi = (words.get(x, f"{x:g}") for x in (rule.lo, rule.hi))
+    left, right = "(" if rule.lo_open else "[", ")" if rule.hi_open or rule.hi == math.inf else "]"
+    return f"float {left}{lo}, {hi}{right}"
+
+
+def test_every_bounded_rule_keeps_its_documented_bounds():
+    actual = {name: bounds_of(rule) for name, rule in FIELD_RULES.items() if bounds_of(rule) is not None}
+    assert actual == DOCUMENTED_BOUNDS
+
+
+@pytest.mark.parametrize("argv", [["--gridsize", "3"], ["--nphotons", "1e16"], ["--N", "512"]],
+                         ids=["int-interval", "float-interval", "power-of-two"])
+def test_a_value_past_a_bound_exits_2_before_the_output_folder_is_made(argv, tmp_path, capsys):
+    from scripts.studies.grid_lines_torch_runner import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(out)])
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_plain_int_takes_up_to_its_digit_count_and_no_more():
+    assert plain_int("123456789") == 123456789  # 9 digits: the default limit itself
+    assert plain_int("1234567890") is None
+    assert plain_int("100000", digits=6) == 100000 and plain_int("1000000", digits=6) is None
 
 
 def test_cnn_ignores_fno_modes_so_a_small_N_needs_no_fno_flags():

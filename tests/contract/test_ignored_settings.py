@@ -25,6 +25,9 @@ def warnings_of(argv, capsys) -> tuple[list[str], dict]:
     (["--momentum", "0.5"], "--momentum=0.5", "only sgd uses momentum"),
     (["--fno-modes", "4"], "--fno-modes=4", "only fno and hybrid are spectral"),
     (["--lr-gamma", "0.5", "--scheduler", "WarmupCosine"], "--lr-gamma=0.5", "only the Exponential scheduler"),
+    # pinn uses the probe, but the diameter only sizes a mask that is off
+    (["--probe-mask-diameter", "6"], "--probe-mask-diameter=6.0",
+     "the probe mask is off, or supervised training at gridsize 1 never uses the probe"),
 ])
 def test_a_given_setting_without_effect_is_warned_once_with_why_and_recorded(argv, flag, why, capsys):
     lines, record = warnings_of(argv, capsys)

@@ -77,6 +77,17 @@ def test_gate_names_a_runner_field_without_route():
     assert problems == ["BrokenRunner.forgotten_knob has no declared route"]
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(to=("trainng",)), "unknown destination(s) ['trainng']"),
+    (dict(to=()), "a runner-only setting needs a one-line reason (why=...)"),
+], ids=["unknown-destination", "runner-only-without-why"])
+def test_a_setting_declared_with_an_unknown_destination_or_no_reason_is_refused(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        setting(0, help="x", **kwargs)
+    assert words in str(err.value)
+    setting(0, to=(), help="x", why="the runner's own")  # runner-only with a reason: fine
+
+
 def test_gate_names_a_route_to_a_missing_output_field():
     broken = dataclasses.make_dataclass(
         "BrokenRunner", [("warmup_steps", int, setting(0, to=("training",), help="x"))],

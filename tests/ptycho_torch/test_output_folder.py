@@ -350,3 +350,90 @@ def test_a_run_folder_gone_while_a_study_is_overwritten_is_skipped_not_refused(t
         vanishing if folder != tmp_path else acquire)(folder, overwrite, log))
     with claimed(tmp_path, True, layout):
         assert tree(tmp_path) == [LOCK_NAME]
+
+
+def test_a_folder_another_run_filled_after_the_check_is_refused_under_the_claim(tmp_path, monkeypatch):
+    """The emptiness check is repeated under the claim: another run may have finished its files there
+    after this run looked (its metrics.json beside this run's would mix two runs)."""
+    from ptycho_torch import output_folder
+
+    out = tmp_path / "out"
+    check = output_folder.check_output_dir
+
+    def another_run_writes_after_the_check(path, overwrite, *, resume=False):
+        check(path, overwrite, resume=resume)
+        out.mkdir()
+        (out / "metrics.json").write_text(RECORDS["metrics.json"])
+
+    monkeypatch.setattr(output_folder, "check_output_dir", another_run_writes_after_the_check)
+    with pytest.raises(OutputDirError, match="not empty"):
+        with claimed(out, False, RUN_LAYOUT):
+            raise AssertionError("claimed a folder another run had filled")
+    assert tree(out) == ["metrics.json"] and (out / "metrics.json").read_text() == RECORDS["metrics.json"]
+
+
+def test_a_stale_claim_taken_over_by_another_run_while_this_one_looked_is_refused_naming_it(tmp_path, monkeypatch):
+    """Between this run's open of the stale claim and its lock, another run replaced the claim with its
+    own (live) one: the file this run locked is no longer the claim, so it looks again and is refused."""
+    import fcntl
+
+    from ptycho_torch import output_folder
+
+    write_claim(tmp_path, pid=dead_pid(), host=socket.gethostname(), started="earlier")
+    read, other = output_folder._read_holder, []
+
+    def another_run_takes_over_first(fd):
+        if not other:  # the other run: its own claim file, locked (held), renamed over the stale one
+            theirs = tmp_path / ".theirs.tmp"
+            theirs.write_text(json.dumps({"pid": 4242, "host": socket.gethostname(), "started": "now"}))
+            other.append(os.open(theirs, os.O_RDONLY))
+            fcntl.flock(other[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(theirs, tmp_path / LOCK_NAME)
+        return read(fd)
+
+    monkeypatch.setattr(output_folder, "_read_holder", another_run_takes_over_first)
+    try:
+        with pytest.raises(OutputDirError, match="claimed by a running run \\(pid 4242"):
+            with claimed(tmp_path, True, RUN_LAYOUT):
+                raise AssertionError("two live runs claimed one folder")
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == 4242  # theirs, untouched
+    finally:
+        os.close(other[0])
+
+
+@pytest.mark.parametrize("layout, inside", [
+    (RUN_LAYOUT, "checkpoints/last.ckpt"),
+    (comparison_layout(["runs/cnn"]), "baseline/recon_200.npz"),
+    (comparison_layout(["runs/cnn"]), "cells/x.json"),
+    (comparison_layout(["runs/cnn"]), "runs/cnn/checkpoints/epoch=3-step=9.ckpt"),
+])
+def test_overwrite_refuses_an_input_among_the_files_a_command_writes_into_its_own_folders(tmp_path, layout, inside):
+    """Folders whose file names are not fixed (Tree): the files matching their patterns are removed by
+    --overwrite, so reading one of them as an input would delete it before the run reads it."""
+    from ptycho_torch.output_folder import check_inputs_survive
+
+    given = tmp_path / inside
+    given.parent.mkdir(parents=True)
+    given.write_text("input")
+    with pytest.raises(OutputDirError, match=f"test_npz=.*lies in '{inside}'"):
+        check_inputs_survive(tmp_path, True, layout, {"test_npz": given})
+    mine = given.parent / "notes.npz"  # not a name the command writes there: the user's, kept
+    mine.write_text("input")
+    check_inputs_survive(tmp_path, True, layout, {"test_npz": mine})
+
+
+def test_an_output_folder_that_is_a_link_to_a_folder_is_used_and_written_through(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "out").symlink_to(target)
+    check_output_dir(tmp_path / "out", overwrite=False)  # only a dangling link is refused
+    with claimed(tmp_path / "out", False, RUN_LAYOUT) as folder:
+        (folder / "config.json").write_text(RECORDS["config.json"])
+    assert tree(target) == ["config.json"]
+
+
+def test_a_folder_name_of_the_file_systems_longest_length_is_accepted_and_one_byte_more_refused(tmp_path):
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    check_output_dir(tmp_path / ("n" * name_max), overwrite=False)
+    with pytest.raises(OutputDirError, match=f"a name is longer than the file system allows \\({name_max} bytes\\)"):
+        check_output_dir(tmp_path / ("n" * (name_max + 1)), overwrite=False)

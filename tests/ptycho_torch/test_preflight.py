@@ -97,6 +97,16 @@ def test_the_simulation_is_counted_from_its_own_scan():
     preflight.check_simulation(PLATEAU, dataclasses.replace(one_pattern, n_train_images=2))  # 2 objects
 
 
+def test_given_data_with_one_training_pattern_cannot_feed_the_plateau_scheduler():
+    """The same refusal as for a simulation, for the user's files: nothing to hold out for validation."""
+    data = simulate_splits(dataclasses.replace(TINY_SIMULATION, object_size=24, train_stride=16, n_train_images=1))
+    assert len(data["train"].coords) == 1
+    preflight.check_data(TRAINING, data["train"], data["test"])  # other schedulers train on one pattern
+    with pytest.raises(ConfigError) as err:
+        preflight.check_data(PLATEAU, data["train"], data["test"], ("train.npz", "test.npz"))
+    assert err.value.fields == ("val_fraction",) and "train.npz" in str(err.value)
+
+
 def test_a_missing_or_wrong_probe_file_is_refused_before_simulating(tmp_path):
     with pytest.raises(DataError, match="missing.npz"):
         preflight.check_simulation(TRAINING, dataclasses.replace(TINY_SIMULATION, probe_npz=tmp_path / "missing.npz"))
@@ -113,6 +123,13 @@ def pretend_memory(monkeypatch, tmp_path, available_kib: int | None, headroom: i
                        + ("" if available_kib is None else f"MemAvailable:   {available_kib} kB\n"))
     monkeypatch.setattr(preflight, "MEMINFO", str(meminfo))
     monkeypatch.setattr(cgroups, "memory_headroom", lambda: headroom)
+
+
+def test_available_memory_reads_meminfo_in_kib_and_takes_the_tighter_of_it_and_the_cgroup(monkeypatch, tmp_path):
+    pretend_memory(monkeypatch, tmp_path, 2**20)  # /proc/meminfo's "kB" are KiB
+    assert preflight.available_memory() == 2**30
+    pretend_memory(monkeypatch, tmp_path, 2**20, headroom=2**29)
+    assert preflight.available_memory() == 2**29
 
 
 def test_a_simulation_that_cannot_fit_in_the_memory_left_is_refused_naming_its_size(monkeypatch, tmp_path):
@@ -206,6 +223,22 @@ def test_a_reconstruction_that_moves_less_than_a_hundredth_of_the_truths_spread_
     assert sorted(order) == list(range(5)) and all(order != np.arange(5))
 
 
+def test_an_all_zero_reconstruction_is_named_collapsed_not_a_division_by_zero():
+    """Scoring's scale alignment divides by the reconstruction's mean amplitude: at 0 it is left as is."""
+    from ptycho_torch.outcome import collapse_reason, ignores_input_reason
+
+    truth = (np.linspace(0.2, 1.0, 64) * np.exp(1j * np.linspace(0, 1, 64))).reshape(1, 8, 8)
+    zero = np.zeros_like(truth)
+    assert "object 0: the reconstructed amplitude is constant" in collapse_reason(zero, truth)
+    assert "does not depend on the measured patterns" in ignores_input_reason(zero, zero, truth)
+
+
+def test_a_non_finite_loss_is_diverged_even_when_no_step_was_applied():
+    # the outcome lists diverged before untrained: a loss that is not finite is the run's first problem
+    status, reason = run_status(FINE, [float("nan")], None, steps_applied=0, weights_changed=False)
+    assert (status, reason) == (DIVERGED, "the final train loss is not finite")
+
+
 @pytest.mark.parametrize("gridsize, answer", [(1, "the network's output there is a guess"),
                                               (2, "the gridsize-2 merge reconstructs it as 0")])
 def test_a_test_scan_that_leaves_part_of_the_scored_region_unlit_is_warned_of_before_anything_runs(gridsize, answer):
@@ -231,6 +264,15 @@ def test_a_covered_test_scan_is_not_warned_of_unless_the_probe_mask_darkens_it(r
     masked = dataclasses.replace(TRAINING, model=ModelConfig(N=16, probe_mask=True, probe_mask_diameter=3.0))
     with pytest.warns(UserWarning, match="lit by no scan position"):
         preflight.check_simulation(masked, covered)
+
+
+def test_supervised_training_at_gridsize_1_weighs_the_unmasked_probe_so_a_small_mask_darkens_nothing(recwarn):
+    """The probe never reaches such a model (config.probe_mask_reaches_the_model): its mask is inert."""
+    covered = dataclasses.replace(TINY_SIMULATION, object_size=48, test_stride=8)
+    supervised = dataclasses.replace(TRAINING, model=ModelConfig(N=16, training_procedure="supervised",
+                                                                 probe_mask=True, probe_mask_diameter=3.0))
+    preflight.check_simulation(supervised, covered)
+    assert not [w for w in recwarn if "lit by no scan position" in str(w.message)]
 
 
 @pytest.mark.parametrize("diameter", [1.0, 1e-320])

@@ -45,6 +45,12 @@ def test_bad_baseline_flags_are_refused_before_any_run(tmp_path, capsys, argv, n
     assert not out.exists()
 
 
+def test_the_fewest_and_the_most_iterations_documented_are_accepted():
+    # --baseline takes counts from 1 to 100000 (MAX_ITERATIONS): both ends are valid
+    _, ns = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--baseline", "1,100000", "--dry-run"])
+    assert ns.baseline == (1, 100_000)
+
+
 def test_without_the_engine_installed_the_baseline_is_refused_with_how_to_install_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "cdtools", None)  # import cdtools now raises ImportError
     out = tmp_path / "never"

@@ -71,10 +71,13 @@ def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
     longer, grown = tmp_path / "longer", tmp_path / "grown"
     assert run(RUNNER, *settings(1, 3, longer)).returncode in FINISHED
     assert run(RUNNER, *settings(1, 1, grown)).returncode in FINISHED
+    # a signal's mid-epoch checkpoint from an earlier attempt: weights the grown run never had
+    shutil.copy(grown / "checkpoints" / "last.ckpt", grown / "checkpoints" / "interrupted.ckpt")
     # the settings may be given again, as long as they are the recorded ones
     done = run(RUNNER, "--resume", *settings(1, 3, grown))
     assert done.returncode in FINISHED, done.stderr[-2000:]
     assert_same_run(longer, grown)
+    assert not (grown / "checkpoints" / "interrupted.ckpt").exists()
     assert json.loads((grown / "config.json").read_text())["training"]["epochs"] == 3
 
 
@@ -265,6 +268,33 @@ def test_a_changed_data_file_is_refused_and_the_same_one_resumes(recorded, tmp_p
     changed.diffraction.flat[0] += 1e-3  # one pattern's one pixel
     with pytest.raises(OutputDirError, match="trained on other data"):
         resume_point(recorded, training, train.probeGuess, changed.digest())
+
+
+def test_removing_a_finished_runs_results_keeps_its_record_and_checkpoint_but_not_a_mid_epoch_one(tmp_path):
+    """Before a resumed run trains: its old results go (metrics.json first), and so does the
+    interrupted.ckpt a signal left (``--checkpoint`` on it would give a state the run never had)."""
+    from ptycho_torch.resume import remove_results
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("config.json", "metrics.json", "history.csv", "recon.npz", "timing.json",
+                 "checkpoints/last.ckpt", "checkpoints/interrupted.ckpt"):
+        (tmp_path / name).write_text("x")
+    remove_results(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "checkpoints/last.ckpt", "config.json"]
+
+
+def test_a_checkpoint_past_the_configured_epochs_is_refused_naming_both(recorded):
+    from ptycho_torch.config import TrainingConfig, from_jsonable
+    from ptycho_torch.npz_data import load_npz
+    from ptycho_torch.output_folder import OutputDirError
+    from ptycho_torch.resume import resume_point
+
+    record = json.loads((recorded / "config.json").read_text())
+    training = dataclasses.replace(from_jsonable(TrainingConfig, record["training"]), epochs=1)  # the run did 2
+    train = load_npz(recorded / "data" / "train.npz", "train")
+    with pytest.raises(OutputDirError, match="its checkpoint has 2 epochs done, more than epochs=1"):
+        resume_point(recorded, training, train.probeGuess, train.digest())
 
 
 def test_a_run_moved_to_another_folder_resumes_into_its_own_last_checkpoint(recorded, tmp_path):

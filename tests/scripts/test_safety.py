@@ -253,6 +253,10 @@ def empty_dataset(tmp_path: Path) -> tuple[Path, Path]:
         arrays[key] = arrays[key][:0]  # (0, ...)
     np.savez(tmp_path / "empty_train.npz", **arrays)
     np.savez(tmp_path / "test.npz", **splits["test"].to_arrays())
+    arrays = splits["train"].to_arrays()
+    for key in ("diffraction", "Y_I", "Y_phi", "coords", "image_index"):
+        arrays[key] = arrays[key][:1]  # one pattern: it trains, but none is left to validate on
+    np.savez(tmp_path / "one_train.npz", **arrays)
     return tmp_path / "empty_train.npz", tmp_path / "test.npz"
 
 
@@ -269,6 +273,8 @@ def refusals(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "plateau-without-validation": (["--scheduler", "ReduceLROnPlateau", "--object-size", "16",
                                         "--train-stride", "16", "--test-stride", "16"], "val-fraction"),
         "missing-train-file": (["--train-npz", str(tmp_path / "nope.npz"), "--test-npz", str(test)], "nope.npz"),
+        "plateau-with-a-one-pattern-file": (["--train-npz", str(tmp_path / "one_train.npz"), "--test-npz", str(test),
+                                             "--scheduler", "ReduceLROnPlateau"], "val-fraction"),
     }
     import torch
 
@@ -292,7 +298,7 @@ def as_command_argv(command: str, argv: list[str]) -> list[str] | None:
 
 
 REFUSALS = ["missing-probe", "wrong-size-probe", "gpu-on-a-cpu-machine", "tensorboard-missing", "no-pattern",
-            "plateau-without-validation", "missing-train-file"]
+            "plateau-without-validation", "missing-train-file", "plateau-with-a-one-pattern-file"]
 DATAGEN_REFUSALS = ["missing-probe", "wrong-size-probe"]  # the data generator has only the dataset settings
 
 
@@ -410,6 +416,31 @@ def test_an_unusable_output_path_exits_2_without_a_traceback(command, kind, tmp_
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: output_dir=") and "Traceback" not in err[0], err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_blank_output_folder_from_a_settings_file_exits_2_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    # the flag's own parser refuses "  "; from a file the path rule does (a folder named "  " is a typo),
+    # naming the flag, before anything is imported or made. (The wrapper does not take output_dir from a
+    # file: it warns and keeps its own.)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.json").write_text(json.dumps({"output_dir": "  "}))
+    capsys.readouterr()
+    assert exit_status("runner", [*TINY_ARGV, "--config", "settings.json"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert "--output-dir='  '" in err[-1] and "non-empty path" in err[-1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
+
+
+def test_a_warning_of_the_runs_own_prints_as_one_line_without_its_source(tmp_path):
+    """The project's warnings read as the commands' other messages: "warning: ...", no file:line
+    prefix, no UserWarning, no source line (other libraries' warnings keep Python's format)."""
+    sparse = [*TINY_ARGV, "--object-size", "48", "--test-stride", "16", "--epochs", "1"]  # corners left unlit
+    done = subprocess.run([sys.executable, "-m", MODULES["runner"], *sparse, "--output-dir", str(tmp_path / "out")],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode in FINISHED, done.stderr[-2000:]
+    unlit = [line for line in done.stderr.splitlines() if "lit by no scan position" in line]
+    assert len(unlit) == 1 and unlit[0].startswith("warning: ") and "of the scored region" in unlit[0], done.stderr
+    assert "UserWarning" not in done.stderr and "preflight.py" not in done.stderr
 
 
 # --- one error path: each kind of failure has its exit status ------------------------------------------

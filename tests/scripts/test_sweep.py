@@ -174,16 +174,38 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--jobs", "0"], "--jobs"),
     (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
     (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
+    (["--seeds", "0,0"], "--seeds='0,0': a seed is given twice"),  # the same run twice, one folder
+    (["--sweep", "torch-probe-mask=maybe,true"], "--sweep='torch-probe-mask=maybe,true': expected true or false, "
+                                                 "got 'maybe'"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
 ], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "clip-twice", "inert", "no-architectures", "no-values", "output-dir",
         "architectures", "swept-twice", "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits",
-        "cross-rule"])
+        "seed-twice", "unknown-boolean-word", "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
         wrapper.main([*TINY_WRAPPER_ARGV, *argv, "--output-dir", str(out)])
     assert stopped.value.code == 2 and named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_seed_given_twice_is_refused_by_a_dry_run_too(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        wrapper.main([*TINY_WRAPPER_ARGV, "--seeds", "0,0", "--dry-run"])
+    assert stopped.value.code == 2 and "a seed is given twice" in capsys.readouterr().err
+
+
+def test_a_nine_digit_jobs_count_is_a_plain_integer():
+    # plain_int takes up to 9 digits (no 5000-digit strings): the 9th digit itself is accepted
+    assert wrapper.parse_study([*TINY_WRAPPER_ARGV, "--jobs", "123456789", "--dry-run"])[1].jobs == 123456789
+
+
+def test_a_swept_float_names_its_cell_folder_as_written_not_as_a_python_float(tmp_path):
+    # --sweep torch-grad-clip=none,1 -> runs/grad-clip=1, the word the user typed (not grad-clip=1.0)
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep", "torch-grad-clip=none,1",
+                                    "--output-dir", str(tmp_path)])
+    assert [cfg.output_dir.relative_to(tmp_path).as_posix() for cfg in study.configs] == [
+        "runs/grad-clip=none", "runs/grad-clip=1"]
 
 
 def test_a_sweep_that_acts_in_only_some_cells_is_warned_of_naming_them(tmp_path, capsys):
