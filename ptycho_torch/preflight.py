@@ -218,7 +218,7 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     """The probe file, the memory and the number of patterns the simulation will make."""
     from ptycho_torch.simulation import scan_grid, simulation_probe
 
-    check_probe_file(sim)
+    probe = simulation_probe(sim)  # read once: a given probe file is checked here (``check_probe_file``'s load)
     check_simulation_memory(sim)
     grids = {split: scan_grid(sim, stride) for split, stride in (("train", sim.train_stride),
                                                                   ("test", sim.test_stride))}
@@ -227,7 +227,7 @@ def check_simulation(training: TrainingConfig, sim: SimulationConfig) -> None:
     per_object = training_items(training, grids["train"], one_object["train"], "the simulated train split",
                                 sim.test_stride)
     training_items(training, grids["test"], one_object["test"], "the simulated test split")
-    check_masked_probe(training.model, simulation_probe(sim), "the simulation")
-    warn_of_unlit_region(training.model, simulation_probe(sim), grids["test"], one_object["test"], sim.object_size,
+    check_masked_probe(training.model, probe, "the simulation")
+    warn_of_unlit_region(training.model, probe, grids["test"], one_object["test"], sim.object_size,
                          sim.test_stride, "the simulated test split")
     check_pattern_count(training, sim.n_train_images * per_object, "the simulated train split")

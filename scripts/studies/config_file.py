@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ptycho_torch.special_files import is_special_file
-from ptycho_torch.config import ConfigError, Problem
+from ptycho_torch.config import ConfigError, Problem, to_jsonable
 
 RUN_RECORD_SECTION = "runner"  # where a run's config.json keeps the runner settings
 CONFIG_FLAG = "--config"
@@ -84,12 +84,8 @@ def read_settings(path: Path, cls: type, ignored: tuple[str, ...] = ()) -> FileS
     defaults = cls()
     given = {key for key, value in values.items() if not recorded or value != getattr(defaults, key)}
     dropped = {key: data[key] for key in ignored  # in a run's record, those it did not run with by default
-               if key in data and (not recorded or data[key] != _jsonable(getattr(defaults, key)))}
+               if key in data and (not recorded or data[key] != to_jsonable(getattr(defaults, key)))}
     return FileSettings(values, given, dropped)
-
-
-def _jsonable(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value
 
 
 def _unknown(key: str, names: list[str]) -> str:
