@@ -59,9 +59,20 @@ def plot_object(path: Path, recon: np.ndarray, title: str) -> Path:
 
 def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None, algorithm: str | None) -> Path:
     """Loss, learning rate and global gradient norms (pre/post clip) per optimizer step."""
+    return _save(training_figure(history, clip_val, algorithm), path)
+
+
+def training_figure(history: Sequence[Mapping], clip_val: float | None, algorithm: str | None) -> plt.Figure:
+    """``plot_training``'s figure. Steps skipped for a non-finite gradient are marked on the loss panel
+    (their loss may be finite: the weights did not move there)."""
     steps = np.array([r["step"] for r in history])
     fig, (ax_loss, ax_lr, ax_norm) = plt.subplots(1, 3, figsize=(15, 4))
     ax_loss.semilogy(steps, [r["loss"] for r in history])
+    skipped = [r["step"] for r in history if r["skipped"]]
+    if skipped:  # at the panel's foot, in axes units: the loss there may be NaN, inf or off the scale
+        ax_loss.plot(skipped, [0.02] * len(skipped), "|", color="tab:red", markersize=12,
+                     transform=ax_loss.get_xaxis_transform(), label=f"skipped step ({len(skipped)})")
+        ax_loss.legend()
     ax_loss.set(title="training loss", xlabel="optimizer step")
     ax_lr.plot(steps, [r["lr"] for r in history])
     ax_lr.set(title="learning rate", xlabel="optimizer step")
@@ -78,8 +89,11 @@ def plot_training(path: Path, history: Sequence[Mapping], clip_val: float | None
         else:  # a line at, say, 1e308 would stretch the axis past what its ticks can be computed for
             ax_norm.text(0.5, 0.95, f"{label}: above every norm shown", transform=ax_norm.transAxes, ha="center")
     ax_norm.set(title=f"global gradient L2 norm (clip: {algorithm if clip_val else 'off'})", xlabel="optimizer step")
-    ax_norm.legend()
-    return _save(fig, path)
+    if ax_norm.get_legend_handles_labels()[0]:
+        ax_norm.legend()
+    else:  # norms not logged and clipping off
+        ax_norm.text(0.5, 0.5, "not logged", transform=ax_norm.transAxes, ha="center")
+    return fig
 
 
 def plot_sweep(path: Path, x_title: str, x_labels: Sequence[str],
