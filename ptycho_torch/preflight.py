@@ -52,6 +52,24 @@ def check_machine(execution: PyTorchExecutionConfig) -> None:
                                 "needs the tensorboard package (pip install tensorboard), or use csv"))
     if problems:
         raise ConfigError("execution settings on this machine", problems)
+    warn_of_crowded_cores(execution)
+
+
+def warn_of_crowded_cores(execution: PyTorchExecutionConfig) -> None:
+    """A warning when a CPU run starts more processes on this machine than it has usable cores: each
+    is a whole training process (model, data, optimizer), so they share cores and memory and the run
+    is slower than with fewer of them."""
+    import torch
+
+    from ptycho_torch.cpu_settings import usable_cores
+
+    on_cpu = execution.accelerator == "cpu" or (
+        execution.accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
+    cores = usable_cores()
+    if on_cpu and execution.devices > cores:
+        warnings.warn(f"devices={execution.devices} starts {execution.devices} training processes on the CPU of "
+                      f"this machine, which has {cores} usable core(s): they will share them (and its memory), "
+                      f"so the run is slower than with devices={cores} or fewer", stacklevel=2)
 
 
 def _importable(*packages: str) -> bool:

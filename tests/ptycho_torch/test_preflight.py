@@ -4,6 +4,7 @@ and the outcome a finished run records (ok, diverged, untrained)."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +58,31 @@ def test_several_nodes_need_a_launcher(monkeypatch):
     assert err.value.fields == ("num_nodes",) and err.value.problems[0].value == 2
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     preflight.check_machine(PyTorchExecutionConfig(strategy="ddp", num_nodes=2))
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
+def test_more_cpu_processes_than_usable_cores_are_warned_of(monkeypatch, accelerator):
+    from ptycho_torch import cpu_settings
+
+    fake_gpus(monkeypatch, 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preflight.check_machine(PyTorchExecutionConfig(accelerator=accelerator, devices=2, strategy="ddp"))
+    with pytest.warns(UserWarning, match=r"devices=3 starts 3 training processes .* 2 usable core"):
+        preflight.check_machine(PyTorchExecutionConfig(accelerator=accelerator, devices=3, strategy="ddp"))
+
+
+def test_gpu_devices_are_not_counted_against_the_cores(monkeypatch):
+    from ptycho_torch import cpu_settings
+
+    fake_gpus(monkeypatch, 4)
+    monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=4, strategy="ddp"))
+        preflight.check_machine(PyTorchExecutionConfig(accelerator="auto", devices=4, strategy="ddp"))
 
 
 def test_the_tensorboard_logger_needs_its_package(monkeypatch):
