@@ -14,7 +14,8 @@ Alignment before scoring (a PINN recovers the object only up to these ambiguitie
 Metrics, in float64, with data_range = the ground truth's value range: MAE; PSNR =
 10 log10(data_range^2 / MSE); SSIM from torchmetrics (Gaussian window, its defaults);
 FRC50 = the spatial frequency (cycles/pixel, 0..0.5) of the first Fourier ring whose correlation
-is below 0.5 (0.5 = never, up to Nyquist). Higher is better except for MAE.
+is below 0.5 (0.5: none before the Nyquist ring, 0.5 cycles/pixel, which may itself be below or
+not). Higher is better except for MAE.
 PSNR is capped at PSNR_CAP_DB = 100 dB (an RMS error of 1e-5 of the data range): a perfect
 reconstruction (MSE 0) scores exactly the cap instead of +inf, which strict JSON cannot hold and
 which would otherwise be indistinguishable from "undefined" (null).
@@ -42,7 +43,7 @@ ALIGNMENT = {
              "cut in the widest gap between its values and its smallest value as 0",
     "data_range": "max(gt) - min(gt) of the compared channel",
     "psnr": f"capped at {PSNR_CAP_DB:g} dB (the score of a perfect reconstruction, MSE 0)",
-    "frc50": "cycles/pixel of the first Fourier ring whose correlation is below 0.5 (0.5 = none up to Nyquist)",
+    "frc50": "cycles/pixel of the first Fourier ring whose correlation is below 0.5 (0.5: none before the Nyquist ring)",
     "null": "undefined: the reason is given beside the metrics",
 }
 CHANNELS = ("amplitude", "phase")
