@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +121,38 @@ def test_a_warm_start_is_scaled_to_the_data_and_starts_where_it_is_put(test_spli
     outside = np.ones(canvas.shape, dtype=bool)
     outside[r0:r1, c0:c1] = False
     np.testing.assert_allclose(canvas[outside], baseline.flat_fill(canvas[r0:r1, c0:c1]), rtol=1e-5)
+
+
+def test_a_warm_start_fits_to_the_same_canvas_whatever_scale_it_is_given_at(test_split):
+    """|F(c O P)| = c |F(O P)|: the least-squares factor makes up any scale of the start, so a start at a
+    fifth of the truth and one at three times it become the same canvas."""
+    data = test_split
+    small, large = (baseline.start_objects(data, k * data.YY_ground_truth)[0] for k in (0.2, 3.0))
+    np.testing.assert_allclose(small, large, rtol=1e-5, atol=1e-7)
+
+
+def test_the_canvas_spans_the_rows_and_the_columns_of_the_scan_each(test_split):
+    """The tiny test scan without its last row of patches: rows [0, 8 + 16), columns [0, 16 + 16)."""
+    data = test_split
+    keep = data.coords[:, 0] < data.coords[:, 0].max()
+    wide = dataclasses.replace(data, coords=data.coords[keep], image_index=data.image_index[keep],
+                               diffraction=data.diffraction[keep], Y_I=data.Y_I[keep], Y_phi=data.Y_phi[keep])
+    assert baseline.canvas_shape(wide.coords, wide.N) == (24, 32)
+    (flat,) = baseline.start_objects(wide, None)
+    assert flat.shape == (24, 32) and np.all(flat == 1)
+
+
+def test_the_batch_size_and_step_are_the_librarys_own_defaults():
+    defaults = inspect.signature(baseline.engine().reconstructors.AdamReconstructor.optimize).parameters
+    assert baseline.BATCH_SIZE == defaults["batch_size"].default
+    assert baseline.LEARNING_RATE == defaults["lr"].default
+
+
+def test_the_seconds_grow_with_every_iteration_within_the_wall_time(test_split):
+    started = time.perf_counter()
+    steps = list(baseline.iterate(test_split, 2))
+    elapsed = time.perf_counter() - started
+    assert 0 < steps[0].seconds < steps[1].seconds < steps[2].seconds <= elapsed
 
 
 def test_a_warm_start_is_as_good_at_any_global_phase(test_split):

@@ -96,6 +96,21 @@ def test_scan_rejects_a_patch_larger_than_the_object():
         raster_positions(8, 16, 4)
 
 
+@pytest.mark.parametrize("size, side, stride", [(8, 0, 4), (8, 4, 0), (8, 9, 1), (0, 0, 1)],
+                         ids=["empty-patch", "zero-stride", "patch-past-object", "empty-object"])
+def test_scan_rejects_a_geometry_without_a_patch_or_a_step(size, side, stride):
+    with pytest.raises(ValueError, match=f"N={side}, object_size={size}, stride={stride}"):
+        raster_positions(size, side, stride)
+
+
+@pytest.mark.parametrize("size, side, stride, offsets", [(1, 1, 1, [0]), (8, 8, 3, [0]), (9, 4, 5, [0, 5]),
+                                                          (10, 4, 3, [0, 3, 6])],
+                         ids=["one-pixel", "patch-fills-object", "last-offset-at-the-edge", "stride-3"])
+def test_scan_accepts_the_smallest_geometries(size, side, stride, offsets):
+    positions = raster_positions(size, side, stride)
+    assert positions.tolist() == [[row, col] for row in offsets for col in offsets]
+
+
 def test_a_non_square_complete_raster_stitches_to_its_own_rows_and_columns():
     """3 rows by 5 columns of positions: (3 s, 5 s), the object's region from the crop offset on."""
     side, stride = 8, 4

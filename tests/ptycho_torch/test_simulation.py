@@ -14,7 +14,7 @@ from ptycho_torch.npz_data import DataError, load_npz
 from ptycho_torch.physics import forward_amplitude
 from ptycho_torch.probe import ideal_probe, load_probe
 from ptycho_torch.scan import stitch_patches
-from ptycho_torch.simulation import simulate_dataset, simulate_split
+from ptycho_torch.simulation import photon_scale, simulate_dataset, simulate_split, simulate_splits
 from tests.strategies import tiny_simulation_configs
 
 TINY = SimulationConfig(N=16, object_size=32, n_lines=20, nphotons=1e3, n_train_images=2, n_test_images=1,
@@ -38,6 +38,20 @@ def test_mean_photon_count_per_pattern_is_nphotons_within_three_standard_errors(
     standard_error = np.sqrt(sim.nphotons / len(totals))
     assert len(totals) == 4802
     assert abs(totals.mean() - sim.nphotons) < 3 * standard_error
+
+
+def test_photon_scale_by_hand_and_patterns_without_energy_are_refused():
+    """Two patterns of four pixels at amplitude 0.5: energy 1 each, so scale^2 = nphotons."""
+    assert photon_scale(np.full((2, 2, 2), 0.5, np.float32), 9.0) == pytest.approx(3.0, rel=1e-12)
+    with pytest.raises(ValueError, match="carry no energy"):
+        photon_scale(np.zeros((3, 4, 4), np.float32), 1e3)
+
+
+def test_the_progress_bar_counts_every_pattern_and_is_drawn_only_when_asked(capsys):
+    simulate_splits(TINY, progress=False)
+    assert capsys.readouterr().err == ""
+    simulate_splits(TINY, progress=True)
+    assert "59/59" in capsys.readouterr().err  # 2 train objects x 5 x 5 + 1 test object x 3 x 3
 
 
 @settings(deadline=None)  # runs the forward model: timing follows the machine's load
