@@ -22,6 +22,7 @@ from ptycho_torch import cgroups, cpu_settings
     (8, 3.0, 2, 2),
     (2, 2.0, 1, 1),  # nothing free: still one thread
     (2, 0.0, 4, 1),  # more ranks than cores: one each
+    (2, 0.0, 0, 2),  # no process count: counted as one, never a division by zero
 ])
 def test_auto_threads_are_the_free_cores_shared_among_the_run_processes(machine, cores, busy, processes, expected):
     machine(cores, busy)
@@ -113,6 +114,8 @@ def test_other_load_on_the_host_does_not_shrink_a_cpu_quota(monkeypatch, cores, 
     ("0::/a\n", {"a/memory.max": "100\n", "a/memory.current": "300\n"}, 0),  # over its limit: none left
     ("0::/a\n", {"a/memory.max": "max\n", "a/memory.current": "300\n"}, None),
     ("0::/a\n", {"a/memory.max": "1000\n"}, None),  # no usage to subtract
+    ("0::/a\n", {"a/memory.max": "1000 5\n", "a/memory.current": "400\n"}, None),  # not one field: unreadable
+    ("0::/a\n", {"a/memory.max": "1000\n", "a/memory.current": "400 5\n"}, None),
     ("3:memory:/d\n", {"memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n"}, 1500),
     # page cache the kernel can drop is not used memory (files written or read count in the usage)
     ("0::/a\n", {"a/memory.max": "1000\n", "a/memory.current": "900\n",
@@ -174,6 +177,24 @@ def test_busy_cores_exclude_this_process_own_work(monkeypatch):
     monotonic = iter([0.0, 1.0])
     monkeypatch.setattr(cpu_settings.time, "monotonic", lambda: next(monotonic))
     assert cpu_settings.busy_cores() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("opened", "now", "others"), [
+    ((100, 1000), (100, 1000), None),  # no tick counted since the window opened: nothing known
+    ((100, 1000), (100, 1200), 0.0),  # idle ticks only: known to be free
+    ((100, 1000), (200, 1200), 1.0),  # a core-second of busy ticks at 100 Hz, none of them this process's
+    (None, (100, 1000), None),  # /proc/stat unreadable when the window opened
+    ((100, 1000), None, None),  # ... or now
+], ids=["no-tick", "idle", "one-core", "unreadable-at-open", "unreadable-now"])
+def test_a_window_knows_the_load_only_once_a_tick_was_counted_at_both_ends(monkeypatch, opened, now, others):
+    readings = iter([opened, now])
+    monkeypatch.setattr(cpu_settings, "_cpu_ticks", lambda cpus: next(readings))
+    monkeypatch.setattr(cpu_settings.time, "process_time", lambda: 5.0)  # this process did nothing
+    monotonic = iter([0.0, 1.0])
+    monkeypatch.setattr(cpu_settings.time, "monotonic", lambda: next(monotonic))
+    monkeypatch.setattr(cpu_settings.os, "sysconf", lambda name: 100)
+    seen = cpu_settings.LoadWindow().others()
+    assert seen == (None if others is None else pytest.approx(others))
 
 
 def test_a_busy_process_is_seen_as_a_busy_core():

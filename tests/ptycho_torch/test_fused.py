@@ -72,6 +72,26 @@ def test_a_fused_pair_equals_the_two_layers_to_the_dtype_tolerance(batch, cin, c
         torch.testing.assert_close(got.float(), expected.float(), rtol=2 ** -7, atol=2 ** -8)
 
 
+def test_under_bf16_autocast_the_fused_convolution_rounds_its_bias_as_autocast_does():
+    """Only the GELU's input is left unrounded: the convolution's operands, bias included, are the bf16
+    values autocast gives the unfused layer. One pixel, a 1x1 kernel: the sum is w + b, and GELU is the
+    identity at 10 (to float precision); b = 10.02 rounds to 10.0, w to 0.0200195, and their sum to
+    10.0 (an unrounded bias would make it 10.04, rounded up to 10.0625)."""
+    pair = ConvGELUSequential(nn.Conv2d(1, 1, 1), DenseGELU())
+    with torch.no_grad():
+        pair[0].weight.fill_(0.02)
+        pair[0].bias.fill_(10.02)
+
+    def bf16(value: float) -> float:
+        return torch.tensor(value, dtype=torch.float64).to(torch.bfloat16).item()
+
+    expected = bf16(bf16(0.02) + bf16(10.02))
+    assert expected == 10.0
+    x = torch.ones(1, 1, 1, 1)
+    with torch.no_grad(), autocast(torch.bfloat16):
+        assert pair(x).item() == expected == pair[1](pair[0](x)).item()
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_generators_predict_the_same_patches_fused_and_unfused(architecture, dtype, fused_calls):

@@ -113,6 +113,22 @@ def test_a_resumed_run_starts_from_its_recorded_count_without_sampling(machine, 
         assert explicit == 1
 
 
+@pytest.mark.parametrize("recorded", [0, -1])
+def test_a_recorded_count_below_one_is_no_count_and_the_machine_is_sampled(machine, recorded):
+    machine(2, 1.0)  # one core free
+    with cpu_settings.intra_op_threads(0, start=recorded) as start:
+        assert start == 1 == torch.get_num_threads()
+
+
+def test_the_cap_of_an_automatic_block_is_the_nearest_explicit_count_around_it(machine):
+    machine(4, 0.0)
+    with cpu_settings.intra_op_threads(0):  # the run's automatic block, uncapped
+        assert cpu_settings.thread_ceiling() is None
+        with cpu_settings.intra_op_threads(1):  # an explicit count inside it
+            with cpu_settings.intra_op_threads(0) as inner:
+                assert inner == 1 and cpu_settings.thread_ceiling() == 1
+
+
 @pytest.mark.parametrize(("settings", "adapts"), [
     (dict(), True),
     (dict(num_threads=2), False),  # a count given is kept
