@@ -27,8 +27,19 @@ def _refused(path: Path, rule: str) -> ConfigError:
     return ConfigError("config file", [Problem("config", str(path), rule)])
 
 
+# The names settings' annotations use beyond builtins. A command's settings class lives in the module run
+# as __main__, whose namespace a wrapper such as ``python -m cProfile -m ...`` does not register in
+# sys.modules, where typing would look for it.
+ANNOTATION_NAMES = {"Path": Path, "Any": Any}
+
+
+def setting_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a settings dataclass, wherever its module was run from."""
+    return typing.get_type_hints(cls, localns=ANNOTATION_NAMES)
+
+
 def _path_fields(cls: type) -> set[str]:
-    hints = typing.get_type_hints(cls)
+    hints = setting_hints(cls)
     return {f.name for f in dataclasses.fields(cls) if Path in (hints[f.name], *typing.get_args(hints[f.name]))}
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import ConfigError, plain_int
-from scripts.studies.config_file import CONFIG_FLAG, read_settings
+from scripts.studies.config_file import CONFIG_FLAG, read_settings, setting_hints
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 
 NONE_WORD = "none"
@@ -71,7 +71,7 @@ BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": Fal
 def value_parser(cls: type, f: dataclasses.Field) -> Callable[[str], Any]:
     """Text -> a value of field ``f`` as its flag would parse it (its type, ``none``, its choices);
     booleans from true/false, yes/no, 1/0. Raises argparse.ArgumentTypeError naming the rule."""
-    kind, optional = _field_kind(typing.get_type_hints(cls)[f.name])
+    kind, optional = _field_kind(setting_hints(cls)[f.name])
     choices = route_of(f).choices
 
     def parse(text: str) -> Any:
@@ -113,7 +113,7 @@ def group_of(f: dataclasses.Field) -> str:
 def add_setting_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
                           fields: Sequence[dataclasses.Field], flag_prefix: str = "--") -> None:
     """Add one flag (and its aliases) per declared field of ``cls``."""
-    hints = typing.get_type_hints(cls)
+    hints = setting_hints(cls)
     for f in fields:
         route = route_of(f)
         kind, optional = _field_kind(hints[f.name])

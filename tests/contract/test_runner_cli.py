@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -132,6 +133,22 @@ def test_config_modules_import_no_torch():
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("scripts.studies.grid_lines_torch_runner", ["--dry-run", "--grad-clip", "0.5"]),
+    ("scripts.studies.grid_lines_compare_wrapper", ["--help"]),
+    ("scripts.grid_lines_datagen", ["--help"]),
+    ("scripts.grid_lines_reconstruct", ["--help"]),
+], ids=["runner", "wrapper", "datagen", "reconstruct"])
+def test_every_command_runs_under_a_profiler_that_keeps_its_module_out_of_sys_modules(module, argv):
+    """``python -m cProfile -m COMMAND`` runs the command's module in a namespace of its own: its settings'
+    annotations must still resolve."""
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", os.devnull, "-m", module, *argv],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    if module.endswith("runner"):
+        assert json.loads(done.stdout)["training"]["gradient_clip_val"] == 0.5
 
 
 def test_the_summary_line_prints_null_scores_instead_of_crashing(capsys):
