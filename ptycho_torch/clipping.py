@@ -88,8 +88,10 @@ def _agc_(params: list[torch.Tensor], lam: float) -> None:
     for param in params:  # one small kernel chain per parameter, no host sync
         grad_norm, weight_norm = _agc_norms(param)
         max_norm = lam * weight_norm
-        # Units within the bound get a factor of exactly 1, which leaves them bitwise unchanged.
-        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-30), 1.0)
+        # Units within the bound get a factor of exactly 1, which leaves them bitwise unchanged. A unit
+        # that is scaled has ||G_i|| > max_norm >= 0, so its division needs no floor (one would bend
+        # the factor for tiny norms); the other units' quotient (x / 0 included) is discarded.
+        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm, 1.0)
         param.grad.mul_(scale.to(param.grad.dtype))
 
 

@@ -60,7 +60,8 @@ class PtychoPINN(L.LightningModule):
         self.nonfinite_skips = 0
         self.optimizer_steps = 0
         self._rows: list[dict] = []  # this epoch's rows, tensors kept on device until epoch end
-        self._val_losses: list[torch.Tensor] = []
+        self._val_losses: list[torch.Tensor] = []  # per validation batch: its loss times its item count
+        self._val_items = 0
         self.last_val_loss: float | None = None
         self.trained_threads: int | None = None  # from a checkpoint: the intra-op threads it trained with
         self.trained_precision: str | None = None  # from a checkpoint: the precision Lightning trained at
@@ -157,15 +158,21 @@ class PtychoPINN(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self.loss(batch)
-        self._val_losses.append(loss.detach())
-        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["diffraction"].shape[0],
-                 sync_dist=True)
+        items = batch["diffraction"].shape[0]
+        self._val_losses.append(loss.detach() * items)
+        self._val_items += items
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=items, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
+        """The epoch's validation loss as a mean over items, as the logged ``val_loss`` (a smaller last
+        batch does not weigh more), over every rank's items."""
         if self._val_losses:
-            local = torch.stack(self._val_losses).mean()
-            self.last_val_loss = float(self.trainer.strategy.reduce(local, reduce_op="mean"))
+            total = torch.stack(self._val_losses).sum()
+            items = torch.tensor(float(self._val_items), dtype=total.dtype, device=total.device)
+            reduce = self.trainer.strategy.reduce
+            self.last_val_loss = float(reduce(total, reduce_op="sum") / reduce(items, reduce_op="sum"))
         self._val_losses.clear()
+        self._val_items = 0
 
     def on_train_epoch_end(self) -> None:
         self._flush_rows()

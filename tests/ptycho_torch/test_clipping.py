@@ -184,6 +184,30 @@ def test_agc_treats_one_dimensional_params_as_one_unit():
     torch.testing.assert_close(bias.grad, torch.tensor([1.5, 2.0]))  # norm 0.5 * 5 = 2.5, same direction
 
 
+def test_agc_scales_a_tiny_gradient_exactly_onto_a_tinier_bound():
+    """The scale is lambda * ||W_i|| / ||G_i|| however small ||G_i|| is: ||G|| = 1e-33 over ||W|| = 1 at
+    lambda = 1e-36 lands on 1e-36 (float64, so the norms do not underflow)."""
+    weight = nn.Parameter(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    weight.grad = torch.tensor([[0.0, 1e-33]], dtype=torch.float64)
+    clip_gradients_([weight], "agc", 1e-36)
+    torch.testing.assert_close(weight.grad, torch.tensor([[0.0, 1e-36]], dtype=torch.float64), rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("algorithm, clipped", [
+    pytest.param("norm", [0.6, 0.8], id="norm"),  # ||(3, 4)|| = 5 -> scaled to norm 1
+    pytest.param("value", [1.0, 1.0], id="value"),
+    pytest.param("agc", [0.6, 0.8], id="agc"),  # ||W|| = 1 (one unit), so lambda * ||W|| = 1
+])
+def test_a_single_tensor_is_clipped_like_a_one_element_list(algorithm, clipped):
+    param = nn.Parameter(torch.tensor([1.0, 0.0]))
+    param.grad = torch.tensor([3.0, 4.0])
+    assert float(global_grad_norm(param)) == 5.0
+    assert bool(grads_finite(param))
+    assert [r.tolist() for r in agc_unit_ratios(param)] == [[5.0]]
+    clip_gradients_(param, algorithm, 1.0)
+    torch.testing.assert_close(param.grad, torch.tensor(clipped), rtol=1e-6, atol=0.0)
+
+
 BAD_ARGUMENTS = [
     pytest.param("norm", -1.0, "gradient_clip_val=-1.0", id="negative"),
     pytest.param("value", math.nan, "gradient_clip_val=nan", id="nan"),

@@ -1,13 +1,17 @@
 """The train/validation split: a seeded partition of the training patterns with the documented sizes;
 the data order: a permutation per (seed, epoch), whatever epochs were drawn before."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ptycho_torch.datamodule import EpochShard, EpochShuffle, split_indices
+from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.datamodule import EpochShard, EpochShuffle, GridLinesDataModule, split_indices
+from ptycho_torch.generators import tiny_model_config
 from tests.strategies import rng_seeds as seeds, pattern_counts, val_fractions
 
 
@@ -94,3 +98,27 @@ def test_under_ddp_the_ranks_share_the_seeds_epoch_order(count, seed, epoch, ran
 def test_under_ddp_the_training_seed_sets_the_order(seed):
     """Lightning's own DistributedSampler would draw every seed's order from PL_GLOBAL_SEED."""
     assert epoch_order(EpochShard(range(64), seed, 2, 0), 0) != epoch_order(EpochShard(range(64), seed + 1, 2, 0), 0)
+
+
+def test_the_train_loader_follows_the_seeds_order_alone_or_a_ranks_share_of_it_under_ddp(tiny_data):
+    """25 patterns, 5 validating: 20 train. Under 2 ranks rank 1 takes positions 1, 3, ..., 19 of the epoch's order."""
+    training = TrainingConfig(model=tiny_model_config("cnn"), seed=5, val_fraction=0.2, batch_size=4)
+    data = GridLinesDataModule(tiny_data[0], training, PyTorchExecutionConfig())
+    assert (len(data.train_set), len(data.val_set)) == (20, 5)
+    order = epoch_order(EpochShuffle(range(20), seed=5), 3)
+    single = data._train_sampler()
+    single.set_epoch(3)
+    assert list(single) == order
+    data.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    assert type(data._train_sampler()) is EpochShuffle  # one process: no DistributedSampler for Lightning to see
+    data.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    shard = data._train_sampler()
+    shard.set_epoch(3)
+    assert list(shard) == order[1::2]
+
+
+def test_at_gridsize_two_an_item_is_a_group_of_four_patterns_with_their_canvas_offsets(tiny_data):
+    training = TrainingConfig(model=tiny_model_config("cnn", gridsize=2), val_fraction=0.2)
+    item = GridLinesDataModule(tiny_data[0], training, PyTorchExecutionConfig()).train_set[0]
+    assert item["diffraction"].shape == item["amplitude"].shape == item["phase"].shape == (4, 16, 16)
+    assert item["offsets"].shape == (4, 2) and item["offsets"].dtype == torch.int64

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ptycho_torch.clipping import agc_unit_ratios, global_grad_norm
-from ptycho_torch.config import FLOAT32_MAX, ConfigError, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import FLOAT32_MAX, ConfigError, PyTorchExecutionConfig, TrainingConfig, to_jsonable
 from ptycho_torch.generators import tiny_model_config
-from ptycho_torch.model import NonFiniteGradientError, PtychoPINN
-from ptycho_torch.optimization import build_optimizer, warmup_cosine_factor
+from ptycho_torch.model import RUN_STATE, NonFiniteGradientError, PtychoPINN
+from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler, warmup_cosine_factor
 from ptycho_torch.physics import forward_amplitude
 from ptycho_torch.training import prediction_autocast, train
 from tests.helpers import QUIET, TRAINING_RUNS
@@ -244,3 +245,91 @@ def test_a_single_epoch_after_the_warmup_runs_at_the_full_rate_not_at_the_final_
     assert warmup_cosine_factor(0, epochs=1, warmup=0, min_ratio=0.0) == 1.0
     assert [warmup_cosine_factor(e, epochs=2, warmup=1, min_ratio=0.1) for e in range(2)] == [1.0, 1.0]
     assert warmup_cosine_factor(2, epochs=3, warmup=1, min_ratio=0.1) == pytest.approx(0.1)  # room: down to r
+
+
+def test_the_physics_sees_the_masked_probe_and_the_checkpoint_keeps_the_unmasked_one():
+    """A numpy complex128 probe of ones, masked by a disk of diameter 8 about the centre (7.5, 7.5) of a
+    16 x 16 grid: a pixel stays when its centre lies within 4 pixels of it."""
+    model = tiny_model_config("cnn", probe_mask=True, probe_mask_diameter=8.0)
+    module = PtychoPINN(TrainingConfig(model=model), np.ones((16, 16), dtype=np.complex128))
+    rows, cols = np.mgrid[:16, :16] - 7.5
+    inside = np.sqrt(rows**2 + cols**2) <= 4.0
+    assert module.probe.dtype == torch.complex64
+    assert torch.equal(module.probe, torch.from_numpy(inside.astype(np.complex64)))
+    assert 0 < inside.sum() < 16 * 16
+    stored = module.hparams["probe"]
+    assert stored.dtype == torch.complex64 and torch.equal(stored, torch.ones(16, 16, dtype=torch.complex64))
+
+
+def test_supervised_loss_is_the_amplitude_error_plus_the_wrapped_phase_error():
+    amplitude, phase = torch.full((2, 16, 16), 0.5), torch.full((2, 16, 16), 3.0)
+    batch = {"diffraction": torch.ones(2, 16, 16), "amplitude": amplitude, "phase": phase}
+    module = PtychoPINN(TrainingConfig(model=tiny_model_config("cnn", training_procedure="supervised")),
+                        torch.ones(16, 16, dtype=torch.complex64))
+    module.generator = TrueObject(torch.polar(amplitude, phase))
+    assert float(module.loss(batch)) == pytest.approx(0.0, abs=1e-6)
+    # amplitude 2 * 0.5 is off by 0.5; phase -3 is off by 2 pi - 6 = 0.283 once wrapped (not by 6)
+    module.generator = TrueObject(torch.polar(2 * amplitude, -phase))
+    assert float(module.loss(batch)) == pytest.approx(0.5 + (2 * math.pi - 6.0), rel=1e-5)
+
+
+def test_a_checkpoint_without_run_records_leaves_the_fresh_state_and_one_with_them_restores_each():
+    module = PtychoPINN(configs()[0], torch.ones(16, 16, dtype=torch.complex64))
+    module.on_load_checkpoint({})
+    assert (module.history, module.nonfinite_skips, module.optimizer_steps, module.last_val_loss) == ([], 0, 0, None)
+    assert (module.trained_threads, module.trained_precision, module.prior_fit_seconds) == (None, None, 0.0)
+    row = {"epoch": 0, "step": 0, "loss": 1.5, "lr": 1e-3, "grad_norm_preclip": 2.0, "grad_norm_postclip": 1.0,
+           "skipped": False}
+    module.on_load_checkpoint({RUN_STATE: {"history": [row], "nonfinite_skips": 2, "optimizer_steps": 7,
+                                           "last_val_loss": 0.25, "threads": 3, "precision": "bf16-mixed",
+                                           "fit_seconds": 12.5}})
+    assert module.history == [row] and module.history[0] is not row
+    assert (module.nonfinite_skips, module.optimizer_steps, module.last_val_loss) == (2, 7, 0.25)
+    assert (module.trained_threads, module.trained_precision, module.prior_fit_seconds) == (3, "bf16-mixed", 12.5)
+
+
+def test_a_module_built_from_the_json_config_a_checkpoint_stores_equals_one_built_from_the_config():
+    cfg, _ = configs()
+    probe = torch.ones(16, 16, dtype=torch.complex64)
+    module = PtychoPINN(to_jsonable(cfg), probe)
+    assert module.cfg == cfg
+    assert module.hparams["cfg"] == to_jsonable(cfg)
+
+
+def test_fit_time_is_unknown_when_the_resumed_checkpoint_did_not_record_it():
+    module = PtychoPINN(configs()[0], torch.ones(16, 16, dtype=torch.complex64))
+    module.prior_fit_seconds = 12.5  # not fitting in this process: only what earlier processes spent
+    assert module.fit_seconds() == 12.5
+    module.prior_fit_seconds = None
+    assert module.fit_seconds() is None
+
+
+def test_the_validation_loss_is_the_final_weights_and_every_epoch_loss_weighs_every_item_alike(tiny_data, tmp_path):
+    """25 patterns, 5 validating in batches of 3 and 2, 20 training in batches of 6, 6, 6, 2. The recorded
+    validation loss (the plateau scheduler's, metrics.json's final_val_loss) and the logged epoch losses are
+    means over items at the final weights: each batch's mean loss weighed by its size."""
+    cfg, execution = configs(epochs=2, val_fraction=0.2)
+    cfg = dataclasses.replace(cfg, batch_size=6)
+    run = train(cfg, dataclasses.replace(execution, infer_batch_size=3), tiny_data[0], tmp_path)
+    module, val_set = run.module.eval(), run.data.val_set
+    assert len(val_set) == 5
+    with torch.no_grad():
+        batches = [float(module.loss(torch.utils.data.default_collate([val_set[i] for i in idx])))
+                   for idx in ([0, 1, 2], [3, 4])]
+    item_mean = (3 * batches[0] + 2 * batches[1]) / 5
+    assert batches[0] != pytest.approx(batches[1], rel=1e-3)  # else the weights could not tell
+    assert module.last_val_loss == pytest.approx(item_mean, rel=1e-5)
+    assert float(run.trainer.callback_metrics["val_loss"]) == pytest.approx(item_mean, rel=1e-5)
+    last_epoch = [row["loss"] for row in module.history if row["epoch"] == 1]
+    sizes = [6, 6, 6, 2]
+    assert len(last_epoch) == len(sizes)
+    size_weighted = sum(loss * size for loss, size in zip(last_epoch, sizes)) / sum(sizes)
+    assert float(run.trainer.callback_metrics["train_loss"]) == pytest.approx(size_weighted, rel=1e-5)
+
+
+def test_a_plateau_schedule_without_a_validation_loss_is_refused_by_name():
+    param = torch.nn.Parameter(torch.ones(1))
+    cfg = TrainingConfig(model=tiny_model_config("cnn"), scheduler="ReduceLROnPlateau", val_fraction=0.2)
+    scheduler = build_scheduler(torch.optim.SGD([param], lr=1.0), cfg)
+    with pytest.raises(RuntimeError, match="no validation ran this epoch"):
+        step_scheduler(scheduler, None)
