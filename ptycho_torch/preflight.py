@@ -3,6 +3,7 @@
 Settings are validated when the configs are built; this adds what only the data files, the probe
 file and the machine can tell: a refusal here is bad input (exit 2) and leaves no folder behind.
     check_machine(execution)             the accelerator and the logger package exist here
+    warn_of_crowded_cores(execution)     (a training run) more CPU processes than usable cores: warned of
     check_data(training, train, test)    groups, patterns for a batch, a validation split when needed
     check_simulation(training, sim)      the probe file, the memory and the pattern count of the simulation
 Both refuse a probe mask that leaves nothing of the probe (``check_masked_probe``).
@@ -52,21 +53,17 @@ def check_machine(execution: PyTorchExecutionConfig) -> None:
                                 "needs the tensorboard package (pip install tensorboard), or use csv"))
     if problems:
         raise ConfigError("execution settings on this machine", problems)
-    warn_of_crowded_cores(execution)
 
 
 def warn_of_crowded_cores(execution: PyTorchExecutionConfig) -> None:
-    """A warning when a CPU run starts more processes on this machine than it has usable cores: each
-    is a whole training process (model, data, optimizer), so they share cores and memory and the run
+    """A warning when a CPU training run starts more processes on this machine than it has usable cores:
+    each is a whole training process (model, data, optimizer), so they share cores and memory and the run
     is slower than with fewer of them."""
-    import torch
-
     from ptycho_torch.cpu_settings import usable_cores
+    from ptycho_torch.inference import device_of
 
-    on_cpu = execution.accelerator == "cpu" or (
-        execution.accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
     cores = usable_cores()
-    if on_cpu and execution.devices > cores:
+    if device_of(execution.accelerator).type == "cpu" and execution.devices > cores:
         warnings.warn(f"devices={execution.devices} starts {execution.devices} training processes on the CPU of "
                       f"this machine, which has {cores} usable core(s): they will share them (and its memory), "
                       f"so the run is slower than with devices={cores} or fewer", stacklevel=2)

@@ -60,6 +60,7 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     from ptycho_torch.output_folder import RUN_LAYOUT, check_inputs_survive, check_no_other_output, check_output_dir
 
     preflight.check_machine(plan.execution)
+    preflight.warn_of_crowded_cores(plan.execution)
     if data is None and plan.train_npz is not None:
         data = load_or_simulate(plan, None)
     if data is not None:

@@ -69,9 +69,9 @@ def test_more_cpu_processes_than_usable_cores_are_warned_of(monkeypatch, acceler
     monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        preflight.check_machine(PyTorchExecutionConfig(accelerator=accelerator, devices=2, strategy="ddp"))
+        preflight.warn_of_crowded_cores(PyTorchExecutionConfig(accelerator=accelerator, devices=2, strategy="ddp"))
     with pytest.warns(UserWarning, match=r"devices=3 starts 3 training processes .* 2 usable core"):
-        preflight.check_machine(PyTorchExecutionConfig(accelerator=accelerator, devices=3, strategy="ddp"))
+        preflight.warn_of_crowded_cores(PyTorchExecutionConfig(accelerator=accelerator, devices=3, strategy="ddp"))
 
 
 def test_gpu_devices_are_not_counted_against_the_cores(monkeypatch):
@@ -81,8 +81,8 @@ def test_gpu_devices_are_not_counted_against_the_cores(monkeypatch):
     monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        preflight.check_machine(PyTorchExecutionConfig(accelerator="gpu", devices=4, strategy="ddp"))
-        preflight.check_machine(PyTorchExecutionConfig(accelerator="auto", devices=4, strategy="ddp"))
+        preflight.warn_of_crowded_cores(PyTorchExecutionConfig(accelerator="gpu", devices=4, strategy="ddp"))
+        preflight.warn_of_crowded_cores(PyTorchExecutionConfig(accelerator="auto", devices=4, strategy="ddp"))
 
 
 def test_the_tensorboard_logger_needs_its_package(monkeypatch):
