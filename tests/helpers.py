@@ -9,6 +9,7 @@ helpers that need torch import it inside.
 - Tiny data and run settings, read recording.
 - A layer checked against a reference computation, forward and backward.
 - A scripted machine load for the thread re-choice (``cpu_settings.LoadWindow``'s interface).
+- The truncated Gaussian kernel the probe and object recipes blur with, written out.
 """
 
 from __future__ import annotations
@@ -199,3 +200,13 @@ class ScriptedWindow:
 
     def roll(self) -> float | None:
         return self.others()
+
+
+def gaussian_kernel(sigma: float):
+    """G_sigma's weights at the integer offsets -h..h, h = int(4 sigma + 0.5) (scipy's truncation at 4
+    sigma): exp(-x^2 / (2 sigma^2)), normalised to sum 1."""
+    import numpy as np
+
+    half = int(4 * sigma + 0.5)
+    weights = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    return weights / weights.sum()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from ptycho_torch.objects import (as_complex, blurred_amplitude, draw_lines, grid_lines_amplitude_phase,
                                   phase_from_amplitude)
+from tests.helpers import gaussian_kernel
 from tests.strategies import rng_seeds
 
 
@@ -64,10 +65,10 @@ def test_as_complex_builds_amplitude_times_phase_factor():
 
 
 def sampled_gaussian(offsets: np.ndarray, sigma: float) -> np.ndarray:
-    """G_sigma's 1-D weights at integer offsets: exp(-x^2 / (2 sigma^2)) out to 4 sigma, normalised."""
-    half = int(4 * sigma + 0.5)
-    total = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2).sum()
-    return np.where(np.abs(offsets) <= half, np.exp(-0.5 * (offsets / sigma) ** 2) / total, 0.0)
+    """``gaussian_kernel(sigma)`` read at integer offsets, 0 beyond its window."""
+    kernel = gaussian_kernel(sigma)
+    half = len(kernel) // 2
+    return np.where(np.abs(offsets) <= half, kernel[np.clip(offsets + half, 0, 2 * half)], 0.0)
 
 
 def test_the_blur_is_one_g1_plus_two_g5_plus_five_g10():

@@ -15,6 +15,7 @@ from ptycho_torch.physics import forward_amplitude
 from ptycho_torch.probe import ideal_probe, load_probe
 from ptycho_torch.scan import stitch_patches
 from ptycho_torch.simulation import photon_scale, simulate_dataset, simulate_split, simulate_splits
+from tests.helpers import gaussian_kernel
 from tests.strategies import tiny_simulation_configs
 
 TINY = SimulationConfig(N=16, object_size=32, n_lines=20, nphotons=1e3, n_train_images=2, n_test_images=1,
@@ -153,10 +154,8 @@ def test_ideal_probe_is_a_centred_disk_with_unit_peak():
 
 
 def gaussian_blur_reference(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable blur by exp(-x^2 / (2 sigma^2)) sampled out to 4 sigma and normalised, zero outside."""
-    half = int(4 * sigma + 0.5)
-    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
+    """Separable blur by ``gaussian_kernel(sigma)``, zero outside the image."""
+    kernel = gaussian_kernel(sigma)
     rows = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 0, image)
     return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 1, rows)
 
