@@ -56,11 +56,14 @@ def prepare(plan: RunPlan, data=None, *, check_folder: bool = True):
     probe file, the pattern counts and the output folder are checked. Refusals raise ConfigError,
     DataError or OutputDirError (bad input) and leave the disk as it was.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     from ptycho_torch import preflight
     from ptycho_torch.output_folder import RUN_LAYOUT, check_inputs_survive, check_no_other_output, check_output_dir
 
     preflight.check_machine(plan.execution)
-    preflight.warn_of_crowded_cores(plan.execution)
+    if rank_zero_only.rank == 0:  # every process of a DDP run prepares: one warning, not one per process
+        preflight.warn_of_crowded_cores(plan.execution)
     if data is None and plan.train_npz is not None:
         data = load_or_simulate(plan, None)
     if data is not None:
