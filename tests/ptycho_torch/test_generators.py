@@ -11,8 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ptycho_torch.config import ARCHITECTURES, GENERATOR_OUTPUT_MODES
-from ptycho_torch.generators import (GENERATORS, DenseGELU, PointwiseConv2d, SpectralBlock, SpectralConv2d,
-                                     build_generator, tiny_model_config)
+from ptycho_torch.generators import (GENERATORS, ComplexHead, DenseGELU, PointwiseConv2d, SpectralBlock,
+                                     SpectralConv2d, build_generator, halvings, tiny_model_config)
 from ptycho_torch.spectral import spectral_conv
 from tests.helpers import assert_layer_matches, examples
 from tests.strategies import circular_shifts, seeds
@@ -111,6 +111,48 @@ def test_each_size_field_changes_the_model(architecture, name, value):
     assert count(**{name: value}) != count()
 
 
+@pytest.mark.parametrize("N, bottleneck", [(16, (8, 8, 8)), (64, (32, 8, 8)), (256, (32, 8, 8))])
+def test_the_cnn_halves_down_to_8x8_and_doubles_its_channels_at_most_three_times(N, bottleneck):
+    """cnn_channels 4: the encoder's last features are 8x8 pixels, with 4 * 2**min(levels, 3) channels."""
+    generator = seeded_generator(architecture="cnn", N=N, cnn_channels=4)
+    seen = []
+    generator.body[-1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    generator(amplitudes(1, N))
+    assert tuple(seen[0][1:]) == bottleneck
+
+
+@pytest.mark.parametrize("size, minimum, most, count", [
+    (4, 8, None, 0), (8, 8, None, 0), (15, 8, None, 0), (16, 8, None, 1), (64, 8, None, 3), (64, 8, 2, 2),
+])
+def test_halvings_counts_the_halvings_that_stay_at_or_above_the_minimum(size, minimum, most, count):
+    assert halvings(size, minimum, most) == count
+
+
+@pytest.mark.parametrize("mode", GENERATOR_OUTPUT_MODES)
+def test_the_head_reads_its_first_channels_as_amplitude_or_real_part_and_the_others_as_phase_or_imaginary_part(mode):
+    """Channels [0, P) and [P, 2P) of the projection, P patches: a checkpoint's meaning of each channel."""
+    torch.manual_seed(0)
+    head = ComplexHead(3, mode, patches=2)
+    features = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        first, second = head.project(features).split(2, dim=1)  # 2 x (B, P, n, n)
+        out = head(features)
+    if mode == "amp_phase":
+        expected = torch.polar(torch.sigmoid(first), math.pi * torch.tanh(second))
+    else:
+        expected = torch.complex(first, second)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_every_convolution_weight_of_the_generators_is_channels_last():
+    for architecture in ARCHITECTURES:
+        for gridsize in (1, 2):
+            model = build_generator(tiny_model_config(architecture, gridsize=gridsize))
+            plain = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+                     and not m.weight.is_contiguous(memory_format=torch.channels_last)]
+            assert plain == [], (architecture, gridsize)
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_output_mode_changes_the_output(architecture):
     amp_phase, real_imag = (
@@ -194,6 +236,19 @@ def test_spectral_conv_commutes_with_circular_shifts(shift, seed):
 def test_spectral_conv_refuses_modes_that_do_not_fit():
     with pytest.raises(ValueError, match="modes=9"):
         SpectralConv2d(1, 1, 9)(torch.zeros(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize("height, width, modes, fits", [
+    (32, 8, 5, True), (32, 8, 6, False), (10, 32, 5, True), (10, 32, 6, False),
+], ids=["width's half spectrum", "past it", "half the height", "past it on the height"])
+def test_spectral_conv_keeps_at_most_half_the_height_and_the_widths_half_spectrum(height, width, modes, fits):
+    layer = SpectralConv2d(1, 1, modes)
+    x = torch.zeros(1, 1, height, width)
+    if fits:
+        assert layer(x).shape == x.shape
+    else:
+        with pytest.raises(ValueError, match=f"modes={modes}"):
+            layer(x)
 
 
 def per_mode_spectral_conv(x: torch.Tensor, weight: torch.Tensor, modes: int) -> torch.Tensor:

@@ -118,7 +118,15 @@ class OwnConv(torch.nn.Conv2d):
         return 2 * super().forward(x)
 
 
-@pytest.mark.parametrize("case", ["circular padding", "a convolution subclass", "unbatched input"])
+class OwnBlock(SpectralBlock):
+    """A spectral block subclass with a forward of its own: the composition would skip it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("case", ["circular padding", "a convolution subclass", "a spectral block subclass",
+                                  "unbatched input"])
 def test_what_the_composition_does_not_hold_for_runs_the_layers_one_by_one(case):
     torch.manual_seed(0)
     body = LiftedSequential(PointwiseConv2d(1, 6), SpectralBlock(6, 2))
@@ -126,6 +134,8 @@ def test_what_the_composition_does_not_hold_for_runs_the_layers_one_by_one(case)
         body[1].local.padding_mode = "circular"
     if case == "a convolution subclass":
         body[1].local = OwnConv(6, 6, 3, padding=1)
+    if case == "a spectral block subclass":
+        body[1] = OwnBlock(6, 2)
     x = torch.rand(1, 8, 8) if case == "unbatched input" else torch.rand(2, 1, 8, 8)
     calls = []
     body[1].local.register_forward_hook(lambda *_: calls.append(1))
@@ -147,6 +157,16 @@ def test_a_lift_to_no_more_channels_than_it_reads_runs_the_layers_one_by_one():
     body[1].local.register_forward_hook(lambda *_: calls.append(1))
     assert torch.equal(body(x), body[1](body[0](x)))
     assert calls
+
+
+@pytest.mark.parametrize("bias, composes", [(False, True), (True, False)], ids=["without bias", "with bias"])
+def test_a_lift_composes_when_its_inputs_and_bias_channel_are_fewer_than_its_outputs(bias, composes):
+    """3 inputs lifted to 4 channels: the composition reads 3 channels without a bias, 4 with its
+    constant channel, which saves nothing."""
+    lift = PointwiseConv2d(3, 4)
+    if not bias:
+        lift.bias = None
+    assert composable(lift, torch.randn(2, 3, 6, 6)) is composes
 
 
 @pytest.mark.parametrize("complex_rows", [False, True])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 import ptycho_torch.npz_data as npz_data
 from ptycho_torch.config import SimulationConfig
-from ptycho_torch.npz_data import CONTRACT, DataError, load_npz, write_npz
+from ptycho_torch.npz_data import CONTRACT, DataError, check_probe, load_any_split, load_npz, write_npz
 from ptycho_torch.probe import ideal_probe
 from ptycho_torch.simulation import simulate_split, split_plan
 from tests.strategies import Corruption, npz_bytes, npz_corruptions, tiny_simulation_configs
@@ -92,11 +92,15 @@ BROKEN_RULES = {
     "negative diffraction": ("train", lambda: rewritten("train", diffraction=-VALID["train"]["diffraction"] - 1), "diffraction"),
     "negative Y_I": ("train", lambda: rewritten("train", Y_I=VALID["train"]["Y_I"] - 2), "Y_I"),
     "coords outside the object": ("train", lambda: rewritten("train", coords=VALID["train"]["coords"] + 13), "coords"),
+    "negative coords": ("train", lambda: rewritten("train", coords=VALID["train"]["coords"] - 1), "range -1.."),
     "image_index past the objects": ("train", lambda: rewritten("train", image_index=VALID["train"]["image_index"] + 5), "image_index"),
+    "negative image_index": ("train", lambda: rewritten("train", image_index=VALID["train"]["image_index"] - 1),
+                             "range -1.."),
     "zero intensity_scale": ("train", lambda: rewritten("train", intensity_scale=np.array(0.0)), "intensity_scale"),
     "metadata not JSON": ("train", lambda: rewritten("train", metadata=np.array("{not json")), "metadata"),
     "metadata nested too deep": ("train", lambda: rewritten("train", metadata=np.array("[" * 100_000)), "metadata"),
     "metadata a list": ("train", lambda: rewritten("train", metadata=np.array("[1, 2]")), "metadata"),
+    "metadata a number": ("train", lambda: rewritten("train", metadata=np.array("5")), "a JSON object"),
     "metadata of the other split": ("train", lambda: rewritten("train", metadata=metadata_with("train", split="test")), "split="),
     "metadata N disagrees": ("train", lambda: rewritten("train", metadata=metadata_with("train", N=32)), "N="),
     "metadata stride zero": ("train", lambda: rewritten("train", metadata=metadata_with("train", stride=0)), "stride"),
@@ -131,6 +135,50 @@ def test_a_file_breaking_a_value_rule_raises_data_error(split, content, word):
     assert word in str(caught.value)
 
 
+@pytest.mark.parametrize("stride", [1, SIM.N], ids=["stride 1", "stride N"])
+def test_a_stride_from_1_to_N_is_accepted(stride):
+    assert load_bytes(rewritten("train", metadata=metadata_with("train", stride=stride)), "train").metadata["stride"] == stride
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_any_split_is_read_as_the_test_split_exactly_when_it_holds_ground_truth(tmp_path, split):
+    path = tmp_path / "data.npz"
+    path.write_bytes(npz_bytes(VALID[split]))
+    data = load_any_split(path)
+    assert data.split == split and (data.YY_ground_truth is not None) == (split == "test")
+
+
+def test_any_split_refuses_a_train_file_whose_scan_is_not_a_raster_grid(tmp_path):
+    """Reconstruction stitches the patches: a train file, which load_npz takes with any coords, must
+    scan each object on the raster grid of its stride too."""
+    content = rewritten("train", coords=VALID["train"]["coords"][::-1] // 2)
+    load_bytes(content, "train")
+    path = tmp_path / "train.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="raster grid"):
+        load_any_split(path)
+
+
+def test_the_digest_follows_every_array_and_the_scale_and_ignores_the_metadata():
+    data = simulated(SIM, "train")
+    changed_pixel = data.diffraction.copy()
+    changed_pixel[0, 0, 0] += 1
+    digests = {data.digest(), dataclasses.replace(data, diffraction=changed_pixel).digest(),
+               dataclasses.replace(data, intensity_scale=2 * data.intensity_scale).digest()}
+    assert len(digests) == 3
+    assert dataclasses.replace(data, metadata={**data.metadata, "note": 1}).digest() == data.digest()
+    assert simulated(SIM, "train").digest() == data.digest()
+
+
+@pytest.mark.parametrize("probe, found", [
+    (np.ones((16, 16), np.float32), "found float32"),
+    ([[1j] * 16] * 16, "found list"),
+], ids=["real array", "list"])
+def test_a_probe_that_is_not_a_complex_array_is_refused_naming_what_it_is(probe, found):
+    with pytest.raises(DataError, match=f"probeGuess.*a complex array, {found}"):
+        check_probe(probe, "probe.npz", 16)
+
+
 def test_the_model_N_must_match():
     with pytest.raises(DataError, match="diffraction.*N=32"):
         load_bytes(npz_bytes(VALID["train"]), "train", expected_N=32)
@@ -152,6 +200,18 @@ def test_write_refuses_off_contract_data_and_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match="Y_phi.*dtype"):
         write_npz(tmp_path / "train.npz", bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_refuses_metadata_without_a_known_split_by_name(tmp_path):
+    data = simulated(SIM, "train")
+    with pytest.raises(DataError, match="metadata.*split='validation'"):
+        write_npz(tmp_path / "train.npz", dataclasses.replace(data, metadata={**data.metadata, "split": "validation"}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_error_names_the_key_or_else_the_whole_file():
+    assert str(DataError("a.npz", "coords", "x", "y")) == "a.npz: key 'coords': expected x, found y"
+    assert str(DataError("a.npz", None, "x", "y")) == "a.npz: file: expected x, found y"
 
 
 def test_load_refuses_an_unknown_split_name():
