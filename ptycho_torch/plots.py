@@ -16,6 +16,7 @@ from ptycho_torch.artifacts import atomic_file  # noqa: E402
 from ptycho_torch.metrics import align_amplitude, align_phase  # noqa: E402
 
 CLIP_LINE_RANGE = 1e6  # the clip is drawn as a line when at most this many times the largest norm shown
+FLAT_PHASE = 1e-6  # rad: a truth whose phase spans no more than this has none
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -25,11 +26,22 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _has_phase(phase: np.ndarray) -> bool:
+    """Whether a truth's phase varies (a flat one gives nothing to align a reconstruction's phase to)."""
+    return np.ptp(phase) > FLAT_PHASE
+
+
+def _shown_phase(recon: np.ndarray, truth_phase: np.ndarray) -> np.ndarray:
+    """The reconstruction's phase aligned to the truth's as the scores align it, or as reconstructed
+    where the truth has no phase."""
+    return align_phase(np.angle(recon), truth_phase) if _has_phase(truth_phase) else np.angle(recon)
+
+
 def plot_reconstruction(path: Path, truth: np.ndarray, recon: np.ndarray, title: str) -> Path:
     """Ground truth, aligned reconstruction and error, for amplitude (top) and phase (bottom)."""
     amp_t, phase_t = np.abs(truth), np.angle(truth)
     amp_r = align_amplitude(np.abs(recon), amp_t)
-    phase_r = align_phase(np.angle(recon), phase_t) if np.ptp(phase_t) > 1e-6 else np.angle(recon)
+    phase_r = _shown_phase(recon, phase_t)
     rows = [("amplitude", amp_t, amp_r, amp_r - amp_t), ("phase (rad)", phase_t, phase_r, phase_r - phase_t)]
     fig, axes = plt.subplots(2, 3, figsize=(11, 7))
     for (name, t, r, err), row in zip(rows, axes):
@@ -120,13 +132,14 @@ def plot_comparison(path: Path, truth: np.ndarray, recons: Mapping[str, np.ndarr
     """Amplitude and phase of the ground truth beside each architecture's aligned reconstruction."""
     columns = [("ground truth", truth)] + list(recons.items())
     amp_t, phase_t = np.abs(truth), np.angle(truth)
-    has_phase = np.ptp(phase_t) > 1e-6
+    # the truth's colour range for every phase panel, or each panel its own when the truth has no phase
+    phase_range = dict(vmin=phase_t.min(), vmax=phase_t.max()) if _has_phase(phase_t) else {}
     fig, axes = plt.subplots(2, len(columns), figsize=(3.5 * len(columns), 7), squeeze=False)
     for col, (name, obj) in enumerate(columns):
         amp = amp_t if col == 0 else align_amplitude(np.abs(obj), amp_t)
-        phase = phase_t if col == 0 or not has_phase else align_phase(np.angle(obj), phase_t)
+        phase = phase_t if col == 0 else _shown_phase(obj, phase_t)
         axes[0, col].imshow(amp, vmin=amp_t.min(), vmax=amp_t.max())
-        axes[1, col].imshow(phase, vmin=phase_t.min(), vmax=phase_t.max())
+        axes[1, col].imshow(phase, **phase_range)
         axes[0, col].set_title(f"{name}: amplitude")
         axes[1, col].set_title(f"{name}: phase")
         for ax in axes[:, col]:
