@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ptycho_torch.artifacts import atomic_file, write_json
+from ptycho_torch.artifacts import atomic_file, write_csv, write_json, write_npz
 from tests.strategies import json_values
 
 
@@ -109,3 +109,21 @@ def test_write_json_nulls_each_non_finite_float_where_plain_json_would_not(tmp_p
     write_json(tmp_path / "metrics.json", data)
     assert strict_loads((tmp_path / "metrics.json").read_text()) == {
         "mean": {"amplitude": {"psnr": None, "ssim": 0.5}}, "per_object": [None, 1.0]}
+
+
+def test_write_json_ends_the_file_with_one_newline(tmp_path):
+    text = write_json(tmp_path / "config.json", {"a": [1, 2]}).read_text(encoding="utf-8")
+    assert text.endswith("}\n") and not text.endswith("\n\n")
+
+
+def test_write_csv_writes_the_columns_in_order_with_a_missing_or_none_value_as_an_empty_cell(tmp_path):
+    rows = [{"step": 0, "loss": 0.5, "extra": "not a column"}, {"step": 1, "loss": None}]
+    path = write_csv(tmp_path / "history.csv", rows, ["step", "loss", "lr"])
+    assert path.read_text(encoding="utf-8").splitlines() == ["step,loss,lr", "0,0.5,", "1,,"]
+
+
+def test_write_npz_writes_every_array_under_its_name(tmp_path):
+    arrays = {"recon": np.arange(4, dtype=np.complex64), "ground_truth": np.eye(2)}
+    with np.load(write_npz(tmp_path / "recon.npz", **arrays)) as saved:
+        assert sorted(saved.files) == sorted(arrays)
+        assert all(np.array_equal(saved[name], array) for name, array in arrays.items())

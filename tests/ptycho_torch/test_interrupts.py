@@ -81,3 +81,19 @@ def test_deferred_outside_signals_interrupt_is_a_plain_block():
     with deferred():
         value = 1
     assert value == 1
+
+
+def test_a_failure_reported_as_the_interruption_is_the_only_interruption():
+    """The cleanup after it (another optimizer step's worth of work, say) runs to its end."""
+    cleanup = []
+    with pytest.raises(Interrupted):
+        with signals_interrupt():
+            try:
+                with deferred():
+                    send(signal.SIGTERM)
+                    raise RuntimeError("the peer rank already stopped")
+            finally:
+                with deferred():
+                    cleanup.append("saved")
+                cleanup.append("after")
+    assert cleanup == ["saved", "after"]

@@ -74,22 +74,6 @@ def test_more_cpu_processes_than_usable_cores_are_warned_of(monkeypatch, acceler
         preflight.warn_of_crowded_cores(PyTorchExecutionConfig(accelerator=accelerator, devices=3, strategy="ddp"))
 
 
-@pytest.mark.parametrize("rank, warned", [(0, True), (1, False)])
-def test_a_ddp_run_warns_of_crowded_cores_in_its_first_process_only(monkeypatch, tmp_path, rank, warned):
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from ptycho_torch import cpu_settings, workflow
-    from scripts.studies.grid_lines_torch_runner import TorchRunnerConfig, plan_of
-
-    monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 2)
-    monkeypatch.setattr(rank_zero_only, "rank", rank)
-    plan = plan_of(TorchRunnerConfig(accelerator="cpu", devices=3, strategy="ddp", output_dir=tmp_path / "run"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        workflow.prepare(plan, check_folder=rank == 0)
-    assert len([w for w in caught if "training processes" in str(w.message)]) == (1 if warned else 0)
-
-
 def test_gpu_devices_are_not_counted_against_the_cores(monkeypatch):
     from ptycho_torch import cpu_settings
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +18,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch import trainer as trainer_module
-from ptycho_torch.trainer import AtomicCheckpointIO, RandomStates, build_trainer
+from ptycho_torch.interrupts import Interrupted
+from ptycho_torch.trainer import (AtomicCheckpointIO, RandomStates, RunCheckpoints, StopOnSignal, build_logger,
+                                  build_trainer, precision_run)
 
 
 def test_execution_settings_reach_the_trainer_and_the_clip_does_not(tmp_path):
@@ -86,3 +90,66 @@ def test_random_states_come_back_from_a_weights_only_checkpoint(tmp_path):
     states.load_state_dict(torch.load(path, weights_only=True))
     drawn = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1]) and drawn[2] == expected[2]
+
+
+# --- stopping and resuming --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder, exception, world_size, saved", [
+    ("checkpoints", Interrupted(signal.SIGTERM), 1, True),
+    ("checkpoints", RuntimeError("a fault"), 1, False),
+    ("checkpoints", Interrupted(signal.SIGTERM), 2, False),
+    (None, Interrupted(signal.SIGTERM), 1, False),
+], ids=["interrupted", "a_fault", "ddp", "checkpointing_off"])
+def test_only_an_interrupted_single_process_fit_that_keeps_checkpoints_saves_interrupted_ckpt(
+        tmp_path, folder, exception, world_size, saved):
+    written = []
+    trainer = SimpleNamespace(world_size=world_size, save_checkpoint=written.append)
+    folder = None if folder is None else tmp_path / folder
+    StopOnSignal(folder).on_exception(trainer, None, exception)
+    assert written == ([folder / "interrupted.ckpt"] if saved else [])
+
+
+def test_checkpoints_recorded_in_a_moved_run_folder_are_found_in_the_folder_the_run_is_in_now(tmp_path):
+    before = RunCheckpoints(dirpath=tmp_path / "old", save_last=True)
+    old = Path(before.dirpath)
+    before.best_model_path = str(old / "epoch=1.ckpt")
+    before.kth_best_model_path = str(tmp_path / "elsewhere.ckpt")  # not in the run folder: kept as it is
+    before.last_model_path = str(old / "last.ckpt")
+    before.best_k_models = {str(old / "epoch=1.ckpt"): torch.tensor(0.5)}
+    after = RunCheckpoints(dirpath=tmp_path / "new", save_last=True)
+    new = Path(after.dirpath)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning warns when it drops the records of another folder
+        after.load_state_dict(before.state_dict())
+    assert after.last_model_path == str(new / "last.ckpt") and after.best_model_path == str(new / "epoch=1.ckpt")
+    assert after.kth_best_model_path == str(tmp_path / "elsewhere.ckpt")
+    assert list(after.best_k_models) == [str(new / "epoch=1.ckpt")]
+
+
+def test_a_checkpoint_write_with_storage_options_is_refused_and_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="storage_options"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt", storage_options={"compress": True})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("precision, device_type, runs", [
+    ("16-mixed", "cpu", "bf16-mixed"), ("16-mixed", "cuda", "16-mixed"),
+    ("bf16-mixed", "cpu", "bf16-mixed"), ("32-true", "cpu", "32-true")])
+def test_only_fp16_on_a_cpu_runs_at_another_precision_bf16(precision, device_type, runs):
+    assert precision_run(precision, device_type) == runs
+
+
+def test_a_tensorboard_logger_without_its_package_is_refused_naming_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module.importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(RuntimeError, match="pip install tensorboard"):
+        build_logger(PyTorchExecutionConfig(logger_backend="tensorboard"), tmp_path)
+
+
+def test_checkpoint_records_without_a_folder_are_kept_as_recorded(tmp_path):
+    before = RunCheckpoints(save_last=True)  # no folder yet: Lightning records dirpath None
+    before.best_model_path = str(tmp_path / "old" / "epoch=1.ckpt")
+    after = RunCheckpoints(dirpath=tmp_path / "new", save_last=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's "dirpath has changed"
+        after.load_state_dict(before.state_dict())
+    assert after.best_model_path == str(tmp_path / "old" / "epoch=1.ckpt")

@@ -17,7 +17,7 @@ from ptycho_torch.generators import tiny_model_config
 from ptycho_torch.model import RUN_STATE, NonFiniteGradientError, PtychoPINN
 from ptycho_torch.optimization import build_optimizer, build_scheduler, step_scheduler, warmup_cosine_factor
 from ptycho_torch.physics import forward_amplitude
-from ptycho_torch.training import prediction_autocast, train
+from ptycho_torch.training import parameter_digest, prediction_autocast, train
 from tests.helpers import QUIET, TRAINING_RUNS
 
 
@@ -333,3 +333,13 @@ def test_a_plateau_schedule_without_a_validation_loss_is_refused_by_name():
     scheduler = build_scheduler(torch.optim.SGD([param], lr=1.0), cfg)
     with pytest.raises(RuntimeError, match="no validation ran this epoch"):
         step_scheduler(scheduler, None)
+
+
+def test_the_parameter_digest_is_equal_for_equal_weights_and_changes_with_any_bit():
+    first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    second.load_state_dict(first.state_dict())
+    digest = parameter_digest(first)
+    assert len(digest) == 64 and int(digest, 16) >= 0 and parameter_digest(second) == digest
+    with torch.no_grad():
+        second.bias[0] = torch.nextafter(second.bias[0], torch.tensor(math.inf))
+    assert parameter_digest(second) != digest
