@@ -92,6 +92,23 @@ def test_random_states_come_back_from_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1]) and drawn[2] == expected[2]
 
 
+@pytest.mark.parametrize("gpu_when_resumed", [True, False], ids=["gpu", "cpu_only"])
+def test_the_cuda_generators_states_are_saved_on_a_gpu_and_set_back_where_a_gpu_is_visible(monkeypatch,
+                                                                                           gpu_when_resumed):
+    """A GPU run's checkpoint resumed on a machine without one sets the other generators back and
+    leaves CUDA's alone (the CUDA calls are stand-ins: this machine has no GPU)."""
+    saved_states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    set_back = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_back.append)
+    state = RandomStates().state_dict()
+    assert state["cuda"] is saved_states
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_when_resumed)
+    RandomStates().load_state_dict(state)
+    assert set_back == ([saved_states] if gpu_when_resumed else [])
+
+
 # --- stopping and resuming --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("folder, exception, world_size, saved", [
