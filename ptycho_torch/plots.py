@@ -13,10 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ptycho_torch.artifacts import atomic_file  # noqa: E402
-from ptycho_torch.metrics import align_amplitude, align_phase  # noqa: E402
+from ptycho_torch.metrics import align_amplitude, align_phase, constant_phase  # noqa: E402
 
 CLIP_LINE_RANGE = 1e6  # the clip is drawn as a line when at most this many times the largest norm shown
-FLAT_PHASE = 1e-6  # rad: a truth whose phase spans no more than this has none
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -26,15 +25,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _has_phase(phase: np.ndarray) -> bool:
-    """Whether a truth's phase varies (a flat one gives nothing to align a reconstruction's phase to)."""
-    return np.ptp(phase) > FLAT_PHASE
-
-
 def _shown_phase(recon: np.ndarray, truth_phase: np.ndarray) -> np.ndarray:
     """The reconstruction's phase aligned to the truth's as the scores align it, or as reconstructed
-    where the truth has no phase."""
-    return align_phase(np.angle(recon), truth_phase) if _has_phase(truth_phase) else np.angle(recon)
+    where the truth's phase is constant (nothing to align it to; the scores leave phase unscored)."""
+    return np.angle(recon) if constant_phase(truth_phase) else align_phase(np.angle(recon), truth_phase)
 
 
 def plot_reconstruction(path: Path, truth: np.ndarray, recon: np.ndarray, title: str) -> Path:
@@ -132,8 +126,8 @@ def plot_comparison(path: Path, truth: np.ndarray, recons: Mapping[str, np.ndarr
     """Amplitude and phase of the ground truth beside each architecture's aligned reconstruction."""
     columns = [("ground truth", truth)] + list(recons.items())
     amp_t, phase_t = np.abs(truth), np.angle(truth)
-    # the truth's colour range for every phase panel, or each panel its own when the truth has no phase
-    phase_range = dict(vmin=phase_t.min(), vmax=phase_t.max()) if _has_phase(phase_t) else {}
+    # the truth's colour range for every phase panel, or each panel its own when the truth's is constant
+    phase_range = {} if constant_phase(phase_t) else dict(vmin=phase_t.min(), vmax=phase_t.max())
     fig, axes = plt.subplots(2, len(columns), figsize=(3.5 * len(columns), 7), squeeze=False)
     for col, (name, obj) in enumerate(columns):
         amp = amp_t if col == 0 else align_amplitude(np.abs(obj), amp_t)

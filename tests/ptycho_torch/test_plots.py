@@ -126,11 +126,15 @@ def test_the_reconstruction_figure_has_truth_reconstruction_and_error_panels_for
                       for label in ("ground truth", "reconstruction (aligned)", "error")]
 
 
-def test_the_comparison_of_an_object_without_phase_shows_each_reconstructions_own_phase(monkeypatch, tmp_path):
+@pytest.mark.parametrize("constant", [0.0, math.pi], ids=["zero", "pi, on both sides of the cut"])
+def test_the_comparison_of_an_object_without_phase_shows_each_reconstructions_own_phase(monkeypatch, tmp_path,
+                                                                                        constant):
     """Nothing to align it to: the phase is shown as reconstructed (as plot_reconstruction does), in a
-    colour range that spans it."""
+    colour range that spans it. A constant phase of pi reads as pi and -pi alike."""
     truth, recon = object_pair()
-    truth = np.abs(truth).astype(np.complex64)  # zero phase
+    signs = np.where(np.indices(truth.shape).sum(axis=0) % 2 == 0, 1.0, -1.0)
+    truth = np.abs(truth) * np.exp(1j * signs * constant)
+    assert np.ptp(np.angle(truth)) == pytest.approx(2 * constant)
     figures = drawn(monkeypatch)
     plot_comparison(tmp_path / "comparison.png", truth, {"cnn": recon})
     (fig,) = figures
