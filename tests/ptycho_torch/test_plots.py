@@ -90,8 +90,10 @@ def test_the_comparison_shows_the_truth_then_each_architectures_own_aligned_reco
     (fig,) = figures
     top, bottom = fig.axes[:3], fig.axes[3:]  # (2, 3) panels, row by row
     shown = [[ax.get_images()[0].get_array() for ax in row] for row in (top, bottom)]
+    phase_ranges = {ax.get_images()[0].get_clim() for ax in bottom}
     titles = [ax.get_title() for ax in top]
     plt.close(fig)
+    assert phase_ranges == {(np.angle(truth).min(), np.angle(truth).max())}  # one scale: the truth's
     assert titles == ["ground truth: amplitude", "cnn: amplitude", "fno: amplitude"]
     np.testing.assert_array_equal(shown[0][0], np.abs(truth))
     np.testing.assert_allclose(shown[0][1], align_amplitude(np.abs(recon), np.abs(truth)))
