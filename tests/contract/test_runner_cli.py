@@ -159,6 +159,13 @@ def test_the_summary_line_prints_null_scores_instead_of_crashing(capsys):
     assert "SSIM null, PSNR null dB" in capsys.readouterr().out
 
 
+def test_a_ddp_rank_other_than_0_reports_nothing_and_exits_0(capsys):
+    from scripts.studies.grid_lines_torch_runner import report
+
+    assert report(TorchRunnerConfig(output_dir="out"), None) == 0  # rank 0 reports the run's status
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("command", ["runner", "wrapper", "datagen"])
 @pytest.mark.parametrize("argv", [["--output-dir", ""], ["--output-dir", "  "], ["--epoch", "3"], ["--over"]],
                          ids=["empty-output-dir", "blank-output-dir", "abbreviated-flag", "abbreviated-switch"])

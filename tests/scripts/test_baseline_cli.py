@@ -178,3 +178,44 @@ def test_a_study_data_file_replaced_by_another_simulation_is_not_the_baselines_t
     assert "holds another simulation than the study's" in capsys.readouterr().err
     assert [d.metadata["data_seed"] for d in reconstructed] == [plans[0].simulation.data_seed] * 2
     assert np.array_equal(reconstructed[1].YY_ground_truth, ours.YY_ground_truth)
+
+
+def test_a_warm_starts_seconds_to_the_target_are_per_test_object():
+    from scripts.studies.baselines import result_rows
+
+    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
+          "finite": True, "seconds": 8.0}
+    [row] = result_rows("pinn:cnn", {"at": {5: at}, "reached": {"iterations": 3, "seconds": 6.0}}, objects=4, target=0.5)
+    assert row["seconds_per_scan"] == 2.0 and row["target_seconds_per_scan"] == 1.5 and row["target_iterations"] == 3
+
+
+def test_the_flat_starts_objects_are_read_back_for_the_comparison_figure(tmp_path):
+    from scripts.studies.baselines import flat_recon
+
+    assert flat_recon(tmp_path) is None
+    (tmp_path / "baseline").mkdir()
+    objects = np.arange(8, dtype=np.complex64).reshape(2, 2, 2)
+    np.savez(tmp_path / "baseline" / "recon_flat.npz", recon=objects, ground_truth=objects)
+    assert np.array_equal(flat_recon(tmp_path), objects)
+
+
+def test_the_comparison_figure_shows_the_flat_iterative_start_only_beside_its_rows(tmp_path, monkeypatch):
+    from ptycho_torch import plots
+    from scripts.studies.baselines import BASELINE_RECORD, result_rows
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_comparison", lambda path, truth, recons: drawn.append(list(recons)))
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--output-dir", str(tmp_path)])
+    objects = np.ones((1, 4, 4), np.complex64)
+    study.configs[0].output_dir.mkdir(parents=True)
+    np.savez(study.configs[0].output_dir / "recon.npz", recon=objects, ground_truth=objects)
+    (tmp_path / "baseline").mkdir()
+    np.savez(tmp_path / "baseline" / "recon_flat.npz", recon=objects, ground_truth=objects)
+    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
+          "finite": True, "seconds": 1.0}
+    rows = result_rows("flat", {"at": {2: at, 5: at}, "reached": None}, objects=1, target=None)
+    (tmp_path / BASELINE_RECORD).write_text(json.dumps({"rows": rows}))
+    wrapper.write_study_results(tmp_path, study, one_dataset=True, with_baseline=True)
+    (tmp_path / BASELINE_RECORD).write_text("damaged")  # no rows: the objects left beside it are not shown either
+    wrapper.write_study_results(tmp_path, study, one_dataset=True, with_baseline=True)
+    assert drawn == [["cnn", "iterative, 5 it."], ["cnn"]]

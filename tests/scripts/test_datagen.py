@@ -47,3 +47,16 @@ def test_a_given_setting_the_simulation_cannot_use_is_warned_of_as_the_runner_do
             in capsys.readouterr().err)
     assert grid_lines_datagen.main([*TINY, "--probe-defocus", "3", "--output-dir", str(tmp_path / "other")]) == 0
     assert "has no effect" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["name-too-long", "nul-character"])
+def test_an_unusable_output_path_is_refused_with_exit_2_under_overwrite_too(tmp_path, capsys, kind):
+    from tests.ptycho_torch.test_output_folder import unusable
+
+    out = unusable(tmp_path, kind)
+    assert grid_lines_datagen.main([*TINY, "--output-dir", str(out), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: output_dir=")
+
+
+def test_the_help_names_the_command_as_it_is_run():
+    assert grid_lines_datagen.build_parser().prog == "python -m scripts.grid_lines_datagen"

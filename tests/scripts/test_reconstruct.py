@@ -394,3 +394,14 @@ def test_other_libraries_warnings_keep_their_format():
     assert foreign.startswith("/elsewhere/lib.py:7: DeprecationWarning: deprecated")
     assert own == "warning: careful\n"
     assert warnings.formatwarning("careful", UserWarning, "ptycho_torch/inference.py", 3, "") != own  # restored
+
+
+@pytest.mark.parametrize("ssim, shown", [(0.5, ", amplitude SSIM 0.500"), (None, ", amplitude SSIM null")],
+                         ids=["scored", "undefined-score"])
+def test_the_summary_line_of_a_scored_file_gives_its_amplitude_ssim(tmp_path, capsys, ssim, shown):
+    from scripts.grid_lines_reconstruct import ReconstructConfig, report
+
+    cfg = ReconstructConfig(checkpoint=tmp_path / "c.ckpt", test_npz=tmp_path / "t.npz", output_dir=tmp_path)
+    summary = {"status": "ok", "objects": 2, "mean": {"amplitude": {"ssim": ssim}}}
+    assert report(cfg, summary) == 0
+    assert capsys.readouterr().out == f"reconstructed 2 object(s) into {tmp_path}{shown}\n"

@@ -584,3 +584,73 @@ def test_emitted_commands_and_cell_files_name_absolute_folders_to_run_from_anywh
                                                       "train_npz": Path(runner["train_npz"]),
                                                       "test_npz": Path(runner["test_npz"])}))
     assert cell_state(cfg) == FINISHED
+
+
+def test_the_comparison_figure_shows_the_first_seeds_of_at_most_8_cells(tmp_path, monkeypatch):
+    from ptycho_torch import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_comparison", lambda path, truth, recons: drawn.append(list(recons)))
+    monkeypatch.setattr(plots, "plot_sweep", lambda *args: None)
+    objects = np.ones((1, 4, 4), np.complex64)
+    for count in (8, 9):
+        out = tmp_path / str(count)
+        rates = ",".join(f"0.0{k}" for k in range(1, count + 1))
+        study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--sweep",
+                                        f"torch-learning-rate={rates}", "--output-dir", str(out)])
+        for cfg in study.configs:
+            cfg.output_dir.mkdir(parents=True)
+            np.savez(cfg.output_dir / "recon.npz", recon=objects, ground_truth=objects)
+        wrapper.write_study_results(out, study, one_dataset=True)
+    assert [len(recons) for recons in drawn] == [8]
+
+
+def test_in_one_process_the_progress_bar_advances_one_step_per_cell_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ptycho_torch import workflow
+
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--seeds", "0,1,2",
+                                    "--output-dir", str(tmp_path)])
+    steps = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            steps.append(n)
+
+    monkeypatch.setattr(wrapper, "_progress", lambda total, done: steps.append((total, done)) or Bar())
+    monkeypatch.setattr(workflow, "run", lambda plan, data=None: None)
+    plans = [SimpleNamespace(simulation=None, train_npz=tmp_path / "train.npz")] * 3  # files given: nothing simulated
+    wrapper.run_in_process(study, plans, [1, 2], tmp_path, one_dataset=True)
+    assert steps == [(3, 1), 1, 1]  # one cell finished before
+
+
+def test_stopping_the_cells_sends_each_sigterm_before_waiting_for_any():
+    events = []
+
+    class Cell:
+        def __init__(self, name):
+            self.name = name
+
+        def send_signal(self, signum):
+            events.append((self.name, signum))
+
+        def wait(self, timeout=None):
+            events.append((self.name, "ended"))
+
+    wrapper._stop([Cell("a"), Cell("b")])
+    assert events == [("a", signal.SIGTERM), ("b", signal.SIGTERM), ("a", "ended"), ("b", "ended")]
+
+
+def test_a_cell_refused_by_its_own_checks_stops_the_study_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "never"
+    argv = [*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--torch-probe-mask",
+            "--sweep", "torch-probe-mask-diameter=12,0.5", "--output-dir", str(out)]  # 0.5 px: no probe is left
+    assert wrapper.main(argv) == 2
+    assert "--torch-probe-mask-diameter=0.5: the probe mask" in capsys.readouterr().err and not out.exists()
