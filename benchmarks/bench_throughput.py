@@ -166,7 +166,7 @@ class Variant:
         self.batch = first_batch(gridsize, cfg.batch_size, package)
         torch.manual_seed(0)
         self.module = model.PtychoPINN(cfg, torch.from_numpy(probe.ideal_probe(cfg.model.N, 1.0)))
-        if compile_generator:  # an experiment, not a setting: it did not pay here (README, Throughput)
+        if compile_generator:  # an experiment, not a setting: it did not pay here (docs/throughput.md)
             self.module.generator = torch.compile(self.module.generator)
         self.optimizer = optimization.build_optimizer(self.module.parameters(), cfg)
 

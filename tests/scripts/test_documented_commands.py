@@ -1,6 +1,6 @@
-"""Every command the README and the Makefile show parses: its flags exist and its values pass the rules.
+"""Every command the README, the docs and the Makefile show parses: its flags exist and its values pass the rules.
 
-The commands are read from the files themselves (the README's bash blocks and inline code spans,
+The commands are read from the files themselves (the Markdown files' bash blocks and inline code spans,
 the Makefile's recipes), so a renamed flag or a tightened rule turns this red until the
 documentation follows. Parsing only: nothing runs, no folder is read or written. Commands with
 placeholders (``...``, ``[--flag]``) are not complete command lines and are skipped.
@@ -63,7 +63,9 @@ def parse_problem(module: str, argv: list[str], capsys: pytest.CaptureFixture) -
     return None
 
 
-SHOWN = commands((ROOT / "README.md").read_text()) + command_lines((ROOT / "Makefile").read_text())
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHOWN = [command for document in DOCUMENTS for command in commands(document.read_text())] + command_lines(
+    (ROOT / "Makefile").read_text())
 
 
 def test_every_entry_point_is_shown():
