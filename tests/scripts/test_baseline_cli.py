@@ -23,6 +23,12 @@ def table(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def unscored_point(finite: bool, seconds: float) -> dict:
+    """One iteration count's record of an iterative reconstruction, its scores all undefined."""
+    metrics = {channel: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for channel in ("amplitude", "phase")}
+    return {"metrics": {"mean": metrics}, "finite": finite, "seconds": seconds}
+
+
 @pytest.mark.parametrize("argv, named", [
     (["--baseline", "0"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
     (["--baseline", "100001"], "--baseline: expected comma-separated iteration counts from 1 to 100000"),
@@ -144,8 +150,7 @@ def test_a_baseline_that_fails_leaves_the_runs_tables_complete(tmp_path, monkeyp
 def test_a_failed_baseline_row_is_named_on_stderr_and_the_study_exits_3(tmp_path, capsys):
     from scripts.studies.baselines import result_rows
 
-    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
-          "finite": False, "seconds": 1.0}
+    at = unscored_point(finite=False, seconds=1.0)
     failed = result_rows("flat", {"at": {2: at}, "reached": None}, objects=1, target=None)
     run = {"row": "run", "cell": "cnn", "seed": None, "status": "ok", "status_reason": None}
     assert wrapper.report([run, *failed], tmp_path) == 3
@@ -183,8 +188,7 @@ def test_a_study_data_file_replaced_by_another_simulation_is_not_the_baselines_t
 def test_a_warm_starts_seconds_to_the_target_are_per_test_object():
     from scripts.studies.baselines import result_rows
 
-    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
-          "finite": True, "seconds": 8.0}
+    at = unscored_point(finite=True, seconds=8.0)
     [row] = result_rows("pinn:cnn", {"at": {5: at}, "reached": {"iterations": 3, "seconds": 6.0}}, objects=4, target=0.5)
     assert row["seconds_per_scan"] == 2.0 and row["target_seconds_per_scan"] == 1.5 and row["target_iterations"] == 3
 
@@ -211,8 +215,7 @@ def test_the_comparison_figure_shows_the_flat_iterative_start_only_beside_its_ro
     np.savez(study.configs[0].output_dir / "recon.npz", recon=objects, ground_truth=objects)
     (tmp_path / "baseline").mkdir()
     np.savez(tmp_path / "baseline" / "recon_flat.npz", recon=objects, ground_truth=objects)
-    at = {"metrics": {"mean": {c: dict.fromkeys(("ssim", "psnr", "mae", "frc50")) for c in ("amplitude", "phase")}},
-          "finite": True, "seconds": 1.0}
+    at = unscored_point(finite=True, seconds=1.0)
     rows = result_rows("flat", {"at": {2: at, 5: at}, "reached": None}, objects=1, target=None)
     (tmp_path / BASELINE_RECORD).write_text(json.dumps({"rows": rows}))
     wrapper.write_study_results(tmp_path, study, one_dataset=True, with_baseline=True)
