@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ARCHITECTURES, ConfigError
+from ptycho_torch.config import ARCHITECTURES, ConfigError, to_jsonable
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
     TorchRunnerConfig, ignored_given, inert_runner_settings, plan_of, resolved_json, setup_simulation_config,
@@ -156,6 +156,7 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
         sweeps.insert(0, sweeps.pop(names.index("architecture")))
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
+    _warn_replaced(given, ns.given, sweeps, seeds)
     if ns.jobs > 1 and "num_threads" not in given:  # K processes share the cores instead of each taking them all
         from ptycho_torch.cpu_settings import usable_cores  # here: it loads torch, which the contract suite must not
         given["num_threads"] = max(1, usable_cores() // ns.jobs)
@@ -171,6 +172,20 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
     _check_sweeps_act(parser, study)
     _check_baseline(parser, ns, study)
     return study, ns
+
+
+def _warn_replaced(given: dict[str, Any], chosen: Sequence[str], sweeps: Sequence[Sweep],
+                   seeds: tuple[int, ...] | None) -> None:
+    """A setting the user gave (flag or --config) that a sweep (or --seeds) also sets takes the swept
+    values in every cell: the given value is named in a warning rather than dropped unseen."""
+    by = {s.name: "its --sweep" for s in sweeps}
+    if seeds is not None:
+        by["seed"] = "--seeds"
+    flags = wrapper_flags()
+    for name in chosen:
+        if name in by and name in given:
+            print(f"warning: {flags[name]}={to_jsonable(given[name])!r} is not used: each cell takes a value "
+                  f"from {by[name]}", file=sys.stderr)
 
 
 def _check_sweeps_act(parser: argparse.ArgumentParser, study: Study) -> None:

@@ -38,6 +38,14 @@ GROUPS = {
 }
 
 
+def ascii_number(kind: type, text: str) -> int | float:
+    """``kind(text)`` for ``kind`` int or float, refusing (ValueError) what those read beyond ASCII:
+    other scripts' digits ('٣') and '_' separators."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"{text!r}: not an ASCII decimal number")
+    return kind(text)
+
+
 def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
     label = {int: "an integer", float: "a number", str: "a string"}.get(kind, "a path")
 
@@ -47,9 +55,7 @@ def _converter(kind: type, optional: bool) -> Callable[[str], Any]:
         try:
             if not text.strip():
                 raise ValueError("empty")
-            if kind in (int, float) and (not text.isascii() or "_" in text):
-                raise ValueError("int() and float() read other scripts' digits and '_' separators")
-            return kind(text)
+            return ascii_number(kind, text) if kind in (int, float) else kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected {label}{' or none' if optional else ''}, got {text!r}") from None
@@ -257,8 +263,25 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
         return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
     except OSError as err:
         return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)
+    except RuntimeError as err:
+        failed = os_error_behind(err)
+        if failed is None:
+            raise
+        return _fail(f"{failed.strerror or failed}: {failed.filename or ''}".rstrip(": "), 1)
     except MemoryError as err:  # numpy's allocation errors are MemoryErrors; a run's settings passed the checks
         return _fail(f"out of memory ({err or 'an allocation failed'}); give the run fewer or smaller patterns", 1)
+
+
+def os_error_behind(err: BaseException) -> OSError | None:
+    """The failed read or write a library's own error was raised while handling, if any: torch.save
+    meets a full disk with an OSError, then raises a RuntimeError about its zip writer's position."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 OWN_PACKAGES = tuple(Path(__file__).resolve().parents[2] / name for name in ("ptycho_torch", "scripts"))

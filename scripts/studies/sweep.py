@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import FIELD_RULES, clipping_enabled, to_jsonable
-from scripts.studies.runner_cli import value_parser
+from scripts.studies.runner_cli import ascii_number, value_parser
 
 SWEEP_RECORD = "sweep.json"
 # Settings with two spellings of one value: cells of both would be the same run twice.
@@ -80,7 +80,7 @@ def parse_sweep(text: str, cls: type, flags: dict[str, str]) -> Sweep:
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(v) for v in text.split(","))
+        seeds = tuple(ascii_number(int, v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):

@@ -465,13 +465,23 @@ def failures():
         "sigint": (Interrupted(signal.SIGINT), 130, "stopped: interrupted by SIGINT"),
         "lightning-sigterm": (SIGTERMException(), 143, "stopped: interrupted by SIGTERM"),
         "disk-full": (OSError(errno.ENOSPC, "No space left on device", "x/metrics.json"), 1, "error: No space left"),
+        "disk-full-in-torch-save": (raised_while_handling(RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                                                      "unexpected pos 141952 vs 141844"),
+                                                         OSError(errno.ENOSPC, "No space left on device")),
+                                    1, "error: No space left"),
         "out-of-memory": (MemoryError("Unable to allocate 7.89 GiB for an array"), 1,
                           "error: out of memory (Unable to allocate 7.89 GiB"),
     }
 
 
+def raised_while_handling(error: BaseException, cause: BaseException) -> BaseException:
+    """``error`` as a library raises it inside an ``except`` for ``cause``."""
+    error.__context__ = cause
+    return error
+
+
 @pytest.mark.parametrize("kind", ["bad-setting", "bad-file", "bad-folder", "non-finite-gradient", "sigterm", "sigint",
-                                  "lightning-sigterm", "disk-full", "out-of-memory"])
+                                  "lightning-sigterm", "disk-full", "disk-full-in-torch-save", "out-of-memory"])
 def test_each_kind_of_failure_ends_in_one_line_and_its_exit_status(kind, capsys):
     from scripts.studies.grid_lines_torch_runner import runner_flags
     from scripts.studies.runner_cli import run_command

@@ -175,12 +175,14 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--jobs", "\u00b2"], "--jobs: expected an integer >= 1, got '\u00b2'"),
     (["--jobs", "9" * 5000], "--jobs: expected an integer >= 1"),
     (["--seeds", "0,0"], "--seeds='0,0': a seed is given twice"),  # the same run twice, one folder
+    (["--seeds", "1_0"], "--seeds='1_0': expected comma-separated integers"),  # int() would read 10
+    (["--seeds", "\u0663"], "--seeds='\u0663': expected comma-separated integers"),  # int() would read 3
     (["--sweep", "torch-probe-mask=maybe,true"], "--sweep='torch-probe-mask=maybe,true': expected true or false, "
                                                  "got 'maybe'"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
 ], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "clip-twice", "inert", "no-architectures", "no-values", "output-dir",
         "architectures", "swept-twice", "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits",
-        "seed-twice", "unknown-boolean-word", "cross-rule"])
+        "seed-twice", "seed-separator", "seed-other-script", "unknown-boolean-word", "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as stopped:
@@ -193,6 +195,17 @@ def test_a_seed_given_twice_is_refused_by_a_dry_run_too(capsys):
     with pytest.raises(SystemExit) as stopped:
         wrapper.main([*TINY_WRAPPER_ARGV, "--seeds", "0,0", "--dry-run"])
     assert stopped.value.code == 2 and "a seed is given twice" in capsys.readouterr().err
+
+
+def test_a_setting_given_and_also_swept_is_named_as_unused_in_a_warning(capsys):
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--torch-grad-clip", "5",
+                                    "--sweep", "torch-grad-clip=1,2", "--torch-seed", "4", "--seeds", "0,1",
+                                    "--dry-run"])
+    err = capsys.readouterr().err
+    assert "warning: --torch-grad-clip=5.0 is not used: each cell takes a value from its --sweep" in err
+    assert "warning: --torch-seed=4 is not used: each cell takes a value from --seeds" in err
+    assert "--torch-epochs" not in err  # given, not swept: it acts in every cell
+    assert sorted((cfg.gradient_clip_val, cfg.seed) for cfg in study.configs) == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
 
 def test_a_nine_digit_jobs_count_is_a_plain_integer():
