@@ -228,9 +228,9 @@ def _check_baseline(parser: argparse.ArgumentParser, ns: argparse.Namespace, stu
 
 
 def _architectures(parser: argparse.ArgumentParser, text: str) -> Sweep:
-    architectures = [a.strip() for a in text.split(",") if a.strip()]
+    architectures = [a.strip() for a in text.split(",")]  # an empty item is refused, as --sweep's are
     unknown = [a for a in architectures if a not in ARCHITECTURES]
-    if unknown or not architectures or len(set(architectures)) != len(architectures):
+    if unknown or len(set(architectures)) != len(architectures):
         parser.error(f"--architectures={text!r}: must be distinct names from {','.join(ARCHITECTURES)}")
     return Sweep("architecture", "torch-architecture", tuple(architectures))
 

@@ -165,6 +165,7 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--architectures", "cnn", "--sweep", "torch-momentum=0.5,0.8"],
      "--sweep torch-momentum: has no effect in any cell of this study (only sgd uses momentum)"),
     (["--architectures", ""], "--architectures='': must be distinct names"),
+    (["--architectures", "cnn,,fno"], "--architectures='cnn,,fno': must be distinct names"),  # not cnn,fno unseen
     (["--sweep", "torch-optimizer"], "expected FLAG=v1,v2"),
     (["--sweep", "output-dir=a,b"], "not a setting that can be swept"),
     (["--sweep", "torch-architecture=cnn", "--architectures", "fno"], "say the same"),
@@ -180,7 +181,7 @@ def test_emit_commands_writes_one_runnable_runner_command_per_cell(tmp_path):
     (["--sweep", "torch-probe-mask=maybe,true"], "--sweep='torch-probe-mask=maybe,true': expected true or false, "
                                                  "got 'maybe'"),
     (["--sweep", "torch-scheduler=WarmupCosine", "--torch-lr-warmup-epochs", "5"], "--torch-lr-warmup-epochs=5"),
-], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "clip-twice", "inert", "no-architectures", "no-values", "output-dir",
+], ids=["unknown", "bad-value", "rule", "twice", "clip-off-twice", "clip-twice", "inert", "no-architectures", "empty-architecture", "no-values", "output-dir",
         "architectures", "swept-twice", "seeds", "negative-seed", "jobs", "jobs-superscript", "jobs-5000-digits",
         "seed-twice", "seed-separator", "seed-other-script", "unknown-boolean-word", "cross-rule"])
 def test_invalid_sweeps_are_refused_before_any_run(tmp_path, capsys, argv, named):
