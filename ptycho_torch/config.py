@@ -44,7 +44,12 @@ class Problem:
     rule: str
 
     def __str__(self) -> str:
-        return f"{self.field}={self.value!r}: {self.rule}"
+        return f"{self.field}={shown_value(self.value)}: {self.rule}"
+
+
+def shown_value(value: Any) -> str:
+    """A setting's value as messages show it: its repr, a path as its string's (not PosixPath(...))."""
+    return repr(to_jsonable(value))
 
 
 class ConfigError(ValueError):

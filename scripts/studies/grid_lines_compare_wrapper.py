@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ARCHITECTURES, ConfigError, to_jsonable
+from ptycho_torch.config import ARCHITECTURES, ConfigError, shown_value
 from ptycho_torch.output_folder import OutputDirError
 from scripts.studies.grid_lines_torch_runner import (
     TorchRunnerConfig, ignored_given, inert_runner_settings, plan_of, resolved_json, setup_simulation_config,
@@ -184,7 +184,7 @@ def _warn_replaced(given: dict[str, Any], chosen: Sequence[str], sweeps: Sequenc
     flags = wrapper_flags()
     for name in chosen:
         if name in by and name in given:
-            print(f"warning: {flags[name]}={to_jsonable(given[name])!r} is not used: each cell takes a value "
+            print(f"warning: {flags[name]}={shown_value(given[name])} is not used: each cell takes a value "
                   f"from {by[name]}", file=sys.stderr)
 
 

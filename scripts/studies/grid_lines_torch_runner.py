@@ -25,7 +25,7 @@ from ptycho_torch.config import (
     ACCELERATORS, ARCHITECTURES, CLIP_ALGORITHMS, GENERATOR_OUTPUT_MODES, LOGGER_BACKENDS,
     LOSS_MODES, NONFINITE_POLICIES, OPTIMIZERS, PRECISIONS, SCHEDULERS, STRATEGIES,
     TRAINING_PROCEDURES, ConfigError, ModelConfig, PyTorchExecutionConfig, RunSettings, SimulationConfig,
-    TrainingConfig, Validated, inert_settings, to_jsonable,
+    TrainingConfig, Validated, inert_settings, shown_value, to_jsonable,
 )
 from ptycho_torch.workflow import RunPlan
 from scripts.studies.runner_cli import (
@@ -251,7 +251,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TorchRunnerConfig, 
 def warn_ignored(ignored: dict[str, str], flags: dict[str, str], cfg: Any) -> None:
     """One line per given setting that cannot act in this run (its flag, value and why)."""
     for name, why in ignored.items():
-        print(f"warning: {flags[name]}={getattr(cfg, name)!r} has no effect in this run: {why}", file=sys.stderr)
+        print(f"warning: {flags[name]}={shown_value(getattr(cfg, name))} has no effect in this run: {why}",
+              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ptycho_torch.config import ConfigError, plain_int
+from ptycho_torch.config import ConfigError, plain_int, shown_value
 from scripts.studies.config_file import CONFIG_FLAG, read_settings, setting_hints
 from scripts.studies.runner_fields import flag_of, flags_of, route_of
 
@@ -154,7 +154,7 @@ def setting_flags(cls: type, flag_prefix: str = "--") -> dict[str, str]:
 def config_error_message(err: ConfigError, flags: dict[str, str]) -> str:
     """A ConfigError restated with CLI flags instead of field names."""
     flags = {"config": CONFIG_FLAG, "resume": "--resume", **flags}  # a settings file's own problems, a run record's
-    return "; ".join(f"{flags.get(p.field, p.field)}={p.value!r}: {p.rule}" for p in err.problems)
+    return "; ".join(f"{flags.get(p.field, p.field)}={shown_value(p.value)}: {p.rule}" for p in err.problems)
 
 
 class _GivenOnce(argparse.Action):

@@ -366,3 +366,20 @@ def test_a_finished_run_trained_further_and_killed_keeps_no_stale_results(tmp_pa
     resumed = run(RUNNER, "--resume", "--output-dir", str(out))
     assert resumed.returncode in FINISHED, resumed.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] > 0
+
+
+def test_a_folder_whose_config_json_is_another_commands_is_refused_saying_it_cannot_be_read_as_a_run_record(
+        capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"reconstruct": {"checkpoint": "last.ckpt"}}))
+    line = refused(capsys, ["--resume", "--output-dir", str(tmp_path)])
+    assert "needs the run's config.json, which cannot be read as one (" in line, line
+
+
+def test_a_recorded_path_that_differs_is_named_as_written(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recorded_probe = tmp_path / "probe.npz"
+    record = resolved_json(TorchRunnerConfig(epochs=2, output_dir=run_dir, probe_npz=recorded_probe))
+    (run_dir / "config.json").write_text(json.dumps(record))
+    line = refused(capsys, ["--resume", "--output-dir", str(run_dir), "--probe-npz", str(tmp_path / "other.npz")])
+    assert f"recorded run's {str(recorded_probe)!r}" in line and "PosixPath" not in line, line
