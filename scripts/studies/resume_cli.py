@@ -35,13 +35,14 @@ def resumed_settings(cls: type, given: dict[str, Any], chosen: Iterable[str]) ->
         recorded = read_settings(record, cls)
     except ConfigError as err:
         rule = "; ".join(p.rule for p in err.problems)
-        raise ConfigError("resume", [Problem("resume", str(record), f"needs the run's {RUN_RECORD}, which cannot be read as one ({rule}); "
-                                                                    "is --output-dir the folder of the run?")]) from None
+        raise ConfigError("resume", [Problem("resume", str(record),
+                                             f"needs the run's {RUN_RECORD}, which cannot be read as one ({rule}); "
+                                             "is --output-dir the folder of the run?")]) from None
     base = cls(**recorded.values)
     merged = cls(**{**recorded.values, **given})
     problems = [Problem(f.name, getattr(merged, f.name),
-                        f"differs from the recorded run's {shown_value(getattr(base, f.name))} ({record}); {RESUME_FLAG} "
-                        "continues that run unchanged (only --epochs may grow)")
+                        f"differs from the recorded run's {shown_value(getattr(base, f.name))} ({record}); "
+                        f"{RESUME_FLAG} continues that run unchanged (only --epochs may grow)")
                 for f in dataclasses.fields(cls)
                 if f.name not in MAY_CHANGE and getattr(merged, f.name) != getattr(base, f.name)]
     if merged.epochs < base.epochs:

@@ -262,17 +262,21 @@ def run_command(work: Callable[[], int], flags: dict[str, str] | None = None) ->
             raise
         return _fail("interrupted by SIGTERM", 128 + signal.SIGTERM, "stopped")
     except OSError as err:
-        return _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "), 1)
+        return _fail(_os_error_line(err), 1)
     except RuntimeError as err:
-        failed = os_error_behind(err)
+        failed = _os_error_behind(err)
         if failed is None:
             raise
-        return _fail(f"{failed.strerror or failed}: {failed.filename or ''}".rstrip(": "), 1)
+        return _fail(_os_error_line(failed), 1)
     except MemoryError as err:  # numpy's allocation errors are MemoryErrors; a run's settings passed the checks
         return _fail(f"out of memory ({err or 'an allocation failed'}); give the run fewer or smaller patterns", 1)
 
 
-def os_error_behind(err: BaseException) -> OSError | None:
+def _os_error_line(err: OSError) -> str:
+    return f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+
+
+def _os_error_behind(err: BaseException) -> OSError | None:
     """The failed read or write a library's own error was raised while handling, if any: torch.save
     meets a full disk with an OSError, then raises a RuntimeError about its zip writer's position."""
     seen: set[int] = set()
