@@ -157,9 +157,15 @@ def parse_study(argv: Sequence[str] | None) -> tuple[Study, argparse.Namespace]:
     given = settings_given(parser, ns, TorchRunnerConfig, command_only=(*COMMAND_ONLY, *WRAPPER_OWNED),
                            ignored=WRAPPER_OWNED)
     _warn_replaced(given, ns.given, sweeps, seeds)
-    if ns.jobs > 1 and "num_threads" not in given:  # K processes share the cores instead of each taking them all
+    if ns.jobs > 1:
         from ptycho_torch.cpu_settings import usable_cores  # here: it loads torch, which the contract suite must not
-        given["num_threads"] = max(1, usable_cores() // ns.jobs)
+        cores = usable_cores()
+        if ns.jobs > cores:
+            print(f"warning: --jobs {ns.jobs} runs {ns.jobs} training processes at once on this machine's {cores} "
+                  f"usable core(s): they share them, so the study is slower than with --jobs {cores}",
+                  file=sys.stderr)
+        if "num_threads" not in given:  # K processes share the cores instead of each taking them all
+            given["num_threads"] = max(1, cores // ns.jobs)
     cells = cells_of(sweeps, seeds)
     try:
         configs = [cell_config(cell, given, ns.output_dir,

@@ -668,3 +668,15 @@ def test_a_cell_refused_by_its_own_checks_stops_the_study_before_anything_is_wri
             "--sweep", "torch-probe-mask-diameter=12,0.5", "--output-dir", str(out)]  # 0.5 px: no probe is left
     assert wrapper.main(argv) == 2
     assert "--torch-probe-mask-diameter=0.5: the probe mask" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("jobs, warned", [(2, False), (3, True)])
+def test_more_jobs_than_usable_cores_are_warned_of(monkeypatch, capsys, jobs, warned):
+    from ptycho_torch import cpu_settings
+
+    monkeypatch.setattr(cpu_settings, "usable_cores", lambda: 2)
+    study, _ = wrapper.parse_study([*TINY_WRAPPER_ARGV, "--architectures", "cnn", "--seeds", "0,1,2",
+                                    "--jobs", str(jobs), "--dry-run"])
+    err = capsys.readouterr().err
+    assert ("--jobs 3 runs 3 training processes at once on this machine's 2 usable core(s)" in err) == warned, err
+    assert {cfg.num_threads for cfg in study.configs} == {1}  # cores // jobs, at least one
