@@ -13,8 +13,9 @@ Where to call it: on the unscaled gradients of the step, after backward and befo
 ``optimizer.step()``. Under fp16 AMP with Lightning's manual optimization the gradients in
 ``training_step`` are still multiplied by the loss scale; call ``clip_gradients_`` from the
 LightningModule's ``on_before_optimizer_step`` hook, which runs after the scaler unscaled them
-(Lightning #18089). Check ``grads_finite`` first: a single NaN makes ``norm`` clipping write NaN
-into every gradient.
+(Lightning #18089), except for an optimizer that unscales inside its own step (a fused Adam), whose
+gradients the hook must unscale itself (``PtychoPINN``). Check ``grads_finite`` first: a single NaN
+makes ``norm`` clipping write NaN into every gradient.
 
 No function here synchronizes with the host per parameter: norms are fused (``_foreach_norm``)
 or computed per tensor on the device, and the result stays a tensor.

@@ -120,6 +120,7 @@ class PtychoPINN(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Runs on unscaled gradients, just before the optimizer steps (every precision mode)."""
+        self._unscale_for_a_fused_optimizer(optimizer)
         cfg = self.cfg
         policy = cfg.nonfinite_grad_policy  # decided before the gradients are looked at
         params = [p for p in self.parameters() if p.grad is not None]
@@ -148,6 +149,13 @@ class PtychoPINN(L.LightningModule):
         row["skipped"] = True
         self.nonfinite_skips += 1
         self.log("nonfinite_skips", float(self.nonfinite_skips), on_step=True, on_epoch=False)
+
+    def _unscale_for_a_fused_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Under fp16 AMP Lightning unscales the gradients before this hook, except for an optimizer that
+        divides the loss scale out inside its own step (a fused Adam): those are still scaled here. Unscaled
+        now, the scaler's step then leaves them alone (torch's GradScaler: an optimizer already unscaled)."""
+        if self._grad_scaler_active() and getattr(optimizer, "_step_supports_amp_scaling", False):
+            self.trainer.precision_plugin.scaler.unscale_(optimizer)
 
     def _grad_scaler_active(self) -> bool:
         """fp16 AMP overflows are the GradScaler's to handle: it skips the step and lowers its scale."""
