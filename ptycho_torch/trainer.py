@@ -31,6 +31,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from ptycho_torch.artifacts import atomic_file
 from ptycho_torch.config import PyTorchExecutionConfig, TrainingConfig, check_shared_fields
 from ptycho_torch.cpu_settings import ThreadAdapter, in_automatic_block
+from ptycho_torch.inference import device_of
 from ptycho_torch import interrupts
 
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
@@ -181,9 +182,10 @@ def precision_run(precision: str, device_type: str) -> str:
 def build_trainer(training: TrainingConfig, execution: PyTorchExecutionConfig, output_dir: Path, *,
                   plugins: Sequence[Any] = (), callbacks: Sequence[Any] = ()) -> L.Trainer:
     check_shared_fields(training, execution)
-    if fp16_runs_as_bf16(execution.precision, execution.accelerator) and not plugins:
-        warnings.warn("precision=16-mixed on accelerator=cpu: Lightning runs bf16 autocast without a GradScaler",
-                      stacklevel=2)
+    if fp16_runs_as_bf16(execution.precision, device_of(execution.accelerator).type) and not plugins:
+        where = "" if execution.accelerator == "cpu" else " (the CPU: no GPU is visible)"
+        warnings.warn(f"precision=16-mixed on accelerator={execution.accelerator}{where}: Lightning runs bf16 "
+                      "autocast without a GradScaler", stacklevel=2)
     checkpoints = output_dir / "checkpoints" if execution.enable_checkpointing else None
     callbacks = [*callbacks, StopOnSignal(checkpoints)]
     callbacks.append(AdaptiveThreads(adapts_threads(execution)))  # also where it does not adapt: the record goes on

@@ -40,10 +40,17 @@ def test_logger_none_and_no_checkpoints(tmp_path):
     assert trainer.logger is None and not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
 
 
-def test_fp16_on_cpu_warns_that_it_runs_as_bf16(tmp_path):
+@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
+def test_fp16_on_cpu_warns_that_it_runs_as_bf16(tmp_path, accelerator):
+    if accelerator == "auto" and torch.cuda.is_available():
+        pytest.skip("auto is a GPU here")
     # Lightning warns about bf16 too; ours is the one that names the missing GradScaler.
-    with pytest.warns(UserWarning, match="bf16 autocast without a GradScaler"):
-        build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed"), tmp_path)
+    with pytest.warns(UserWarning, match="bf16 autocast without a GradScaler") as caught:
+        build_trainer(TrainingConfig(), PyTorchExecutionConfig(precision="16-mixed", accelerator=accelerator), tmp_path)
+    ours = [str(w.message) for w in caught if "GradScaler" in str(w.message)]
+    where = "" if accelerator == "cpu" else " (the CPU: no GPU is visible)"
+    assert ours == [f"precision=16-mixed on accelerator={accelerator}{where}: Lightning runs bf16 autocast without a "
+                    "GradScaler"]
 
 
 def test_factory_refuses_disagreeing_shared_settings(tmp_path):
