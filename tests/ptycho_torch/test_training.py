@@ -74,17 +74,18 @@ def test_without_clipping_the_same_run_exceeds_the_clip(tiny_data, tmp_path):
     assert all(r["grad_norm_postclip"] == r["grad_norm_preclip"] for r in module.history)
 
 
-def test_fp16_amp_clips_and_records_the_unscaled_gradients(tiny_data, tmp_path):
-    """The fused Adam divides the loss scale out inside its own step, so Lightning leaves the gradients
-    scaled when the hook runs (it unscales only for optimizers that do not): the model unscales them, or
-    it would clip and record norms 2**10 times the true ones."""
+@pytest.mark.parametrize("optimizer, fused", [("adam", True), ("adamw", True), ("sgd", False)])
+def test_fp16_amp_clips_and_records_the_unscaled_gradients(tiny_data, tmp_path, optimizer, fused):
+    """Lightning unscales the gradients before the hook only for an optimizer that does not do it inside
+    its own step; the fused Adam and AdamW do, so the model unscales theirs, or it would clip and record
+    norms 2**10 times the true ones (and SGD's must not be unscaled twice)."""
     clip = 1e-3
-    cfg, execution = configs(gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    cfg, execution = configs(gradient_clip_val=clip, gradient_clip_algorithm="norm", optimizer=optimizer)
     float32 = train(cfg, execution, tiny_data[0], tmp_path / "float32").module.history
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     module = train(cfg, execution, tiny_data[0], tmp_path / "fp16",
                    plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]).module
-    assert module.optimizers().optimizer.defaults["fused"]
+    assert bool(module.optimizers().optimizer.defaults.get("fused")) is fused
     assert scaler.get_scale() > 1.0  # gradients really were scaled during backward
     stepped = [r for r in module.history if not r["skipped"]]
     assert stepped and any(r["grad_norm_preclip"] > clip for r in stepped)
