@@ -51,6 +51,9 @@ BAD_ARGUMENTS = [
     ("benchmarks.bench_late_contention", ["--idle", "0"], "--idle", ">= 1"),
     ("benchmarks.bench_late_contention", ["--variants", "cnn:5"], "--variants", "gridsize"),
     ("benchmarks.bench_gridsize", ["--architectures", "cnn,unet"], "--architectures", "'unet' is not one of"),
+    ("benchmarks.bench_gpu", ["--device", "tpu"], "--device", "must be cuda or cpu"),
+    ("benchmarks.bench_gpu", ["--steps", "0"], "--steps", ">= 1"),
+    ("benchmarks.bench_gpu", ["--variants", "hybrid:3"], "--variants", "gridsize"),
 ]
 
 
