@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.precision.amp import _optimizer_handles_unscaling
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from ptycho_torch.clipping import clip_gradients_, global_grad_norm, grads_finite
@@ -153,8 +154,9 @@ class PtychoPINN(L.LightningModule):
     def _unscale_for_a_fused_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Under fp16 AMP Lightning unscales the gradients before this hook, except for an optimizer that
         divides the loss scale out inside its own step (a fused Adam): those are still scaled here. Unscaled
-        now, the scaler's step then leaves them alone (torch's GradScaler: an optimizer already unscaled)."""
-        if self._grad_scaler_active() and getattr(optimizer, "_step_supports_amp_scaling", False):
+        now, the scaler's step then leaves them alone (torch's GradScaler: an optimizer already unscaled).
+        Lightning's own test of which optimizers it skips decides, so that the two cannot disagree."""
+        if self._grad_scaler_active() and _optimizer_handles_unscaling(optimizer):
             self.trainer.precision_plugin.scaler.unscale_(optimizer)
 
     def _grad_scaler_active(self) -> bool:
