@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.arguments import variants
-from benchmarks.bench_throughput import Variant
+from benchmarks.bench_throughput import Variant, matmul_rate, synchronize
 from benchmarks.host import host_line
 from scripts.studies.runner_cli import integer_at_least
 
@@ -33,47 +33,24 @@ def device(text: str) -> torch.device:
     return torch.device(text)
 
 
-def synchronize(where: torch.device) -> None:
-    if where.type == "cuda":
-        torch.cuda.synchronize(where)
-
-
-def matmul_rate(where: torch.device, size: int, repeats: int = 10) -> float:
-    """float32 TFLOP/s of a size^3 product on ``where`` (TF32 as torch's matmul setting says)."""
-    a = torch.randn(size, size, device=where)
-    a @ a
-    synchronize(where)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    synchronize(where)
-    return repeats * 2 * size**3 / (time.perf_counter() - start) / 1e12
-
-
-def median_step_ms(variant: Variant, where: torch.device, bf16: bool, steps: int) -> float:
-    def step() -> None:
-        with torch.autocast(where.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = variant.module.loss(variant.batch)
-        loss.backward()
-        variant.optimizer.step()
-        variant.optimizer.zero_grad(set_to_none=True)
-
+def median_step_ms(variant: Variant, where: torch.device, steps: int) -> float:
+    """The median wall time of ``variant``'s training step, the device synchronized around each."""
     for _ in range(WARMUP):
-        step()
+        variant.step()
     times = []
     for _ in range(steps):
         synchronize(where)
         start = time.perf_counter()
-        step()
+        variant.step()
         synchronize(where)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
 
 
-def on_device(architecture: str, gridsize: int, where: torch.device) -> Variant:
-    """The benchmark's training step (``bench_throughput.Variant``), its model and batch moved to ``where``
-    (the optimizer keeps the same parameter objects)."""
-    variant = Variant(architecture, gridsize)
+def on_device(architecture: str, gridsize: int, precision: str, where: torch.device) -> Variant:
+    """The benchmark's training step (``bench_throughput.Variant``: bf16 autocast for bf16-mixed), its
+    model and batch moved to ``where`` (the optimizer keeps the same parameter objects)."""
+    variant = Variant(architecture, gridsize, precision=precision)
     variant.module.to(where)
     variant.batch = {key: value.to(where) for key, value in variant.batch.items()}
     return variant
@@ -98,13 +75,13 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name(where) if where.type == "cuda" else "the CPU"
     print(host_line())
     print(f"device: {name}; load {os.getloadavg()[0]:.2f}")
-    print(f"matmul {args.matmul_size}^3 float32: {matmul_rate(where, args.matmul_size):.1f} TFLOP/s "
+    rate = matmul_rate(repeats=10, size=args.matmul_size, device=where) / 1e3
+    print(f"matmul {args.matmul_size}^3 float32: {rate:.1f} TFLOP/s "
           f"(TF32 for matmuls {torch.backends.cuda.matmul.allow_tf32}, for cuDNN {torch.backends.cudnn.allow_tf32})")
     print("| variant | float32 ms | bf16 autocast ms |\n|---|---|---|")
     for architecture, gridsize in args.variants:
-        variant = on_device(architecture, gridsize, where)
-        float32 = median_step_ms(variant, where, False, args.steps)
-        bf16 = median_step_ms(variant, where, True, args.steps)
+        float32, bf16 = (median_step_ms(on_device(architecture, gridsize, precision, where), where, args.steps)
+                         for precision in ("32-true", "bf16-mixed"))
         print(f"| {architecture} gs{gridsize} | {float32:.2f} | {bf16:.2f} |", flush=True)
     print(f"load {os.getloadavg()[0]:.2f}")
 

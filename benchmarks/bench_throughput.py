@@ -118,16 +118,25 @@ def step_flops(step: Callable[[], None]) -> int:
 MATMUL_DTYPES = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}
 
 
-def matmul_rate(repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
-    """GFLOP/s of a 1024^3 matmul in ``dtype`` in this process (median of ``repeats``)."""
-    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype) for _ in range(2))
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a GPU's kernels run after the call that launched them returns)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(repeats: int = 7, dtype: torch.dtype = torch.float32, size: int = MATMUL_SIZE,
+                device: torch.device | str = "cpu") -> float:
+    """GFLOP/s of a size^3 matmul in ``dtype`` on ``device`` in this process (median of ``repeats``)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b  # warm-up
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    return 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
+    return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
 # --- one training step --------------------------------------------------------------------------
@@ -173,7 +182,7 @@ class Variant:
     def step(self) -> tuple[float, float, float]:
         """One step; its phases' wall times in seconds: forward with loss, backward, optimizer."""
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
+        with torch.autocast(self.module.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
             loss = self.module.loss(self.batch)
         forward = time.perf_counter()
         loss.backward()

@@ -21,9 +21,9 @@ def test_each_variant_prints_its_float32_and_bf16_step_times(capsys):
 
 
 def test_the_timed_step_trains_the_model():
-    variant = bench_gpu.on_device("hybrid", 1, torch.device("cpu"))
+    variant = bench_gpu.on_device("hybrid", 1, "32-true", torch.device("cpu"))
     before = [p.detach().clone() for p in variant.module.parameters()]
-    assert bench_gpu.median_step_ms(variant, torch.device("cpu"), bf16=False, steps=1) > 0
+    assert bench_gpu.median_step_ms(variant, torch.device("cpu"), steps=1) > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, variant.module.parameters()))  # Adam stepped
 
 
